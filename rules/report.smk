@@ -1,0 +1,74 @@
+# Reporting: comparison tables, selection on validation only, test scores of the selected
+# models only, and one self-contained results/report.html.
+
+localrules:
+    aggregate,
+    report_html,
+
+
+rule aggregate:
+    """runs.csv/.md (one row per combination), per-family best on validation, hyperparameter effects."""
+    input:
+        metrics=run_metrics(),
+    output:
+        runs=report("results/tables/runs.csv", category="Tables", caption="../report/runs.rst"),
+        runs_md="results/tables/runs.md",
+        effects="results/tables/effects.csv",
+        selection="results/tables/selection.json",
+    log:
+        "results/logs/aggregate.log",
+    params:
+        runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
+    shell:
+        "python -m meli.aggregate --out-dir results/tables {params.runs} > {log:q} 2>&1"
+
+
+rule evaluate_test:
+    """Test scores (bacc with bootstrap CI, F1, per-category recall) of the selected models only."""
+    input:
+        selection="results/tables/selection.json",
+        test=f"{DATA}/test.parquet",
+        ids=f"{FEATURES}/test_ids.npy",
+        y=f"{FEATURES}/test_labels.npy",
+        labels=f"{FEATURES}/labels.json",
+        models=[f"{d}/model.{'joblib' if d.startswith('results/runs/tfidf/') else 'pt'}" for d in run_dirs()],
+    output:
+        test=report("results/tables/test.csv", category="Tables", caption="../report/test.rst"),
+        details="results/tables/test_details.json",
+    log:
+        "results/logs/evaluate_test.log",
+    params:
+        cfg=as_arg(config["report"]),
+        device=config["train"]["device"],
+    threads: lambda wc: family_resources("mlp")["threads"]
+    resources:
+        mem_mb=lambda wc, attempt: family_resources("mlp")["mem_mb"] * attempt,
+        gpu=lambda wc: family_resources("mlp")["gpu"],
+    shell:
+        "python -m meli.evaluate --selection {input.selection:q} --data-dir {DATA}"
+        " --features {FEATURES} --config {params.cfg} --device {params.device}"
+        " --out-dir results/tables > {log:q} 2>&1"
+
+
+rule report_html:
+    """One self-contained HTML file (inline CSS and SVG), readable offline after scp."""
+    input:
+        summary=f"{DATA}/summary.json",
+        features=f"{FEATURES}/stats.json",
+        coverage=expand("results/embeddings/{emb}/coverage.json", emb=EMBEDDINGS),
+        runs="results/tables/runs.csv",
+        effects="results/tables/effects.csv",
+        selection="results/tables/selection.json",
+        test="results/tables/test.csv",
+        details="results/tables/test_details.json",
+        histories=[f"{d}/history.csv" for d in run_dirs()],
+    output:
+        report("results/report.html", category="Report", caption="../report/report.rst"),
+    log:
+        "results/logs/report_html.log",
+    params:
+        cfg=as_arg(config),
+        configfiles=lambda wc: " ".join(shlex.quote(str(f)) for f in workflow.configfiles),
+    shell:
+        "python -m meli.report --results results --config {params.cfg}"
+        " --configfiles {params.configfiles} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,1 @@
+"""MeLi 2019 title classification: data, embeddings, models, training, reporting."""
