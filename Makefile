@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:  make run  (the workflow on the embedded demo dataset)
+#                                   make test (the test suite)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+# Rules call `python -m meli.<module>`: the venv's python must come first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test dry-run bench bench-full report-open clean
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) $(ARGS)
+	@echo "Report: $(CURDIR)/results/report.html"
+
+test: $(VENV)/.installed
+	bash tests/install_system_deps.sh
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+dry-run: $(VENV)/.installed
+	$(BIN)/snakemake -n --configfile config/meli2019.yaml
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run_all.py $(ARGS)
+
+clean:
+	rm -rf results/*/ results/report.html .snakemake

@@ -1,0 +1,113 @@
+"""Small shared helpers: atomic writes, JSON, logging with progress/ETA."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def setup_logging(name: str = "meli", level: int = logging.INFO) -> logging.Logger:
+    """Timestamped lines on stderr (rules redirect stderr to their `log:` file)."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        force=True,
+    )
+    return logging.getLogger(name)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A crash or exception leaves no partial file at ``path`` (and removes the temporary one).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp" + path.suffix
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class Progress:
+    """Logs ``done/total``, rate and ETA at most every ``every_s`` seconds."""
+
+    def __init__(self, log: logging.Logger, total: int | None, what: str, every_s: float = 10.0):
+        self.log, self.total, self.what, self.every_s = log, total, what, every_s
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def update(self, n: int = 1, force: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            self.log.info(self.line())
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        if self.total:
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            return (
+                f"{self.what}: {self.done:,}/{self.total:,} ({100 * self.done / self.total:.1f}%), "
+                f"{rate:,.0f}/s, elapsed {format_seconds(elapsed)}, ETA {format_seconds(eta)}"
+            )
+        return f"{self.what}: {self.done:,}, {rate:,.0f}/s, elapsed {format_seconds(elapsed)}"
+
+
+def format_seconds(s: float) -> str:
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
