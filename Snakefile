@@ -16,6 +16,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/embeddings.smk"
 include: "rules/train.smk"
+include: "rules/baseline.smk"
+include: "rules/tracking.smk"
 include: "rules/report.smk"
 
 

@@ -1,0 +1,28 @@
+# The TF-IDF + linear baseline: one job per combination of train.tfidf.grid.
+
+
+rule train_tfidf:
+    """The reference a practitioner tries first: TF-IDF word n-grams + a linear model."""
+    input:
+        train=f"{DATA}/train.parquet",
+        validation=f"{DATA}/validation.parquet",
+        labels=f"{FEATURES}/labels.json",
+    output:
+        metrics="results/runs/tfidf/{combo}/metrics.json",
+        history="results/runs/tfidf/{combo}/history.csv",
+        model="results/runs/tfidf/{combo}/model.joblib",
+        predictions="results/runs/tfidf/{combo}/val_predictions.parquet",
+    log:
+        "results/logs/train/tfidf/{combo}.log",
+    benchmark:
+        "results/benchmarks/train/tfidf/{combo}.tsv"
+    params:
+        hp=lambda wc: as_arg(COMBOS["tfidf"][wc.combo]),
+        run_dir=lambda wc: f"results/runs/tfidf/{wc.combo}",
+    threads: lambda wc: family_resources("tfidf")["threads"]
+    resources:
+        mem_mb=lambda wc, attempt: family_resources("tfidf")["mem_mb"] * attempt,
+        runtime=lambda wc, attempt: family_resources("tfidf")["runtime"] * attempt,
+    shell:
+        "python -m meli.baseline --params {params.hp} --data-dir {DATA} --features {FEATURES}"
+        " --out-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,23 @@
+# MLflow: training jobs never write to the tracking store; this one local job imports them.
+
+
+localrules:
+    mlflow_import,
+
+
+rule mlflow_import:
+    """Import every finished run into the tracking store (idempotent: runs already there are skipped)."""
+    input:
+        metrics=run_metrics(),
+    output:
+        "results/mlflow/imported.json",
+    log:
+        "results/logs/mlflow_import.log",
+    params:
+        uri=config["mlflow"]["tracking_uri"] or "",
+        experiment=config["mlflow"]["experiment"] or config["dataset"]["name"],
+        runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
+    shell:
+        "python -m meli.tracking import --experiment {params.experiment:q}"
+        " --tracking-uri '{params.uri}' --store-dir results/mlflow --out {output:q}"
+        " {params.runs} > {log:q} 2>&1"
