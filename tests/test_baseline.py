@@ -1,0 +1,161 @@
+"""TF-IDF baseline: learns a small learnable problem and writes the training contract."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from meli import baseline
+from meli.grid import combo_id
+
+ROOT = Path(__file__).resolve().parents[1]
+N_CLASSES = 6
+METRIC_KEYS = {
+    "family", "combo", "params", "epochs_run", "best_epoch", "val_bacc", "val_loss", "final_train_loss",
+    "train_time_s", "samples_per_s", "peak_mem_mb", "device", "n_train", "n_val", "n_classes",
+    "stopped_early", "finished_at",
+}
+
+
+def _rows(rng: np.random.Generator, n: int, counts: list[int] | None = None) -> pd.DataFrame:
+    """Titles: two class-specific words among shared noise words; categories named cat_k."""
+    labels = rng.integers(0, N_CLASSES, n) if counts is None else np.repeat(np.arange(N_CLASSES), counts)
+    noise = [f"w{i}" for i in range(40)]
+    texts = []
+    for y in labels:
+        words = [f"c{y}a", f"c{y}b{rng.integers(3)}"] + list(rng.choice(noise, 4))
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+    return pd.DataFrame({"title": [t.upper() for t in texts], "text": texts,
+                         "category": [f"cat_{y}" for y in labels]})
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    data, features = tmp_path / "data", tmp_path / "features"
+    data.mkdir()
+    features.mkdir()
+    # Imbalanced train (class 5 is rare) so class weighting has something to do.
+    train = _rows(rng, 0, counts=[120, 120, 120, 120, 120, 12])
+    val = _rows(rng, 180)
+    val.loc[:2, "category"] = "never_in_train"  # excluded from metrics and counted
+    test = _rows(rng, 60)
+    for name, df in (("train", train), ("validation", val), ("test", test)):
+        df.to_parquet(data / f"{name}.parquet", index=False)
+    (features / "labels.json").write_text(json.dumps({"categories": sorted(set(train["category"]))}))
+    (data / "summary.json").write_text(json.dumps({"preprocess": {"lowercase": True}}))
+    return data, features
+
+
+def test_fit_writes_contract_and_learns(dataset, tmp_path):
+    data, features = dataset
+    params = {"C": 10.0, "ngram_max": 2, "max_features": 5000, "class_weights": False, "seed": 0}
+    out = tmp_path / "run"
+    metrics = baseline.train(params, data, features, out, threads=1)
+
+    assert METRIC_KEYS <= set(metrics)
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    assert metrics["family"] == "tfidf" and metrics["device"] == "cpu"
+    assert metrics["combo"] == combo_id(params)
+    assert metrics["n_classes"] == N_CLASSES and metrics["n_train"] == 612
+    assert metrics["n_val"] == 177 and metrics["n_val_unseen_category"] == 3
+    assert metrics["val_bacc"] > 0.9  # chance is 1/6
+    assert 0 < metrics["val_loss"] < np.log(N_CLASSES)
+
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_bacc", "samples_per_s", "elapsed_s"]
+    assert len(history) == 1 and history["val_bacc"][0] == pytest.approx(metrics["val_bacc"])
+
+    preds = pd.read_parquet(out / "val_predictions.parquet")
+    assert list(preds.columns) == ["label", "pred", "prob"]
+    assert len(preds) == 180 and (preds["label"][:3] == -1).all() and (preds["label"][3:] >= 0).all()
+    assert preds["pred"].between(0, N_CLASSES - 1).all() and preds["prob"].between(0, 1).all()
+    assert (out / "model.joblib").exists()
+    assert not list(out.glob(".*"))  # no temporary file left behind
+
+    predictor = baseline.load_predictor(out, data, features)
+    assert predictor.categories == [f"cat_{k}" for k in range(N_CLASSES)]
+    proba = predictor.predict_proba_split("validation")
+    assert proba.dtype == np.float32 and proba.shape == (180, N_CLASSES)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(proba.argmax(axis=1), preds["pred"])
+    test = pd.read_parquet(data / "test.parquet")
+    test_proba = predictor.predict_proba_split("test")
+    expected = test["category"].map(predictor.categories.index).to_numpy()
+    assert (test_proba.argmax(axis=1) == expected).mean() > 0.9  # columns align with labels.json
+
+
+def test_predict_proba_texts_cleans_raw_titles(dataset, tmp_path, monkeypatch):
+    data, features = dataset
+    out = tmp_path / "run"
+    baseline.train({"C": 10.0, "max_features": 5000}, data, features, out)
+    seen = {}
+
+    def clean_titles(titles, cfg):  # stands in for the data stage's cleaner
+        seen["cfg"] = cfg
+        return [t.lower() for t in titles]
+
+    monkeypatch.setitem(sys.modules, "meli.text", types.SimpleNamespace(clean_titles=clean_titles))
+    predictor = baseline.load_predictor(out, data, features)
+    proba = predictor.predict_proba_texts(["C3A W1 C3B0 W7", "c0a w2 c0b1"])
+    assert seen["cfg"] == {"lowercase": True}  # summary.json's preprocess section
+    assert proba.shape == (2, N_CLASSES)
+    assert list(proba.argmax(axis=1)) == [3, 0]
+
+
+def test_class_weights_help_the_rare_class(dataset, tmp_path):
+    data, features = dataset
+    base = {"C": 0.05, "max_features": 5000, "seed": 1}  # strong regularisation: the rare class suffers
+    plain = baseline.train({**base, "class_weights": False}, data, features, tmp_path / "plain")
+    weighted = baseline.train({**base, "class_weights": True}, data, features, tmp_path / "weighted")
+    assert weighted["combo"] != plain["combo"]
+
+    def rare_recall(run: str) -> float:
+        p = pd.read_parquet(tmp_path / run / "val_predictions.parquet")
+        rare = p[p["label"] == N_CLASSES - 1]
+        return float((rare["pred"] == rare["label"]).mean())
+
+    assert rare_recall("weighted") > rare_recall("plain")
+    assert weighted["val_bacc"] > plain["val_bacc"]
+
+
+def test_labels_must_match_train(dataset, tmp_path):
+    data, features = dataset
+    (features / "labels.json").write_text(json.dumps({"categories": [f"cat_{k}" for k in range(N_CLASSES + 1)]}))
+    with pytest.raises(ValueError, match="no training row"):
+        baseline.train({"max_features": 500}, data, features, tmp_path / "run")
+    (features / "labels.json").write_text(json.dumps({"categories": ["cat_0", "cat_1"]}))
+    with pytest.raises(ValueError, match="missing from"):
+        baseline.train({"max_features": 500}, data, features, tmp_path / "run")
+    with pytest.raises(ValueError, match="unknown key"):
+        baseline.train({"lr": 0.1}, data, features, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_end_to_end(dataset, tmp_path):
+    data, features = dataset
+    params = {"C": 10.0, "ngram_max": 1, "max_features": 1000, "class_weights": False, "seed": 3}
+    out = tmp_path / "runs" / "tfidf" / combo_id(params)
+    proc = subprocess.run(
+        [sys.executable, "-m", "meli.baseline", "--params", json.dumps(params), "--data-dir", str(data),
+         "--features", str(features), "--out-dir", str(out), "--threads", "2"],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": ""}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "SGD rows" in proc.stderr and "ETA" in proc.stderr and "validation bacc" in proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["combo"] == out.name and metrics["val_bacc"] > 0.9
+    bad = subprocess.run(
+        [sys.executable, "-m", "meli.baseline", "--params", "{C: 1}", "--data-dir", str(data),
+         "--features", str(features), "--out-dir", str(tmp_path / "x")],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT / "scripts")}, capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode != 0 and "not valid JSON" in bad.stderr
