@@ -1,0 +1,416 @@
+"""One embedding matrix [vocab_size, dim] (float32, row 0 = [PAD] = zeros) per configured embedding.
+
+    python -m meli.embeddings --vocab results/features/vocab.tsv --source PATH \
+        --spec '{"name": ..., "kind": ..., "dim": ...}' --out-dir results/embeddings/NAME
+
+kind: pretrained  ``--source`` is a word2vec-format file: text with a ``count dim`` header (plain,
+                  gzip or bzip2, told apart by their magic bytes), the C binary format
+                  (``binary: true``), or a gensim KeyedVectors ``.kv`` file. The file is streamed
+                  and only vocabulary words are kept: a line is split at its first space, the word
+                  looked up in a dict, and only kept lines are parsed, in chunks, by NumPy's C
+                  float parser. Every line's field count is checked (cheaply, by counting spaces);
+                  values are parsed, hence checked, for kept words only. With
+                  ``normalize_words`` a file word that is not in the vocabulary is matched again
+                  lowercased and without accents ("Camión" -> "camion"), as the data stage cleans
+                  titles; an exact match always wins.
+kind: word2vec |  ``--source`` is train.parquet: gensim is trained on the train split's tokens,
+      fasttext    streamed from Parquet. One worker and a fixed seed give the same matrix in
+                  every run: the word-vector initialisation hashes words with a stable hash, not
+                  Python's per-process salted ``hash``.
+
+Vocabulary words without a vector get seeded normal noise with the found vectors' standard
+deviation (or, with ``oov_init: fasttext`` and FastText vectors, their subword vector); the noise
+for a word depends only on the seed and its id. Outputs ``matrix.npy`` and ``coverage.json`` are
+written together, atomically: a bad input leaves neither.
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import time
+import unicodedata
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from meli.features import PAD_ID, UNK_ID, FeatureError, Vocab, load_vocab
+from meli.io import Progress, atomic_path, peak_rss_mb, setup_logging
+
+KINDS = ("pretrained", "word2vec", "fasttext")
+SPEC_DEFAULTS = {
+    "source": None,
+    "sha256": None,
+    "binary": False,
+    "epochs": 5,
+    "window": 5,
+    "min_count": 1,
+    "sg": False,
+    "seed": 42,
+    "workers": 1,
+    "oov_init": "random",
+    "normalize_words": True,
+}
+# How a matrix row got its vector (coverage.json counts them).
+NONE, NORMALIZED, EXACT, SUBWORD = 0, 1, 2, 3
+PARSE_CHUNK = 2048  # kept lines parsed per NumPy call
+
+
+class EmbeddingError(FeatureError):
+    """Bad vectors file, spec or vocabulary; the message names the file and line."""
+
+
+def stable_hash(text: str) -> int:
+    """Deterministic replacement for gensim's default ``hashfxn=hash`` (salted per process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def normalize_word(word: str) -> str:
+    """Lowercase, NFKD, combining marks dropped: the data stage's lowercase + strip_accents."""
+    return "".join(c for c in unicodedata.normalize("NFKD", word.lower()) if not unicodedata.combining(c))
+
+
+def check_spec(spec: Mapping) -> dict:
+    """The spec with defaults filled in; a clear error for a missing, unknown or bad key."""
+    name = spec.get("name", "?")
+    unknown = set(spec) - set(SPEC_DEFAULTS) - {"name", "kind", "dim"}
+    if unknown:
+        raise EmbeddingError(f"embeddings.{name}: unknown key(s) {sorted(unknown)}")
+    for key in ("name", "kind", "dim"):
+        if key not in spec:
+            raise EmbeddingError(f"embeddings.{name}: missing key `{key}`")
+    spec = {**SPEC_DEFAULTS, **spec}
+    if spec["kind"] not in KINDS:
+        raise EmbeddingError(f"embeddings.{name}.kind: {spec['kind']!r} is not one of {KINDS}")
+    if not isinstance(spec["dim"], int) or spec["dim"] < 1:
+        raise EmbeddingError(f"embeddings.{name}.dim: expected a positive integer, got {spec['dim']!r}")
+    if spec["oov_init"] not in ("random", "fasttext"):
+        raise EmbeddingError(f"embeddings.{name}.oov_init: {spec['oov_init']!r} is not random|fasttext")
+    if spec["oov_init"] == "fasttext" and spec["kind"] == "word2vec":
+        raise EmbeddingError(f"embeddings.{name}: oov_init: fasttext needs kind: fasttext (word2vec has no subwords)")
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained vectors
+
+
+class _Collector:
+    """Decides which file words fill which vocabulary rows and stores their vectors."""
+
+    def __init__(self, vocab: Vocab, dim: int, normalize: bool):
+        self.index = {w.encode("utf-8"): i for i, w in enumerate(vocab.words) if i >= 2}
+        self.str_index = {w: i for i, w in enumerate(vocab.words) if i >= 2}
+        self.normalize = normalize
+        self.matrix = np.zeros((len(vocab), dim), np.float32)
+        self.how = np.zeros(len(vocab), np.int8)
+
+    def claim(self, word: bytes) -> int:
+        """The row this word fills (and mark it), or -1: exact matches win, first one kept."""
+        row = self.index.get(word)
+        if row is not None:
+            if self.how[row] == EXACT:
+                return -1
+            self.how[row] = EXACT
+            return row
+        if self.normalize and (not word.isascii() or word != word.lower()):
+            try:
+                row = self.str_index.get(normalize_word(word.decode("utf-8")))
+            except UnicodeDecodeError:
+                return -1
+            if row is not None and self.how[row] == NONE:
+                self.how[row] = NORMALIZED
+                return row
+        return -1
+
+
+def _open(path: Path):
+    """A binary file object, decompressing gzip/bzip2 (recognised by magic bytes)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(3)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic == b"BZh":
+        return bz2.open(path, "rb")
+    return open(path, "rb", buffering=1 << 20)
+
+
+def _read_header(fh, path: Path, dim: int) -> int:
+    line = fh.readline()
+    parts = line.split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise EmbeddingError(
+            f"{path}, line 1: expected a word2vec header 'count dim', got {line[:60]!r}"
+            " (text vectors need the header; gensim binary needs `binary: true`)"
+        )
+    count, file_dim = int(parts[0]), int(parts[1])
+    if file_dim != dim:
+        raise EmbeddingError(f"{path}, line 1: the vectors have dimension {file_dim}, the config says dim: {dim}")
+    return count
+
+
+def _parse_rows(chunk: list[tuple[int, int, bytes]], collector: _Collector, path: Path, dim: int) -> None:
+    """Parse kept lines (row, lineno, values) with one C call; locate the bad line on failure."""
+    try:
+        values = np.fromstring(b" ".join(rest for _, _, rest in chunk), dtype=np.float32, sep=" ")
+        ok = values.size == len(chunk) * dim
+    except ValueError:
+        ok = False
+    if not ok:
+        for _, lineno, rest in chunk:
+            try:
+                np.array(rest.split(), dtype=np.float32)
+            except ValueError as err:
+                raise EmbeddingError(f"{path}, line {lineno}: not a number ({err})") from None
+        raise EmbeddingError(f"{path}: lines {chunk[0][1]}-{chunk[-1][1]}: unparsable values")  # pragma: no cover
+    collector.matrix[[row for row, _, _ in chunk]] = values.reshape(len(chunk), dim)
+
+
+def read_text_vectors(path: Path, collector: _Collector, dim: int, logger: logging.Logger) -> int:
+    """Stream a word2vec text file into ``collector``; return the number of vectors in the file."""
+    with _open(path) as fh:
+        count = _read_header(fh, path, dim)
+        progress = Progress(logger, count, f"reading {path.name}")
+        pending: list[tuple[int, int, bytes]] = []
+        lineno = 1
+        try:
+            for lineno, line in enumerate(fh, 2):
+                word, _, rest = line.partition(b" ")
+                rest = rest.rstrip()  # trailing blank (the C tool writes one) and newline
+                if rest.count(b" ") != dim - 1 and len(rest.split()) != dim:
+                    raise EmbeddingError(
+                        f"{path}, line {lineno}: expected a word and {dim} values, got {len(rest.split())} values"
+                    )
+                row = collector.claim(word)
+                if row >= 0:
+                    pending.append((row, lineno, rest))
+                    if len(pending) >= PARSE_CHUNK:
+                        _parse_rows(pending, collector, path, dim)
+                        pending.clear()
+                if lineno % 100_000 == 0:
+                    progress.update(100_000)
+        except (EOFError, OSError, zlib.error) as err:  # truncated or corrupt compressed file
+            raise EmbeddingError(f"{path}, after line {lineno}: corrupt or truncated file ({err})") from None
+        if pending:
+            _parse_rows(pending, collector, path, dim)
+    n = lineno - 1
+    if n != count:
+        raise EmbeddingError(f"{path}: the header announces {count} vectors, the file has {n} (truncated?)")
+    return n
+
+
+def _binary_records(fh, path: Path, dim: int, count: int) -> Iterator[tuple[bytes, bytes]]:
+    """(word, raw float32 bytes) of the word2vec C binary format, read in 1 MiB blocks."""
+    width = 4 * dim
+    buf, pos = b"", 0
+    for record in range(1, count + 1):
+        while True:
+            space = buf.find(b" ", pos)
+            if space >= 0 and len(buf) - space - 1 >= width:
+                break
+            block = fh.read(1 << 20)
+            if not block:
+                raise EmbeddingError(f"{path}: ends inside vector {record} of {count} (truncated?)")
+            buf, pos = buf[pos:] + block, 0
+        yield buf[pos:space].lstrip(b"\n"), buf[space + 1 : space + 1 + width]
+        pos = space + 1 + width
+
+
+def read_binary_vectors(path: Path, collector: _Collector, dim: int, logger: logging.Logger) -> int:
+    with _open(path) as fh:
+        count = _read_header(fh, path, dim)
+        progress = Progress(logger, count, f"reading {path.name}")
+        try:
+            for i, (word, raw) in enumerate(_binary_records(fh, path, dim, count), 1):
+                row = collector.claim(word)
+                if row >= 0:
+                    collector.matrix[row] = np.frombuffer(raw, "<f4")
+                if i % 100_000 == 0:
+                    progress.update(100_000)
+        except (EOFError, OSError, zlib.error) as err:
+            raise EmbeddingError(f"{path}: corrupt or truncated file ({err})") from None
+    return count
+
+
+def read_keyed_vectors(path: Path, collector: _Collector, dim: int):
+    """A gensim KeyedVectors file, memory-mapped; returns it (FastText ones can fill OOV words)."""
+    from gensim.models import KeyedVectors
+
+    try:
+        kv = KeyedVectors.load(str(path), mmap="r")
+    except Exception as err:  # gensim raises pickle/IO errors of many kinds
+        raise EmbeddingError(f"{path}: not a gensim KeyedVectors file ({err})") from None
+    if kv.vector_size != dim:
+        raise EmbeddingError(f"{path}: the vectors have dimension {kv.vector_size}, the config says dim: {dim}")
+    for i, key in enumerate(kv.index_to_key):
+        row = collector.claim(str(key).encode("utf-8"))
+        if row >= 0:
+            collector.matrix[row] = kv.vectors[i]
+    return kv
+
+
+# --------------------------------------------------------------------------------------------
+# Trained here
+
+
+class TrainSentences:
+    """Re-iterable token lists of train.parquet's `text`, streamed in record batches."""
+
+    def __init__(self, path: Path, batch_rows: int = 100_000):
+        self.path, self.batch_rows = path, batch_rows
+        pf = pq.ParquetFile(path)
+        if "text" not in pf.schema_arrow.names:
+            raise EmbeddingError(f"{path}: no `text` column (has {pf.schema_arrow.names})")
+        self.rows = pf.metadata.num_rows
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows, columns=["text"]):
+            for text in batch.column("text").to_pylist():
+                if text:
+                    yield text.split()
+
+
+def train_vectors(path: Path, spec: Mapping, collector: _Collector, logger: logging.Logger):
+    """Train gensim Word2Vec/FastText on the train split; fill ``collector``; return the KeyedVectors."""
+    from gensim.models import FastText, Word2Vec
+
+    sentences = TrainSentences(path)
+    model_cls = FastText if spec["kind"] == "fasttext" else Word2Vec
+    logger.info("training %s on %d titles of %s", model_cls.__name__, sentences.rows, path)
+    model = model_cls(
+        vector_size=spec["dim"], window=spec["window"], min_count=spec["min_count"], sg=int(spec["sg"]),
+        seed=spec["seed"], workers=spec["workers"], epochs=spec["epochs"], hashfxn=stable_hash,
+    )
+    model.build_vocab(sentences)
+    if not model.wv.index_to_key:
+        raise EmbeddingError(f"{path}: no token occurs min_count={spec['min_count']} times: nothing to train")
+    model.train(sentences, total_examples=model.corpus_count, epochs=spec["epochs"])
+    for i, key in enumerate(model.wv.index_to_key):
+        row = collector.claim(key.encode("utf-8"))
+        if row >= 0:
+            collector.matrix[row] = model.wv.vectors[i]
+    return model.wv
+
+
+# --------------------------------------------------------------------------------------------
+# The matrix
+
+
+def build(vocab_path: str | os.PathLike, source: str | os.PathLike, spec: Mapping, logger: logging.Logger):
+    """(matrix, coverage dict) for one embedding spec; nothing is written."""
+    started = time.monotonic()
+    spec = check_spec(spec)
+    vocab_path, source = Path(vocab_path), Path(source)
+    vocab = load_vocab(vocab_path)
+    if len(vocab) <= 2:
+        raise EmbeddingError(f"{vocab_path}: empty vocabulary (only [PAD] and [UNK])")
+    if not source.exists():
+        raise EmbeddingError(f"{source}: no such file (embeddings.{spec['name']})")
+    dim = spec["dim"]
+    collector = _Collector(vocab, dim, normalize=spec["normalize_words"] and spec["kind"] == "pretrained")
+    kv, source_vectors = None, None
+    if spec["kind"] != "pretrained":
+        kv = train_vectors(source, spec, collector, logger)
+        source_vectors = len(kv.index_to_key)
+    elif source.suffix == ".kv":
+        kv = read_keyed_vectors(source, collector, dim)
+        source_vectors = len(kv.index_to_key)
+    elif spec["binary"]:
+        source_vectors = read_binary_vectors(source, collector, dim, logger)
+    else:
+        source_vectors = read_text_vectors(source, collector, dim, logger)
+
+    matrix, how = collector.matrix, collector.how
+    found = how > NONE
+    if not found.any():
+        raise EmbeddingError(
+            f"{source}: none of the {len(vocab) - 2} vocabulary words has a vector"
+            " (another language, or the titles cleaned differently?)"
+        )
+    if spec["oov_init"] == "fasttext":
+        if not hasattr(kv, "get_vector") or not hasattr(kv, "buckets_word"):
+            raise EmbeddingError(f"{source}: oov_init: fasttext needs FastText vectors (kind: fasttext or a FastText .kv)")
+        for row in np.flatnonzero(~found):
+            if row > UNK_ID:  # real words only
+                matrix[row] = kv.get_vector(vocab.words[row])
+                how[row] = SUBWORD
+    # Seeded noise drawn for every row, so a word's noise depends on the seed and its id only.
+    scale = float(matrix[found].std()) or 1.0
+    noise = np.random.default_rng(spec["seed"]).normal(0.0, scale, size=matrix.shape).astype(np.float32)
+    random_rows = how == NONE
+    random_rows[PAD_ID] = False
+    matrix[random_rows] = noise[random_rows]
+    matrix[PAD_ID] = 0.0
+
+    counts = vocab.counts
+    words = len(vocab) - 2
+    missing = np.flatnonzero(~found)
+    missing = missing[missing > UNK_ID]
+    top_missing = missing[np.argsort(-counts[missing], kind="stable")[:20]]
+    coverage = {
+        "name": spec["name"],
+        "kind": spec["kind"],
+        "dim": dim,
+        "vocab_size": len(vocab),
+        "words": words,
+        "found": int(found.sum()),
+        "found_exact": int((how == EXACT).sum()),
+        "found_normalized": int((how == NORMALIZED).sum()),
+        "filled_subword": int((how == SUBWORD).sum()),
+        "random_init": int(random_rows.sum()),
+        "random_init_std": scale,
+        # Shares of the vocabulary's words and of all train tokens ([UNK] ones count as missing).
+        "vocab_coverage": float(found.sum() / words),
+        "token_coverage": float(counts[found].sum() / counts.sum()) if counts.sum() else 0.0,
+        "most_frequent_missing": [[vocab.words[i], int(counts[i])] for i in top_missing],
+        "source": str(source),
+        "source_vectors": source_vectors,
+        "seed": spec["seed"],
+        "elapsed_s": round(time.monotonic() - started, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    return matrix, coverage
+
+
+def run(vocab_path, source, spec: Mapping, out_dir, logger: logging.Logger) -> dict:
+    matrix, coverage = build(vocab_path, source, spec, logger)
+    out_dir = Path(out_dir)
+    with contextlib.ExitStack() as stack:
+        matrix_tmp = stack.enter_context(atomic_path(out_dir / "matrix.npy"))
+        coverage_tmp = stack.enter_context(atomic_path(out_dir / "coverage.json"))
+        with open(matrix_tmp, "wb") as fh:
+            np.save(fh, matrix)
+        coverage_tmp.write_text(json.dumps(coverage, indent=2, ensure_ascii=False) + "\n")
+    logger.info(
+        "%s: %d/%d words found (%.1f%% of the vocabulary, %.1f%% of train tokens), %d random, in %.1fs",
+        coverage["name"], coverage["found"], coverage["words"], 100 * coverage["vocab_coverage"],
+        100 * coverage["token_coverage"], coverage["random_init"], coverage["elapsed_s"],
+    )
+    return coverage
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vocab", required=True, help="vocab.tsv of the features stage")
+    parser.add_argument("--source", required=True, help="vectors file (pretrained) or train.parquet")
+    parser.add_argument("--spec", required=True, help="the embedding's config as JSON (with `name`)")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    logger = setup_logging("meli.embeddings")
+    try:
+        run(args.vocab, args.source, json.loads(args.spec), args.out_dir, logger)
+    except FeatureError as err:
+        logger.error("%s", err)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
