@@ -1,0 +1,72 @@
+"""Class probabilities from a finished run directory, for every family (no config needed).
+
+    predictor = load_predictor("results/runs/mlp/<combo>", "results/data", "results/features")
+    predictor.predict_proba_split("test")          # float32 [rows, n_classes], row order kept
+    predictor.predict_proba_texts(["Celular Samsung Galaxy S21 128gb"])
+    predictor.categories                           # label id -> category
+
+MLP/CNN runs are rebuilt from ``model.pt`` alone (family, params, sizes, weights); raw titles are
+cleaned with the data stage's recorded ``preprocess`` config and encoded with the run's vocabulary.
+TF-IDF runs are delegated to :func:`meli.baseline.load_predictor`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meli.io import read_json
+from meli.models import build_model
+from meli.train import EVAL_BATCH, predict_logits, select_device
+
+
+class NeuralPredictor:
+    """A trained MLP/CNN in eval mode plus what it needs to read splits and raw titles."""
+
+    def __init__(self, run_dir: Path, data_dir: Path, features_dir: Path, device: str = "auto"):
+        self.run_dir, self.data_dir, self.features_dir = Path(run_dir), Path(data_dir), Path(features_dir)
+        self.device = select_device(device)
+        bundle: dict[str, Any] = torch.load(self.run_dir / "model.pt", map_location="cpu", weights_only=True)
+        self.family, self.params = bundle["family"], bundle["params"]
+        self.max_len = int(bundle["max_len"])
+        self.categories: list[str] = list(bundle["categories"])
+        self.model = build_model(self.family, self.params, bundle["vocab_size"], bundle["dim"], bundle["n_classes"])
+        self.model.load_state_dict(bundle["state_dict"])
+        self.model.to(self.device).eval()
+        self._vocab = None
+        self._preprocess = None
+
+    def predict_proba_ids(self, ids: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
+        ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int32))
+        logits = predict_logits(self.model, ids, self.device, batch_size)
+        return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+    def predict_proba_split(self, split: str) -> np.ndarray:
+        return self.predict_proba_ids(np.load(self.features_dir / f"{split}_ids.npy"))
+
+    def predict_proba_texts(self, titles: list[str]) -> np.ndarray:
+        from meli.features import encode, load_vocab  # written by the embedding stage; lazy on purpose
+        from meli.text import clean_titles
+
+        if self._vocab is None:
+            self._vocab = load_vocab(self.features_dir / "vocab.tsv")
+            self._preprocess = read_json(self.data_dir / "summary.json")["preprocess"]
+        texts = list(clean_titles(list(titles), self._preprocess))
+        return self.predict_proba_ids(encode(texts, self._vocab, self.max_len))
+
+
+def load_predictor(
+    run_dir: str | os.PathLike, data_dir: str | os.PathLike, features_dir: str | os.PathLike, device: str = "auto"
+):
+    """The predictor for any run directory (``mlp``, ``cnn`` or ``tfidf``)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model.pt").exists():
+        return NeuralPredictor(run_dir, Path(data_dir), Path(features_dir), device)
+    if (run_dir / "model.joblib").exists():
+        from meli.baseline import load_predictor as load_tfidf  # the baseline teammate's module
+
+        return load_tfidf(run_dir, data_dir, features_dir)
+    raise FileNotFoundError(f"{run_dir}: neither model.pt (MLP/CNN) nor model.joblib (TF-IDF) found")

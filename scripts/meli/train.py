@@ -1,0 +1,520 @@
+"""Train one MLP or CNN combination: early stopping on validation bacc, resumable per epoch.
+
+    python -m meli.train --family mlp --params '{"embedding": "w2v", ...}' \
+        --features results/features --matrix results/embeddings/w2v/matrix.npy \
+        --out-dir results/runs/mlp/<combo> --device auto --threads 8
+
+The token matrices are loaded once (onto the GPU when they fit) and batches are gathered by a
+seeded index permutation: no per-sample Python, no DataLoader. Every epoch's randomness (the
+permutation and dropout) is seeded from ``(seed, epoch)``, and a checkpoint (model, optimizer,
+best-so-far, history) is written after every epoch under ``results/checkpoints/...``, so a
+killed job restarted with the same arguments resumes and ends exactly where an uninterrupted
+run would (on CPU). Outputs are written atomically; metrics.json last.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meli.grid import combo_id
+from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging, write_json
+from meli.models import build_model
+
+log = logging.getLogger("meli.train")
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "freeze_embeddings": False,
+    "hidden": [],
+    "dropout": 0.3,
+    "batch_size": 128,
+    "lr": 0.001,
+    "weight_decay": 0.0,
+    "optimizer": "adam",
+    "epochs": 10,
+    "patience": 3,
+    "seed": 0,
+    "class_weights": False,
+}
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {**COMMON_DEFAULTS, "hidden": [256, 128]},
+    "cnn": {**COMMON_DEFAULTS, "filters": 100, "kernel_sizes": [2, 3, 4]},
+}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_bacc", "samples_per_s", "elapsed_s")
+CHECKPOINT_VERSION = 1
+# Fault injection for the resume test: the process SIGKILLs itself after checkpointing this epoch.
+KILL_ENV = "MELI_KILL_AFTER_EPOCH"
+NAN_CHECK_EVERY = 256  # batches between loss finiteness checks (each one is a device sync)
+EVAL_BATCH = 4096
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The combination completed with the family's defaults; unknown keys and bad values fail."""
+    if family not in DEFAULTS:
+        raise ValueError(f"unknown family {family!r}; expected one of {sorted(DEFAULTS)}")
+    allowed = set(DEFAULTS[family]) | {"embedding"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"unknown {family} hyperparameter(s) {unknown}; known: {sorted(allowed)}")
+    out = {**DEFAULTS[family], **params}
+    if out["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer {out['optimizer']!r} not one of {OPTIMIZERS}")
+    for key in ("batch_size", "epochs", "patience"):
+        if int(out[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {out[key]!r}")
+    if not 0 <= float(out["dropout"]) < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {out['dropout']!r}")
+    return out
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass
+class Split:
+    ids: torch.Tensor  # int32 [rows, max_len], rows with a known label only
+    labels: torch.Tensor  # int64 [rows]
+    unseen: int  # rows dropped because their category is absent from train (label -1)
+
+
+@dataclass
+class Data:
+    train: Split
+    validation: Split
+    val_ids_all: np.ndarray  # every validation row, for val_predictions in row order
+    val_labels_all: np.ndarray
+    categories: list[str]
+    matrix: torch.Tensor
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.categories)
+
+
+def _load_split(features: Path, split: str, n_classes: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    ids_path, y_path = features / f"{split}_ids.npy", features / f"{split}_labels.npy"
+    ids, y = np.load(ids_path), np.load(y_path)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{ids_path}: expected an integer [rows, max_len] matrix, got {ids.dtype} {ids.shape}")
+    if y.shape != (ids.shape[0],):
+        raise ValueError(f"{y_path}: {y.shape[0] if y.ndim else 0} labels for {ids.shape[0]} rows in {ids_path}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"{ids_path}: token ids in [{ids.min()}, {ids.max()}], the matrix has {vocab_size} rows")
+    if y.size and (y.min() < -1 or y.max() >= n_classes):
+        raise ValueError(f"{y_path}: labels in [{y.min()}, {y.max()}], labels.json has {n_classes} categories")
+    return ids.astype(np.int32, copy=False), y.astype(np.int64, copy=False)
+
+
+def load_data(features: str | os.PathLike, matrix_path: str | os.PathLike) -> Data:
+    features = Path(features)
+    categories = list(read_json(features / "labels.json")["categories"])
+    matrix = np.load(matrix_path)
+    if matrix.ndim != 2 or matrix.shape[0] < 2:
+        raise ValueError(f"{matrix_path}: expected a [vocab, dim] matrix, got shape {matrix.shape}")
+    bad_rows = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if bad_rows.size:
+        raise ValueError(f"{matrix_path}: {bad_rows.size} row(s) contain NaN/inf (first: token id {bad_rows[0]})")
+    splits = {}
+    raw = {}
+    for split in ("train", "validation"):
+        ids, y = _load_split(features, split, len(categories), matrix.shape[0])
+        known = y >= 0
+        raw[split] = (ids, y)
+        splits[split] = Split(torch.from_numpy(ids[known]), torch.from_numpy(y[known]), int((~known).sum()))
+    if len(splits["train"].labels) == 0:
+        raise ValueError(f"{features}/train_labels.npy: no training rows with a known label")
+    if raw["train"][0].shape[1] != raw["validation"][0].shape[1]:
+        raise ValueError(f"{features}: train and validation ids have different max_len")
+    return Data(
+        train=splits["train"],
+        validation=splits["validation"],
+        val_ids_all=raw["validation"][0],
+        val_labels_all=raw["validation"][1],
+        categories=categories,
+        matrix=torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)),
+    )
+
+
+def place(split: Split, device: torch.device) -> Split:
+    """The split's tensors on ``device`` when they fit comfortably, else pinned host memory."""
+    if device.type != "cuda":
+        return split
+    need = split.ids.nbytes + split.labels.nbytes
+    free, _ = torch.cuda.mem_get_info(device)
+    if need < 0.4 * free:
+        return Split(split.ids.to(device), split.labels.to(device), split.unseen)
+    log.warning("token matrix (%.0f MB) kept in host memory: only %.0f MB free on %s", need / 1e6, free / 1e6, device)
+    return Split(split.ids.pin_memory(), split.labels.pin_memory(), split.unseen)
+
+
+# ------------------------------------------------------------------------------------- training
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every epoch's randomness depends on (seed, epoch) only: resuming needs no RNG state."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
+
+
+def make_optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    lr, wd = float(params["lr"]), float(params["weight_decay"])
+    if params["optimizer"] == "adam":
+        return torch.optim.Adam(trainable, lr=lr, weight_decay=wd)
+    if params["optimizer"] == "adamw":
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(trainable, lr=lr, weight_decay=wd, momentum=0.9)
+
+
+def class_weight_tensor(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 over the classes present (absent classes: 0)."""
+    counts = torch.bincount(labels.cpu(), minlength=n_classes).double()
+    present = counts > 0
+    weights = torch.zeros(n_classes, dtype=torch.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.float()
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    perm: torch.Tensor,
+    device: torch.device,
+    class_weights: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> float:
+    """One pass over ``ids[perm]`` in batches; returns the mean training loss.
+
+    ``perm`` lives where ``ids`` does; batches are gathered by indexing (on the GPU when the
+    matrices are device-resident) and moved only when they are not.
+    """
+    model.train()
+    on_device = ids.device == device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n = perm.numel()
+    for b, start in enumerate(range(0, n, batch_size)):
+        idx = perm[start : start + batch_size]
+        x, y = ids[idx], labels[idx]
+        if not on_device:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * idx.numel()
+        if progress is not None:
+            progress.update(idx.numel())
+        if (b + 1) % NAN_CHECK_EVERY == 0:
+            _check_finite(total, f"after {start + idx.numel():,} samples")
+    _check_finite(total, "at the end of the epoch")
+    return float(total) / max(n, 1)
+
+
+def _check_finite(total_loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(total_loss):
+        raise NonFiniteLoss(
+            f"training loss is {float(total_loss)} {where}: the run diverged. Lower lr, check the "
+            "embedding matrix for huge values, or use another optimizer; no outputs were written."
+        )
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH):
+    """Float32 logits for every row of ``ids``, batched, in eval mode (dropout off)."""
+    model.eval()
+    out = []
+    for start in range(0, ids.shape[0], batch_size):
+        x = ids[start : start + batch_size].to(device, non_blocking=True)
+        with autocast(device):
+            out.append(model(x).float())
+    if not out:
+        n_classes = model.out.out_features
+        return torch.empty((0, n_classes), device=device)
+    return torch.cat(out)
+
+
+def balanced_accuracy(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int) -> float:
+    """Mean per-class recall over the classes present in ``y_true`` (sklearn's definition)."""
+    if y_true.numel() == 0:
+        return float("nan")
+    counts = torch.bincount(y_true, minlength=n_classes)
+    hits = torch.bincount(y_true[y_pred == y_true], minlength=n_classes)
+    present = counts > 0
+    return float((hits[present].double() / counts[present].double()).mean())
+
+
+def evaluate(model: nn.Module, split: Split, n_classes: int, device: torch.device) -> tuple[float, float]:
+    """(unweighted mean cross-entropy, balanced accuracy) on a split's known-label rows."""
+    logits = predict_logits(model, split.ids, device)
+    y = split.labels.to(device)
+    if y.numel() == 0:
+        return float("nan"), float("nan")
+    loss = float(F.cross_entropy(logits, y, reduction="sum")) / y.numel()
+    return loss, balanced_accuracy(y, logits.argmax(1), n_classes)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def default_checkpoint_dir(out_dir: Path) -> Path:
+    """results/runs/{family}/{combo} -> results/checkpoints/{family}/{combo}."""
+    parts = list(out_dir.parts)
+    if "runs" in parts:
+        i = len(parts) - 1 - parts[::-1].index("runs")
+        return Path(*parts[:i], "checkpoints", *parts[i + 1 :])
+    return out_dir.parent / f".{out_dir.name}.checkpoint"
+
+
+def fingerprint(family: str, params: dict[str, Any], inputs: list[Path]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the combination and the exact input files."""
+    files = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in inputs}
+    return {"version": CHECKPOINT_VERSION, "family": family, "params": json.loads(json.dumps(params)), "inputs": files}
+
+
+def _cpu_state(module_or_opt) -> dict[str, Any]:
+    state = module_or_opt.state_dict()
+
+    def to_cpu(v):
+        if isinstance(v, torch.Tensor):
+            return v.detach().to("cpu", copy=True)
+        if isinstance(v, dict):
+            return {k: to_cpu(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [to_cpu(x) for x in v]
+        return v
+
+    return to_cpu(state)
+
+
+def load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file cannot happen (atomic writes) but a foreign one can
+        log.warning("ignoring unreadable checkpoint %s: %s", path, err)
+        return None
+    if ckpt.get("fingerprint") != expected:
+        log.warning("ignoring checkpoint %s: it belongs to other parameters or input files", path)
+        return None
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------------ run
+def run(
+    family: str,
+    params: dict[str, Any],
+    features: str | os.PathLike,
+    matrix_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    device_name: str = "auto",
+    threads: int = 1,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Train one combination and write its outputs; returns metrics.json's content."""
+    t_start = time.monotonic()
+    params = resolve_params(family, params)
+    features, out_dir = Path(features), Path(out_dir)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
+    ckpt_path = ckpt_dir / "checkpoint.pt"
+    device = select_device(device_name)
+    torch.set_num_threads(max(1, int(threads)))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    inputs = [features / f for f in ("labels.json", "train_ids.npy", "train_labels.npy",
+                                     "validation_ids.npy", "validation_labels.npy")] + [Path(matrix_path)]
+    data = load_data(features, matrix_path)
+    vocab_size, dim = data.matrix.shape
+    n_classes = data.n_classes
+    log.info(
+        "%s %s on %s (%d threads): %s train rows, %s validation rows (%s / %s with categories unseen in "
+        "train left out), vocab %s x %d, %d classes",
+        family, combo_id(params), device, threads, f"{len(data.train.labels):,}", f"{len(data.validation.labels):,}",
+        f"{data.train.unseen:,}", f"{data.validation.unseen:,}", f"{vocab_size:,}", dim, n_classes,
+    )
+    train, val = place(data.train, device), place(data.validation, device)
+
+    torch.manual_seed(int(params["seed"]))
+    model = build_model(family, params, vocab_size, dim, n_classes, matrix=data.matrix).to(device)
+    optimizer = make_optimizer(model, params)
+    weights = class_weight_tensor(data.train.labels, n_classes).to(device) if params["class_weights"] else None
+
+    expected = fingerprint(family, params, inputs)
+    state: dict[str, Any] = {
+        "epoch": 0, "history": [], "best_epoch": 0, "best_bacc": -math.inf, "best_state": None,
+        "bad_epochs": 0, "done": False, "train_time_s": 0.0, "train_samples": 0, "elapsed_s": 0.0,
+    }
+    ckpt = load_checkpoint(ckpt_path, expected)
+    resumed_from = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        resumed_from = state["epoch"]
+        log.info("resuming from %s after epoch %d", ckpt_path, resumed_from)
+    elapsed_before = state["elapsed_s"]
+
+    max_epochs, batch_size = int(params["epochs"]), int(params["batch_size"])
+    n_train = len(train.labels)
+    while not state["done"]:
+        epoch = state["epoch"] + 1
+        seed = epoch_seed(params["seed"], epoch)
+        torch.manual_seed(seed)  # dropout (CPU and CUDA generators)
+        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).to(train.ids.device)
+        progress = Progress(log, n_train, f"epoch {epoch}/{max_epochs}", every_s=30.0)
+        t0 = time.monotonic()
+        train_loss = train_epoch(model, optimizer, train.ids, train.labels, batch_size, perm, device, weights, progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_s = time.monotonic() - t0
+        val_loss, val_bacc = evaluate(model, val, n_classes, device)
+        state["train_time_s"] += train_s
+        state["train_samples"] += n_train
+        elapsed = elapsed_before + time.monotonic() - t_start
+        state["history"].append({
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_bacc": val_bacc,
+            "samples_per_s": n_train / max(train_s, 1e-9), "elapsed_s": elapsed,
+        })
+        improved = val_bacc > state["best_bacc"]
+        if improved:
+            state.update(best_bacc=val_bacc, best_epoch=epoch, best_state=_cpu_state(model), bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        stop_early = state["bad_epochs"] >= int(params["patience"])
+        state.update(epoch=epoch, done=stop_early or epoch >= max_epochs, stopped_early=stop_early and epoch < max_epochs,
+                     elapsed_s=elapsed)
+        per_epoch = elapsed / epoch
+        log.info(
+            "epoch %d/%d: train_loss %.4f  val_loss %.4f  val_bacc %.4f%s  %s samples/s  elapsed %s  ETA %s%s",
+            epoch, max_epochs, train_loss, val_loss, val_bacc, " (best)" if improved else "",
+            f"{n_train / max(train_s, 1e-9):,.0f}", format_seconds(elapsed),
+            format_seconds(0 if state["done"] else per_epoch * (max_epochs - epoch)),
+            f"  -> early stop (no improvement for {params['patience']} epochs)" if stop_early else "",
+        )
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"fingerprint": expected, "model": _cpu_state(model), "optimizer": _cpu_state(optimizer),
+                        "state": state}, tmp)
+        if os.environ.get(KILL_ENV) == str(epoch):
+            log.warning("%s=%d: killing this process (fault injection)", KILL_ENV, epoch)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    model.load_state_dict(state["best_state"])
+    metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info("done: best epoch %d, val_bacc %.4f -> %s", metrics["best_epoch"], metrics["val_bacc"], out_dir)
+    return metrics
+
+
+def _write_outputs(family, params, model, data: Data, state, device, out_dir: Path, resumed_from: int, threads: int):
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab_size, dim = data.matrix.shape
+    best = state["history"][state["best_epoch"] - 1]
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({
+            "format": "meli-model/1", "family": family, "params": params, "vocab_size": int(vocab_size),
+            "dim": int(dim), "n_classes": data.n_classes, "max_len": int(data.val_ids_all.shape[1]),
+            "categories": data.categories, "state_dict": state["best_state"],
+        }, tmp)
+
+    logits = predict_logits(model, torch.from_numpy(data.val_ids_all), device)
+    prob, pred = torch.softmax(logits, dim=1).max(dim=1)
+    preds = pd.DataFrame({"label": data.val_labels_all.astype(np.int64), "pred": pred.cpu().numpy().astype(np.int64),
+                          "prob": prob.cpu().numpy().astype(np.float64)})
+    with atomic_path(out_dir / "val_predictions.parquet") as tmp:
+        preds.to_parquet(tmp, index=False)
+
+    history = pd.DataFrame(state["history"], columns=list(HISTORY_COLUMNS))
+    with atomic_path(out_dir / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+
+    metrics = {
+        "family": family,
+        "combo": combo_id(params),
+        "params": params,
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "val_bacc": best["val_bacc"],
+        "val_loss": best["val_loss"],
+        "final_train_loss": state["history"][-1]["train_loss"],
+        "train_time_s": state["train_time_s"],
+        "samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
+        "peak_mem_mb": peak_rss_mb(),
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": threads,
+        "n_train": int(len(data.train.labels)),
+        "n_val": int(len(data.validation.labels)),
+        "n_train_unseen_category": data.train.unseen,
+        "n_val_unseen_category": data.validation.unseen,
+        "n_classes": data.n_classes,
+        "stopped_early": bool(state["stopped_early"]),
+        "resumed_from_epoch": resumed_from,
+        "elapsed_s": state["elapsed_s"],
+        "torch": torch.__version__,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", required=True, choices=sorted(DEFAULTS))
+    ap.add_argument("--params", required=True, help="the combination as one JSON object")
+    ap.add_argument("--features", required=True, help="directory with {train,validation}_{ids,labels}.npy, labels.json")
+    ap.add_argument("--matrix", required=True, help="embedding matrix.npy, float32 [vocab, dim]")
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--checkpoint-dir", default=None, help="default: out-dir with its 'runs' component -> 'checkpoints'")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    setup_logging()
+    try:
+        params = json.loads(args.params)
+        if not isinstance(params, dict):
+            raise ValueError("--params must be a JSON object")
+        run(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads, args.checkpoint_dir)
+    except (NonFiniteLoss, ValueError, FileNotFoundError, RuntimeError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
