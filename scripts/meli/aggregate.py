@@ -1,0 +1,237 @@
+"""Comparison tables of every finished run, and the per-family selection **on validation only**.
+
+    python -m meli.aggregate --out-dir results/tables results/runs/mlp/<combo> ...
+
+Writes ``runs.csv``/``runs.md`` (one row per run, every hyperparameter a column, sorted by
+validation bacc within each family), ``effects.csv`` (validation bacc grouped by the value of
+each hyperparameter that varies within a family) and ``selection.json`` (the best run of each
+family). Test data is never read here: selection must not see it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from meli.grid import FAMILIES, KEY_ORDER
+from meli.io import atomic_path, setup_logging, write_json
+
+# The run-level columns of runs.csv, after family/combo and the hyperparameters.
+METRIC_COLUMNS = (
+    "epochs_run",
+    "best_epoch",
+    "val_bacc",
+    "val_loss",
+    "final_train_loss",
+    "train_time_s",
+    "samples_per_s",
+    "peak_mem_mb",
+    "device",
+    "stopped_early",
+)
+REQUIRED_KEYS = ("family", "params", "val_bacc")
+SELECTION_RULE = "highest validation balanced accuracy; ties: lower validation loss, then combination id"
+
+
+class RunError(ValueError):
+    """A run directory without a usable metrics.json."""
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """metrics.json of one run, checked; ``combo`` is the directory name (the workflow's id)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        raise RunError(f"{run_dir}: no metrics.json (did the training job finish?)")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(metrics, dict):
+        raise RunError(f"{path}: expected a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in metrics]
+    if missing:
+        raise RunError(f"{path}: missing key(s) {missing}")
+    if not isinstance(metrics["params"], dict):
+        raise RunError(f"{path}: 'params' must be an object")
+    val_bacc = metrics["val_bacc"]
+    if not isinstance(val_bacc, (int, float)) or isinstance(val_bacc, bool) or not math.isfinite(val_bacc):
+        raise RunError(f"{path}: 'val_bacc' must be a finite number, got {val_bacc!r}")
+    return {**metrics, "combo": run_dir.name, "run_dir": str(run_dir)}
+
+
+def param_value(value: Any) -> Any:
+    """A hyperparameter value as one table cell: lists (layer sizes, kernels) as compact JSON."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
+def _param_order(keys: Iterable[str]) -> list[str]:
+    keys = set(keys)
+    return [k for k in KEY_ORDER if k in keys] + sorted(keys - set(KEY_ORDER))
+
+
+def _family_rank(family: str) -> int:
+    return FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
+
+
+def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: family, combo, every hyperparameter, the run metrics, run_dir.
+
+    Sorted by family (mlp, cnn, tfidf, then others), then validation bacc (best first), then
+    validation loss, then combo -- so the first row of each family is its selection.
+    """
+    if not runs:
+        raise RunError("no runs given")
+    params = _param_order(k for r in runs for k in r["params"])
+    rows = []
+    for r in runs:
+        row = {"family": r["family"], "combo": r["combo"]}
+        row.update({k: param_value(r["params"].get(k)) for k in params})
+        row.update({k: r.get(k) for k in METRIC_COLUMNS})
+        row["run_dir"] = r["run_dir"]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df["_rank"] = df["family"].map(_family_rank)
+    df["_loss"] = pd.to_numeric(df["val_loss"], errors="coerce").fillna(math.inf)
+    df = df.sort_values(["_rank", "family", "val_bacc", "_loss", "combo"], ascending=[True, True, False, True, True])
+    df = df.drop(columns=["_rank", "_loss"]).reset_index(drop=True)
+    df.attrs["params"] = params
+    return df
+
+
+def hyperparameters(df: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns of a runs table (between combo and the metric columns)."""
+    cols = list(df.columns)
+    return cols[cols.index("combo") + 1 : cols.index(METRIC_COLUMNS[0])]
+
+
+def swept(df: pd.DataFrame, family: str) -> list[str]:
+    """Hyperparameters taking more than one value among a family's runs."""
+    sub = df[df["family"] == family]
+    return [p for p in hyperparameters(df) if sub[p].dropna().astype(str).nunique() > 1]
+
+
+def select(df: pd.DataFrame) -> dict[str, Any]:
+    """The best run of each family on validation (``df`` comes sorted from :func:`runs_table`)."""
+    families = {}
+    for family, sub in df.groupby("family", sort=False):
+        best = sub.iloc[0]
+        families[family] = {
+            "combo": best["combo"],
+            "run_dir": best["run_dir"],
+            "val_bacc": float(best["val_bacc"]),
+            "val_loss": _float_or_none(best["val_loss"]),
+            "params": {p: _plain(best[p]) for p in hyperparameters(df) if not _missing(best[p])},
+            "n_runs": int(len(sub)),
+            "runner_up": None if len(sub) < 2 else {"combo": sub.iloc[1]["combo"], "val_bacc": float(sub.iloc[1]["val_bacc"])},
+        }
+    return {"criterion": SELECTION_RULE, "split": "validation", "families": families}
+
+
+def effects(df: pd.DataFrame) -> pd.DataFrame:
+    """For each family and each swept hyperparameter: validation bacc grouped by its value."""
+    rows = []
+    for family in df["family"].unique():
+        sub = df[df["family"] == family]
+        for param in swept(df, family):
+            groups = sub.assign(_value=sub[param].astype(str)).groupby("_value", sort=False)["val_bacc"]
+            stats = groups.agg(["count", "mean", "std", "min", "max"])
+            for value, s in stats.iterrows():
+                rows.append({
+                    "family": family, "hyperparameter": param, "value": value, "n": int(s["count"]),
+                    "mean_val_bacc": s["mean"], "std_val_bacc": s["std"], "min_val_bacc": s["min"],
+                    "max_val_bacc": s["max"],
+                })
+    out = pd.DataFrame(rows, columns=["family", "hyperparameter", "value", "n", "mean_val_bacc", "std_val_bacc",
+                                      "min_val_bacc", "max_val_bacc"])
+    if out.empty:
+        return out
+    out["_num"] = pd.to_numeric(out["value"], errors="coerce")
+    out["_rank"] = out["family"].map(_family_rank)
+    out = out.sort_values(["_rank", "family", "hyperparameter", "_num", "value"], kind="stable")
+    return out.drop(columns=["_num", "_rank"]).reset_index(drop=True)
+
+
+def markdown(df: pd.DataFrame, selection: dict[str, Any]) -> str:
+    """runs.md: one table per family, the selected run in bold."""
+    out = ["# Runs", "", f"Selection: {selection['criterion']} (validation split only).", ""]
+    for family, sub in df.groupby("family", sort=False):
+        cols = ["combo", *swept(df, family), *[c for c in METRIC_COLUMNS if sub[c].notna().any()]]
+        out += [f"## {family} ({len(sub)} runs)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for i, (_, row) in enumerate(sub.iterrows()):
+            cells = [_md_cell(row[c]) for c in cols]
+            if i == 0:
+                cells = [f"**{c}**" for c in cells]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _md_cell(value: Any) -> str:
+    if _missing(value):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value).replace("|", "\\|")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python, compact JSON lists back to lists."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    return value
+
+
+def aggregate(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    runs = [load_run(d) for d in run_dirs]
+    df = runs_table(runs)
+    selection = select(df)
+    with atomic_path(out_dir / "runs.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "runs.md") as tmp:
+        tmp.write_text(markdown(df, selection))
+    with atomic_path(out_dir / "effects.csv") as tmp:
+        effects(df).to_csv(tmp, index=False)
+    write_json(out_dir / "selection.json", selection)
+    return selection
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out-dir", required=True, help="where runs.csv, runs.md, effects.csv, selection.json go")
+    ap.add_argument("runs", nargs="+", help="run directories (results/runs/{family}/{combo})")
+    args = ap.parse_args(argv)
+    log = setup_logging("meli.aggregate")
+    selection = aggregate(args.runs, args.out_dir)
+    log.info("aggregated %d runs into %s", len(args.runs), args.out_dir)
+    for family, best in selection["families"].items():
+        log.info("selected %s: %s (val bacc %.4f, %d runs)", family, best["combo"], best["val_bacc"], best["n_runs"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Aggregation of handmade run directories: runs table, selection on validation only, effects.
+
+Also home of the fixture factory the other report tests use (``make_run``, ``make_results``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from meli import aggregate
+from meli.grid import combo_id
+
+CATEGORIES = ["AUDIO", "CELULARES", "HERRAMIENTAS", "JUGUETES", "LIBROS", "MOTOS"]
+
+
+def make_run(results: Path, family: str, params: dict, val_bacc: float, val_loss: float | None = 1.0,
+             epochs: int = 4, **extra) -> Path:
+    """A finished run directory as the training stage writes it (metrics, history, val predictions)."""
+    combo = combo_id(params)
+    run_dir = results / "runs" / family / combo
+    run_dir.mkdir(parents=True)
+    metrics = {
+        "family": family, "combo": combo, "params": params, "epochs_run": epochs, "best_epoch": max(1, epochs - 1),
+        "val_bacc": val_bacc, "val_loss": val_loss, "final_train_loss": 0.5, "train_time_s": 12.5 * epochs,
+        "samples_per_s": 4000.0, "peak_mem_mb": 900.0, "device": "cpu", "n_train": 600, "n_val": 120,
+        "n_classes": len(CATEGORIES), "stopped_early": False, "finished_at": "2025-01-01T00:00:00+00:00", **extra,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    epochs_ = np.arange(1, epochs + 1)
+    curve = val_bacc * (1 - 0.5 ** epochs_)
+    pd.DataFrame({"epoch": epochs_, "train_loss": 2.0 / epochs_, "val_loss": 2.2 / epochs_, "val_bacc": curve,
+                  "samples_per_s": 4000.0, "elapsed_s": 12.5 * epochs_}).to_csv(run_dir / "history.csv", index=False)
+    pd.DataFrame({"label": [0, 1], "pred": [0, 1], "prob": [0.9, 0.8]}).to_parquet(run_dir / "val_predictions.parquet")
+    bench = results / "benchmarks" / "train" / family / f"{combo}.tsv"
+    bench.parent.mkdir(parents=True, exist_ok=True)
+    bench.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                     f"{13.0 * epochs}\t0:00:50\t812.5\t2000\t700\t710\t1\t2\t95.0\t{12.0 * epochs}\n")
+    return run_dir
+
+
+MLP = dict(embedding="w2v", freeze_embeddings=False, hidden=[128], dropout=0.3, batch_size=64, lr=0.003, seed=0)
+CNN = dict(embedding="w2v", freeze_embeddings=False, filters=64, kernel_sizes=[2, 3], hidden=[], dropout=0.3, seed=0)
+TFIDF = dict(C=1.0, ngram_max=2, max_features=50000)
+
+# (family, params, val_bacc, val_loss, test accuracy the fake predictor gives the run)
+RUNS = [
+    ("mlp", {**MLP, "dropout": 0.3}, 0.80, 0.70, 0.60),  # best on validation, worse on test
+    ("mlp", {**MLP, "dropout": 0.7}, 0.70, 0.90, 0.95),
+    ("mlp", {**MLP, "dropout": 0.3, "freeze_embeddings": True}, 0.75, 0.80, 0.90),
+    ("mlp", {**MLP, "dropout": 0.7, "freeze_embeddings": True}, 0.65, 1.00, 0.50),
+    ("cnn", {**CNN, "lr": 0.001}, 0.78, 0.75, 0.70),
+    ("cnn", {**CNN, "lr": 0.01}, 0.78, 0.72, 0.75),  # tie on bacc: lower val loss wins
+    ("tfidf", {**TFIDF, "C": 1.0}, 0.60, None, 0.58),
+    ("tfidf", {**TFIDF, "C": 10.0}, 0.62, None, 0.61),
+]
+
+
+def make_runs(results: Path) -> list[Path]:
+    return [make_run(results, f, p, vb, vl, epochs=1 if f == "tfidf" else 4) for f, p, vb, vl, _ in RUNS]
+
+
+def test_runs_table_sorted_with_every_hyperparameter(tmp_path):
+    dirs = make_runs(tmp_path / "results")
+    df = aggregate.runs_table([aggregate.load_run(d) for d in reversed(dirs)])
+    assert list(df["family"]) == ["mlp"] * 4 + ["cnn"] * 2 + ["tfidf"] * 2
+    for family in ("mlp", "cnn", "tfidf"):
+        assert df[df["family"] == family]["val_bacc"].is_monotonic_decreasing
+    params = aggregate.hyperparameters(df)
+    for key in ("embedding", "freeze_embeddings", "hidden", "dropout", "filters", "kernel_sizes", "C", "ngram_max"):
+        assert key in params
+    assert df.loc[df["family"] == "cnn", "kernel_sizes"].iloc[0] == "[2,3]"
+    assert df.loc[df["family"] == "tfidf", "filters"].isna().all()
+    assert {"epochs_run", "best_epoch", "val_loss", "final_train_loss", "train_time_s", "samples_per_s",
+            "peak_mem_mb", "device"} <= set(df.columns)
+
+
+def test_selection_on_validation_only_and_deterministic_ties(tmp_path):
+    dirs = make_runs(tmp_path / "results")
+    out = tmp_path / "tables"
+    selection = aggregate.aggregate(dirs, out)
+    fam = selection["families"]
+    # The MLP with the best validation bacc wins although another one is better on test.
+    assert fam["mlp"]["combo"] == combo_id({**MLP, "dropout": 0.3}) and fam["mlp"]["val_bacc"] == 0.80
+    assert fam["cnn"]["combo"] == combo_id({**CNN, "lr": 0.01}), "tie on bacc must go to the lower val loss"
+    assert fam["tfidf"]["params"]["C"] == 10.0
+    assert fam["cnn"]["params"]["kernel_sizes"] == [2, 3]
+    assert selection["split"] == "validation"
+    assert json.loads((out / "selection.json").read_text()) == selection
+    # Order of the inputs does not change anything.
+    assert aggregate.aggregate(list(reversed(dirs)), tmp_path / "again") == selection
+    runs_csv = pd.read_csv(out / "runs.csv")
+    assert len(runs_csv) == len(RUNS) and set(runs_csv["combo"]) == {d.name for d in dirs}
+    md = (out / "runs.md").read_text()
+    assert f"**{fam['mlp']['combo']}**" in md and "## cnn (2 runs)" in md
+
+
+def test_effects_group_swept_hyperparameters(tmp_path):
+    dirs = make_runs(tmp_path / "results")
+    aggregate.aggregate(dirs, tmp_path / "tables")
+    eff = pd.read_csv(tmp_path / "tables" / "effects.csv")
+    mlp = eff[eff["family"] == "mlp"]
+    assert set(mlp["hyperparameter"]) == {"freeze_embeddings", "dropout"}
+    dropout = mlp[mlp["hyperparameter"] == "dropout"].set_index("value")
+    assert dropout.loc["0.3", "mean_val_bacc"] == pytest.approx((0.80 + 0.75) / 2)
+    assert dropout.loc["0.7", "max_val_bacc"] == pytest.approx(0.70)
+    assert (dropout["n"] == 2).all()
+    assert set(eff[eff["family"] == "cnn"]["hyperparameter"]) == {"lr"}
+    assert set(eff[eff["family"] == "tfidf"]["hyperparameter"]) == {"C"}
+
+
+def test_missing_or_broken_metrics_name_the_run(tmp_path, capsys):
+    dirs = make_runs(tmp_path / "results")
+    (dirs[0] / "metrics.json").unlink()
+    with pytest.raises(aggregate.RunError, match=re.escape(str(dirs[0]))):
+        aggregate.aggregate(dirs, tmp_path / "tables")
+    (dirs[0] / "metrics.json").write_text('{"family": "mlp", "params": {}, "val_bacc": NaN}')
+    with pytest.raises(aggregate.RunError, match="val_bacc"):
+        aggregate.load_run(dirs[0])
+    (dirs[0] / "metrics.json").write_text('{"family": "mlp", "val_bacc": 0.5}')
+    with pytest.raises(aggregate.RunError, match="params"):
+        aggregate.load_run(dirs[0])
+    assert not (tmp_path / "tables" / "runs.csv").exists(), "nothing written when an input is bad"
+
+
+def test_cli(tmp_path):
+    dirs = make_runs(tmp_path / "results")
+    assert aggregate.main(["--out-dir", str(tmp_path / "t"), *map(str, dirs)]) == 0
+    assert {p.name for p in (tmp_path / "t").iterdir()} == {"runs.csv", "runs.md", "effects.csv", "selection.json"}
