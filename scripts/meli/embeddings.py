@@ -15,8 +15,9 @@ kind: pretrained  ``--source`` is a word2vec-format file: text with a ``count di
                   titles; an exact match always wins.
 kind: word2vec |  ``--source`` is train.parquet: gensim is trained on the train split's tokens,
       fasttext    streamed from Parquet. One worker and a fixed seed give the same matrix in
-                  every run: the word-vector initialisation hashes words with a stable hash, not
-                  Python's per-process salted ``hash``.
+                  every run, whatever PYTHONHASHSEED (gensim 4.4 initialises from the seed; its
+                  ``hashfxn``, used when seeding vectors per word, is a stable hash here, not
+                  Python's per-process salted ``hash``). tests/test_embeddings.py checks it.
 
 Vocabulary words without a vector get seeded normal noise with the found vectors' standard
 deviation (or, with ``oov_init: fasttext`` and FastText vectors, their subword vector); the noise
@@ -174,14 +175,19 @@ def _parse_rows(chunk: list[tuple[int, int, bytes]], collector: _Collector, path
     collector.matrix[[row for row, _, _ in chunk]] = values.reshape(len(chunk), dim)
 
 
+def _corrupt(path: Path, err: Exception, lineno: int) -> EmbeddingError:
+    where = f", after line {lineno}" if lineno > 1 else ""
+    return EmbeddingError(f"{path}{where}: corrupt or truncated file ({err})")
+
+
 def read_text_vectors(path: Path, collector: _Collector, dim: int, logger: logging.Logger) -> int:
     """Stream a word2vec text file into ``collector``; return the number of vectors in the file."""
+    pending: list[tuple[int, int, bytes]] = []
+    lineno = 1
     with _open(path) as fh:
-        count = _read_header(fh, path, dim)
-        progress = Progress(logger, count, f"reading {path.name}")
-        pending: list[tuple[int, int, bytes]] = []
-        lineno = 1
         try:
+            count = _read_header(fh, path, dim)
+            progress = Progress(logger, count, f"reading {path.name}")
             for lineno, line in enumerate(fh, 2):
                 word, _, rest = line.partition(b" ")
                 rest = rest.rstrip()  # trailing blank (the C tool writes one) and newline
@@ -198,7 +204,7 @@ def read_text_vectors(path: Path, collector: _Collector, dim: int, logger: loggi
                 if lineno % 100_000 == 0:
                     progress.update(100_000)
         except (EOFError, OSError, zlib.error) as err:  # truncated or corrupt compressed file
-            raise EmbeddingError(f"{path}, after line {lineno}: corrupt or truncated file ({err})") from None
+            raise _corrupt(path, err, lineno) from None
         if pending:
             _parse_rows(pending, collector, path, dim)
     n = lineno - 1
@@ -226,9 +232,9 @@ def _binary_records(fh, path: Path, dim: int, count: int) -> Iterator[tuple[byte
 
 def read_binary_vectors(path: Path, collector: _Collector, dim: int, logger: logging.Logger) -> int:
     with _open(path) as fh:
-        count = _read_header(fh, path, dim)
-        progress = Progress(logger, count, f"reading {path.name}")
         try:
+            count = _read_header(fh, path, dim)
+            progress = Progress(logger, count, f"reading {path.name}")
             for i, (word, raw) in enumerate(_binary_records(fh, path, dim, count), 1):
                 row = collector.claim(word)
                 if row >= 0:
@@ -236,7 +242,7 @@ def read_binary_vectors(path: Path, collector: _Collector, dim: int, logger: log
                 if i % 100_000 == 0:
                     progress.update(100_000)
         except (EOFError, OSError, zlib.error) as err:
-            raise EmbeddingError(f"{path}: corrupt or truncated file ({err})") from None
+            raise _corrupt(path, err, 0) from None
     return count
 
 
