@@ -131,3 +131,78 @@ def test_cli(tmp_path):
     dirs = make_runs(tmp_path / "results")
     assert aggregate.main(["--out-dir", str(tmp_path / "t"), *map(str, dirs)]) == 0
     assert {p.name for p in (tmp_path / "t").iterdir()} == {"runs.csv", "runs.md", "effects.csv", "selection.json"}
+
+
+# ------------------------------------------------------------------ a whole results/ tree
+N_TEST = 600
+N_UNSEEN = 12  # test rows whose category is absent from train (label -1)
+
+
+def make_results(root: Path) -> Path:
+    """results/ as the upstream stages leave it: data, features, embeddings, runs, benchmarks."""
+    results = root / "results"
+    dirs = make_runs(results)
+    labels = np.arange(N_TEST) % len(CATEGORIES)
+    labels[:N_UNSEEN] = -1
+    category = np.array([CATEGORIES[i] if i >= 0 else "NUEVA" for i in labels])
+    quality = np.where(np.arange(N_TEST) % 3 == 0, "reliable", "unreliable")
+    (results / "data").mkdir(parents=True)
+    pd.DataFrame({"title": [f"titulo {i}" for i in range(N_TEST)], "text": [f"titulo {i}" for i in range(N_TEST)],
+                  "category": category, "label_quality": quality, "language": "spanish"}
+                 ).to_parquet(results / "data" / "test.parquet")
+    (results / "data" / "summary.json").write_text(json.dumps({
+        "source": {"path": "results/data/source/demo.csv.gz", "format": "raw_csv", "bytes": 123456,
+                   "sha256": "ab" * 32},
+        "rows": {"train": 3000, "validation": 600, "test": N_TEST},
+        "categories": {"count": len(CATEGORIES) + 1, "per_split": {"train": 6, "validation": 6, "test": 7}},
+        "label_quality": {"train": {"reliable": 1000, "unreliable": 2000}, "test": {"reliable": 200, "unreliable": 400}},
+        "token_length_quantiles": {"0.5": 6, "0.9": 9, "0.99": 12},
+        "dropped": {"empty_text": 3, "unknown_language": 1},
+        "rare_categories": {"policy": "train_only", "count": 1},
+        "preprocess": {"lowercase": True},
+    }))
+    features = results / "features"
+    features.mkdir()
+    np.save(features / "test_labels.npy", labels.astype(np.int64))
+    (features / "labels.json").write_text(json.dumps({"categories": CATEGORIES}))
+    (features / "stats.json").write_text(json.dumps({
+        "train": {"rows": 3000, "truncated_share": 0.01, "unk_share": 0.0, "unseen_category_rows": 0},
+        "test": {"rows": N_TEST, "truncated_share": 0.02, "unk_share": 0.05, "unseen_category_rows": N_UNSEEN},
+    }))
+    emb = results / "embeddings" / "w2v"
+    emb.mkdir(parents=True)
+    (emb / "coverage.json").write_text(json.dumps({"name": "w2v", "kind": "word2vec", "dim": 64, "vocab_size": 900,
+                                                   "words_found": 880, "vocab_coverage": 0.978,
+                                                   "token_coverage": 0.995}))
+    stage = results / "benchmarks" / "prepare_data.tsv"
+    stage.write_text("s\th:m:s\tmax_rss\tcpu_time\n3.5\t0:00:03\t250.0\t3.1\n")
+    assert len(dirs) == len(RUNS)
+    return results
+
+
+class FakePredictor:
+    """Stands in for meli.inference: each run gets the test accuracy listed in RUNS."""
+
+    def __init__(self, run_dir, data_dir, features_dir, device="auto"):
+        self.run_dir = Path(run_dir)
+        self.features_dir = Path(features_dir)
+        self.categories = list(CATEGORIES)
+        combo = self.run_dir.name
+        self.accuracy = next(acc for f, p, _, _, acc in RUNS if combo_id(p) == combo)
+
+    def predict_proba_split(self, split: str) -> np.ndarray:
+        y = np.load(self.features_dir / f"{split}_labels.npy")
+        k = len(self.categories)
+        truth = np.where(y >= 0, y, 0)
+        wrong = np.random.default_rng(1).permutation(len(y))[: int(round((1 - self.accuracy) * len(y)))]
+        pred = truth.copy()
+        pred[wrong] = (truth[wrong] + 1) % k
+        proba = np.full((len(y), k), 0.02, dtype=np.float32)
+        proba[np.arange(len(y)), pred] = 0.9
+        return proba
+
+    def predict_proba_texts(self, titles):
+        proba = np.full((len(titles), len(self.categories)), 0.1, dtype=np.float32)
+        for i, t in enumerate(titles):
+            proba[i, len(t) % len(self.categories)] = 0.5
+        return proba / proba.sum(axis=1, keepdims=True)

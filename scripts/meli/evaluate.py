@@ -1,0 +1,233 @@
+"""Test scores of the selected runs only (one per family, chosen on validation by meli.aggregate).
+
+    python -m meli.evaluate --selection results/tables/selection.json --data-dir results/data \\
+        --features results/features --config '{"bootstrap": 1000}' --device auto --out-dir results/tables
+
+Per selected run: balanced accuracy with a bootstrap 95% CI, accuracy, macro F1, recall of every
+category (the worst listed), the most confused category pairs, and bacc per ``label_quality``.
+Test rows whose category never occurs in train (label -1) cannot be predicted by any model: they
+are counted and excluded. Writes ``test.csv`` (one row per family) and ``test_details.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from meli.io import atomic_path, read_json, setup_logging, write_json
+
+LOG = logging.getLogger("meli.evaluate")
+DEFAULTS = {"bootstrap": 1000, "worst_categories": 10, "top_confusions": 10, "seed": 0}
+# Indices drawn per bootstrap chunk: bounds memory (~16M int64 = 128 MB) whatever the test size.
+CHUNK_INDICES = 1 << 24
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y`` (sklearn's definition)."""
+    classes, yi = np.unique(y, return_inverse=True)
+    support = np.bincount(yi, minlength=len(classes))
+    hits = np.bincount(yi, weights=(y == pred), minlength=len(classes))
+    return float(np.mean(hits / support))
+
+
+def bootstrap_bacc(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Balanced accuracy of ``n_boot`` resamples (rows drawn with replacement), vectorized.
+
+    Each resample's per-class support and hits come from one ``bincount`` over
+    ``resample * n_classes + class``; classes absent from a resample are left out of its mean,
+    as they would be by computing bacc on that resample directly.
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    n = len(y)
+    if n == 0 or n_boot <= 0:
+        return np.empty(0)
+    _, yi = np.unique(y, return_inverse=True)
+    k = int(yi.max()) + 1
+    correct = (y == pred).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, CHUNK_INDICES // n)
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, per_chunk):
+        b = min(per_chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        cell = (yi[idx] + (np.arange(b) * k)[:, None]).ravel()
+        support = np.bincount(cell, minlength=b * k).reshape(b, k)
+        hits = np.bincount(cell, weights=correct[idx].ravel(), minlength=b * k).reshape(b, k)
+        present = support > 0
+        recall = np.divide(hits, support, out=np.zeros_like(hits), where=present)
+        out[start : start + b] = recall.sum(axis=1) / present.sum(axis=1)
+    return out
+
+
+def confidence_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile interval of bootstrap samples."""
+    if len(samples) == 0:
+        return None, None
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def score(
+    y: np.ndarray,
+    pred: np.ndarray,
+    categories: list[str],
+    label_quality: np.ndarray | None = None,
+    cfg: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every test metric of one model. ``y`` may hold -1 (category unseen in train): excluded."""
+    cfg = {**DEFAULTS, **(cfg or {})}
+    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    if y.shape != pred.shape:
+        raise ValueError(f"{len(y)} labels but {len(pred)} predictions")
+    seen = y >= 0
+    n_unseen = int((~seen).sum())
+    y, pred = y[seen], pred[seen]
+    if label_quality is not None:
+        label_quality = np.asarray(label_quality, dtype=object)[seen]
+    if len(y) == 0:
+        raise ValueError("no test row has a category seen in train")
+    k = len(categories)
+    if y.max() >= k or pred.max() >= k or pred.min() < 0:
+        raise ValueError(f"label or prediction outside 0..{k - 1} (labels.json has {k} categories)")
+
+    support = np.bincount(y, minlength=k)
+    predicted = np.bincount(pred, minlength=k)
+    hits = np.bincount(y[y == pred], minlength=k)
+    present = support > 0
+    recall = np.divide(hits, support, out=np.full(k, np.nan), where=present)
+    precision = np.divide(hits, predicted, out=np.full(k, np.nan), where=predicted > 0)
+    # Macro F1 over the classes in y or pred, F1 = 0 where undefined (sklearn's convention).
+    denom = support + predicted
+    f1 = np.divide(2 * hits, denom, out=np.zeros(k), where=denom > 0)
+    macro_f1 = float(f1[denom > 0].mean())
+
+    samples = bootstrap_bacc(y, pred, cfg["bootstrap"], cfg["seed"])
+    ci_low, ci_high = confidence_interval(samples)
+
+    per_category = pd.DataFrame({
+        "category": categories, "support": support, "recall": recall, "precision": precision, "f1": f1,
+    })[present]
+    worst = per_category.sort_values(["recall", "support", "category"], ascending=[True, False, True])
+    wrong = y != pred
+    pairs, counts = np.unique(y[wrong] * k + pred[wrong], return_counts=True)
+    top = np.lexsort((pairs, -counts))[: cfg["top_confusions"]]
+    confusions = [
+        {"true": categories[p // k], "predicted": categories[p % k], "count": int(c),
+         "share_of_true": float(c / support[p // k])}
+        for p, c in zip(pairs[top], counts[top])
+    ]
+
+    by_quality = {}
+    if label_quality is not None:
+        for quality in sorted(set(label_quality) - {None, "unknown"}):
+            mask = label_quality == quality
+            by_quality[str(quality)] = {"n": int(mask.sum()), "bacc": balanced_accuracy(y[mask], pred[mask]),
+                                        "accuracy": float((y[mask] == pred[mask]).mean())}
+    return {
+        "n_test": int(len(seen)),
+        "n_scored": int(len(y)),
+        "n_unseen_category": n_unseen,
+        "bacc": float(recall[present].mean()),
+        "bacc_ci_low": ci_low,
+        "bacc_ci_high": ci_high,
+        "bootstrap": {"resamples": int(cfg["bootstrap"]), "seed": int(cfg["seed"]), "level": 0.95},
+        "accuracy": float((y == pred).mean()),
+        "macro_f1": macro_f1,
+        "label_quality": by_quality,
+        "worst_categories": _records(worst.head(cfg["worst_categories"])),
+        "confusions": confusions,
+        "per_category": _records(per_category.sort_values("category")),
+    }
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            for row in json.loads(df.to_json(orient="records"))]
+
+
+def resolve_run_dir(run_dir: str, selection_path: Path) -> Path:
+    """Run dirs in selection.json are relative to the workflow root (two levels above tables/)."""
+    path = Path(run_dir)
+    if path.is_absolute() or path.exists():
+        return path
+    candidate = selection_path.resolve().parents[2] / path
+    return candidate if candidate.exists() else path
+
+
+def evaluate(
+    selection_path: str | Path, data_dir: str | Path, features: str | Path, cfg: dict[str, Any], device: str,
+    out_dir: str | Path, load_predictor=None,
+) -> pd.DataFrame:
+    """Score every selected run on the test split; writes test.csv and test_details.json."""
+    if load_predictor is None:
+        from meli.inference import load_predictor  # torch and the models: only when really scoring
+    selection_path, data_dir, features = Path(selection_path), Path(data_dir), Path(features)
+    selection = read_json(selection_path)
+    if not selection.get("families"):
+        raise ValueError(f"{selection_path}: no selected run under 'families'")
+    categories = read_json(features / "labels.json")["categories"]
+    y = np.load(features / "test_labels.npy")
+    test_file = pq.ParquetFile(data_dir / "test.parquet")
+    if test_file.metadata.num_rows != len(y):
+        raise ValueError(f"{data_dir / 'test.parquet'} has {test_file.metadata.num_rows} rows but "
+                         f"{features / 'test_labels.npy'} has {len(y)}")
+    quality = None
+    if "label_quality" in test_file.schema_arrow.names:
+        quality = test_file.read(columns=["label_quality"]).column(0).to_numpy(zero_copy_only=False)
+
+    rows, details = [], {}
+    for family, chosen in selection["families"].items():
+        run_dir = resolve_run_dir(chosen["run_dir"], selection_path)
+        t0 = time.perf_counter()
+        predictor = load_predictor(run_dir, data_dir, features, device)
+        proba = np.asarray(predictor.predict_proba_split("test"))
+        predict_s = time.perf_counter() - t0
+        if proba.shape != (len(y), len(categories)):
+            raise ValueError(f"{run_dir}: test probabilities have shape {proba.shape}, expected "
+                             f"({len(y)}, {len(categories)}) from {features}")
+        if list(getattr(predictor, "categories", categories)) != list(categories):
+            raise ValueError(f"{run_dir}: the model's categories differ from {features / 'labels.json'}")
+        result = score(y, proba.argmax(axis=1), categories, quality, cfg)
+        LOG.info("%s %s: test bacc %.4f [%.4f, %.4f] on %d rows (%d unseen-category rows excluded), %.1fs",
+                 family, chosen["combo"], result["bacc"], result["bacc_ci_low"] or float("nan"),
+                 result["bacc_ci_high"] or float("nan"), result["n_scored"], result["n_unseen_category"], predict_s)
+        details[family] = {"combo": chosen["combo"], "run_dir": str(chosen["run_dir"]),
+                           "val_bacc": chosen.get("val_bacc"), "predict_s": predict_s, **result}
+        row = {"family": family, "combo": chosen["combo"], "val_bacc": chosen.get("val_bacc"),
+               **{k: result[k] for k in ("bacc", "bacc_ci_low", "bacc_ci_high", "accuracy", "macro_f1")},
+               **{f"bacc_{q}": v["bacc"] for q, v in result["label_quality"].items()},
+               **{k: result[k] for k in ("n_test", "n_scored", "n_unseen_category")}, "predict_s": predict_s}
+        rows.append(row)
+
+    table = pd.DataFrame(rows).rename(columns={"bacc": "test_bacc"})
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "test.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(out_dir / "test_details.json", {"selection_split": selection.get("split", "validation"),
+                                               "families": details})
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--selection", required=True, help="selection.json from meli.aggregate")
+    ap.add_argument("--data-dir", required=True, help="directory with test.parquet")
+    ap.add_argument("--features", required=True, help="directory with test_labels.npy, labels.json")
+    ap.add_argument("--config", default="{}", help="the `report` config section as JSON")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out-dir", required=True)
+    args = ap.parse_args(argv)
+    setup_logging("meli.evaluate")
+    evaluate(args.selection, args.data_dir, args.features, json.loads(args.config), args.device, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
