@@ -16,8 +16,10 @@ rule mlflow_import:
     params:
         uri=config["mlflow"]["tracking_uri"] or "",
         experiment=config["mlflow"]["experiment"] or config["dataset"]["name"],
+        dataset=config["dataset"]["name"],
+        models="--log-models" if config["mlflow"]["log_models"] else "",
         runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
     shell:
         "python -m meli.tracking import --experiment {params.experiment:q}"
-        " --tracking-uri '{params.uri}' --store-dir results/mlflow --out {output:q}"
-        " {params.runs} > {log:q} 2>&1"
+        " --tracking-uri={params.uri:q} --store-dir results/mlflow --out {output:q}"
+        " --dataset {params.dataset:q} {params.models} {params.runs} > {log:q} 2>&1"

@@ -1,0 +1,270 @@
+"""Import finished run directories into MLflow: one local job, after training.
+
+Why not log from the training jobs: hundreds of concurrent writers corrupt a fresh SQLite store
+(measured: a brand-new DB hit by 4 processes was left half-migrated), SQLite on a shared
+cluster filesystem is unsafe at any age, parallel ``set_experiment`` for a new name files runs
+under "Default", and the plain file store is refused unless ``MLFLOW_ALLOW_FILE_STORE=true``.
+So every job writes its own record (metrics.json, history.csv, ...; docs/design.md), and this
+importer, run by one local rule, turns each run directory into one MLflow run:
+
+* the store is opened and the experiment created under an exclusive ``fcntl`` lock on
+  ``<store_dir>/.lock``, so two workflows launched side by side serialise instead of racing
+  (with an http(s) server the lock is harmless and a lost creation race is caught);
+* the experiment is looked up by name and created once, with its artifact location under
+  ``<store_dir>/artifacts`` (SQLite would otherwise pin it to the creating process's cwd);
+* a run is tagged ``family``, ``combo``, ``device``, ``dataset`` and, last of all,
+  ``finished_at``: a run whose (family, combo) is present with the same ``finished_at`` is
+  skipped; a re-trained run (other ``finished_at``) or one whose import was interrupted (no
+  ``finished_at`` tag) is deleted and imported again;
+* params (lists as JSON strings), per-epoch metrics from history.csv (``step`` = epoch) and the
+  summary metrics go in with ``log_batch``; artifacts are metrics.json, history.csv and
+  val_predictions.parquet. Model files are only copied with ``--log-models``: they can be
+  gigabytes (TF-IDF: classes x features floats) and already live in the run directory, whose
+  path is in the ``run_dir`` tag.
+
+CLI (rules/tracking.smk)::
+
+    python -m meli.tracking import --experiment NAME --tracking-uri URI|'' --store-dir results/mlflow \
+        --out results/mlflow/imported.json [--dataset NAME] [--log-models] RUN_DIR...
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+
+from meli.io import Progress, read_json, setup_logging, write_json
+
+log = logging.getLogger("meli.tracking")
+
+EPOCH_METRICS = ("train_loss", "val_loss", "val_bacc", "samples_per_s", "elapsed_s")
+# metrics.json key -> MLflow metric name (named apart from the per-epoch series they summarise)
+SUMMARY_METRICS = {
+    "val_bacc": "best_val_bacc",
+    "val_loss": "best_val_loss",
+    "best_epoch": "best_epoch",
+    "epochs_run": "epochs_run",
+    "final_train_loss": "final_train_loss",
+    "train_time_s": "train_time_s",
+    "samples_per_s": "mean_samples_per_s",
+    "peak_mem_mb": "peak_mem_mb",
+}
+REQUIRED_KEYS = ("family", "combo", "params", "finished_at", "val_bacc")
+ARTIFACTS = ("metrics.json", "history.csv", "val_predictions.parquet")
+MODEL_FILES = ("model.pt", "model.joblib")
+METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits per call
+
+
+def default_uri(store_dir: Path) -> str:
+    return f"sqlite:///{(store_dir / 'mlflow.db').resolve()}"
+
+
+def is_remote(uri: str) -> bool:
+    return uri.split(":", 1)[0] in ("http", "https", "databricks")
+
+
+def ui_hint(uri: str) -> str:
+    """The exact command that shows the experiment."""
+    return f"open {uri}" if is_remote(uri) else f"mlflow ui --backend-store-uri {uri}"
+
+
+@contextlib.contextmanager
+def store_lock(store_dir: Path) -> Iterator[None]:
+    """Exclusive lock on ``store_dir/.lock``: one importer at a time per local store."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    with open(store_dir / ".lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another import holds %s/.lock; waiting", store_dir)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """metrics.json and history.csv of a finished run, checked against the contract."""
+    metrics_path, history_path = run_dir / "metrics.json", run_dir / "history.csv"
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path}: missing (the run did not finish)")
+    metrics = read_json(metrics_path)
+    missing = [k for k in REQUIRED_KEYS if k not in metrics]
+    if missing:
+        raise ValueError(f"{metrics_path}: missing key(s) {missing}")
+    history = pd.read_csv(history_path)
+    absent = [c for c in ("epoch", *EPOCH_METRICS) if c not in history.columns]
+    if absent:
+        raise ValueError(f"{history_path}: missing column(s) {absent} (has {list(history.columns)})")
+    return metrics, history
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts as ``a.b`` keys; lists and other values as strings (lists as JSON)."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_params(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(list(value))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created once (restored if it was deleted); never via set_experiment."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # lost a creation race against another importer on a server
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def existing_runs(client: Any, experiment_id: str) -> dict[tuple[str, str], list[Any]]:
+    """Active runs of the experiment by (family, combo) tag."""
+    by_key: dict[tuple[str, str], list[Any]] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if "combo" in tags and "family" in tags:
+                by_key.setdefault((tags["family"], tags["combo"]), []).append(run)
+        token = page.token
+        if not token:
+            return by_key
+
+
+def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, Any], history: pd.DataFrame,
+            dataset: str, log_models: bool) -> str:
+    """One run directory -> one finished MLflow run; returns its id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    end_ms = _ms(metrics["finished_at"])
+    start_ms = end_ms - int(1000 * float(metrics.get("train_time_s") or 0))
+    tags = {
+        "family": metrics["family"],
+        "combo": metrics["combo"],
+        "device": str(metrics.get("device", "")),
+        "dataset": dataset,
+        "run_dir": str(run_dir.resolve()),
+    }
+    run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=metrics["combo"])
+    run_id = run.info.run_id
+    entries = [
+        Metric(name, float(row[name]), start_ms + int(1000 * float(row["elapsed_s"])), int(row["epoch"]))
+        for row in history.to_dict("records")
+        for name in EPOCH_METRICS
+        if pd.notna(row[name])
+    ]
+    entries += [
+        Metric(name, float(metrics[key]), end_ms, 0)
+        for key, name in SUMMARY_METRICS.items()
+        if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)
+    ]
+    params = [Param(k, v) for k, v in flatten_params(metrics["params"]).items()]
+    for i in range(0, len(params), PARAM_BATCH):
+        client.log_batch(run_id, params=params[i : i + PARAM_BATCH])
+    for i in range(0, len(entries), METRIC_BATCH):
+        client.log_batch(run_id, metrics=entries[i : i + METRIC_BATCH])
+    for name in ARTIFACTS + (MODEL_FILES if log_models else ()):
+        if (run_dir / name).exists():
+            client.log_artifact(run_id, str(run_dir / name))
+    client.set_terminated(run_id, status="FINISHED", end_time=end_ms)
+    # Last: only a completely imported run carries it, so an interrupted import is redone.
+    client.log_batch(run_id, tags=[RunTag("finished_at", metrics["finished_at"])])
+    return run_id
+
+
+def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: str, store_dir: str | Path,
+                out: str | Path, dataset: str | None = None, log_models: bool = False) -> dict[str, Any]:
+    """Import every run directory (idempotently); writes and returns imported.json's content."""
+    from mlflow.tracking import MlflowClient
+
+    store_dir = Path(store_dir)
+    runs = {str(d): read_run(Path(d)) for d in run_dirs}  # fail on a bad record before touching the store
+    uri = tracking_uri or default_uri(store_dir)
+    artifact_location = None if is_remote(uri) else (store_dir / "artifacts").resolve().as_uri()
+    with store_lock(store_dir):
+        client = MlflowClient(tracking_uri=uri)  # a new SQLite store is created (migrated) here, under the lock
+        experiment_id = get_or_create_experiment(client, experiment, artifact_location)
+        present = existing_runs(client, experiment_id)
+        result: dict[str, Any] = {
+            "experiment": experiment,
+            "experiment_id": experiment_id,
+            "tracking_uri": uri,
+            "ui": ui_hint(uri),
+            "runs": {},
+            "imported": [],
+            "skipped": [],
+            "replaced": [],
+        }
+        progress = Progress(log, len(runs), "runs imported or checked", every_s=10)
+        for run_dir, (metrics, history) in runs.items():
+            key = (metrics["family"], metrics["combo"])
+            same = [r for r in present.get(key, []) if r.data.tags.get("finished_at") == metrics["finished_at"]]
+            keep = {r.info.run_id for r in same[:1]}
+            stale = [r for r in present.get(key, []) if r.info.run_id not in keep]
+            for old in stale:  # re-trained, interrupted imports, or duplicates
+                client.delete_run(old.info.run_id)
+                result["replaced"].append(old.info.run_id)
+            if same:
+                result["runs"][run_dir] = same[0].info.run_id
+                result["skipped"].append(run_dir)
+            else:
+                result["runs"][run_dir] = log_run(client, experiment_id, Path(run_dir), metrics, history,
+                                                  dataset or experiment, log_models)
+                result["imported"].append(run_dir)
+            progress.update()
+        write_json(out, result)
+    log.info("experiment %r (id %s) at %s: %d imported, %d already there, %d old runs deleted",
+             experiment, experiment_id, uri, len(result["imported"]), len(result["skipped"]),
+             len(result["replaced"]))
+    log.info("browse the runs with: %s", result["ui"])
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m meli.tracking", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="import finished run directories into MLflow")
+    imp.add_argument("--experiment", required=True)
+    imp.add_argument("--tracking-uri", default="", help="'' = sqlite:///<store-dir>/mlflow.db")
+    imp.add_argument("--store-dir", required=True, type=Path)
+    imp.add_argument("--out", required=True, type=Path, help="imported.json")
+    imp.add_argument("--dataset", default=None, help="the dataset tag (default: the experiment name)")
+    imp.add_argument("--log-models", action="store_true", help="also copy model files into the artifact store")
+    imp.add_argument("run_dirs", nargs="*", type=Path)
+    args = ap.parse_args(argv)
+    setup_logging()
+    start = time.monotonic()
+    import_runs(args.run_dirs, args.experiment, args.tracking_uri, args.store_dir, args.out, args.dataset,
+                args.log_models)
+    log.info("done in %.1fs", time.monotonic() - start)
+
+
+if __name__ == "__main__":
+    main()

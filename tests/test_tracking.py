@@ -1,0 +1,182 @@
+"""MLflow import: concurrent jobs write records, one importer loads them; nothing lost or duplicated."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from meli import tracking
+from meli.grid import combo_id
+from meli.io import atomic_path, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = "tiny-test"
+
+
+def write_run(run_dir: str, epochs: int, seed: int, finished: str | None = None) -> None:
+    """What a training job leaves behind (docs/design.md contract), written atomically."""
+    rng = np.random.default_rng(seed)
+    run = Path(run_dir)
+    family = run.parent.name
+    params = {"hidden": [32, 16], "dropout": 0.2, "lr": 0.01, "seed": seed}
+    history = pd.DataFrame({
+        "epoch": np.arange(1, epochs + 1),
+        "train_loss": np.sort(rng.random(epochs))[::-1] + 1,
+        "val_loss": np.sort(rng.random(epochs))[::-1] + 1,
+        "val_bacc": np.sort(rng.random(epochs)),
+        "samples_per_s": rng.random(epochs) * 1e5,
+        "elapsed_s": np.arange(1, epochs + 1) * 2.0,
+    })
+    with atomic_path(run / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+    with atomic_path(run / "val_predictions.parquet") as tmp:
+        pd.DataFrame({"label": [0, 1], "pred": [0, 0], "prob": [0.9, 0.6]}).to_parquet(tmp)
+    (run / "model.pt").write_bytes(b"weights")
+    best = int(history["val_bacc"].idxmax())
+    write_json(run / "metrics.json", {
+        "family": family, "combo": run.name, "params": params, "epochs_run": epochs, "best_epoch": best + 1,
+        "val_bacc": float(history["val_bacc"][best]), "val_loss": float(history["val_loss"][best]),
+        "final_train_loss": float(history["train_loss"].iloc[-1]), "train_time_s": 2.0 * epochs,
+        "samples_per_s": 5e4, "peak_mem_mb": 300.0, "device": "cpu", "n_train": 100, "n_val": 20,
+        "n_classes": 4, "stopped_early": False,
+        "finished_at": finished or datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+    })
+
+
+def _job(args: tuple[str, int, int]) -> str:
+    write_run(*args)
+    return args[0]
+
+
+def make_runs(root: Path, n: int, epochs: int) -> list[str]:
+    """``n`` run directories written by ``n`` concurrent processes."""
+    jobs = [
+        (str(root / ("mlp" if i % 2 else "cnn") / combo_id({"dropout": 0.1 * (i + 1), "seed": i})), epochs + i, i)
+        for i in range(n)
+    ]
+    with multiprocessing.get_context("fork").Pool(n) as pool:
+        return pool.map(_job, jobs)
+
+
+def client_for(store: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking.default_uri(store))
+
+
+def active_runs(store: Path) -> list:
+    client = client_for(store)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_concurrent_jobs_then_import_is_complete_and_idempotent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stray default store would land here, not in the checkout
+    store, out = tmp_path / "mlflow", tmp_path / "mlflow" / "imported.json"
+    runs = make_runs(tmp_path / "runs", n=6, epochs=3)
+
+    first = tracking.import_runs(runs, EXPERIMENT, "", store, out, dataset="tiny")
+    assert sorted(first["imported"]) == sorted(runs) and first["skipped"] == []
+    assert json.loads(out.read_text()) == first
+    assert first["ui"] == f"mlflow ui --backend-store-uri sqlite:///{(store / 'mlflow.db').resolve()}"
+
+    # What `mlflow ui` shows: a fresh client on the same store.
+    client = client_for(store)
+    experiments = client.search_experiments()
+    assert sorted(e.name for e in experiments) == ["Default", EXPERIMENT]
+    assert client.search_runs(["0"]) == []  # nothing filed under Default
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp.artifact_location == (store / "artifacts").resolve().as_uri()
+    found = client.search_runs([exp.experiment_id], max_results=1000)
+    assert len(found) == 6
+    for run_dir in runs:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        run = client.get_run(first["runs"][run_dir])
+        assert run.info.run_name == metrics["combo"] and run.info.status == "FINISHED"
+        assert run.data.tags["family"] == metrics["family"] and run.data.tags["dataset"] == "tiny"
+        assert run.data.tags["finished_at"] == metrics["finished_at"]
+        assert run.data.params["hidden"] == "[32, 16]" and run.data.params["dropout"] == str(metrics["params"]["dropout"])
+        assert run.data.metrics["best_val_bacc"] == pytest.approx(metrics["val_bacc"])
+        history = pd.read_csv(Path(run_dir) / "history.csv")
+        for name in ("train_loss", "val_loss", "val_bacc", "samples_per_s"):
+            series = client.get_metric_history(run.info.run_id, name)
+            assert sorted(m.step for m in series) == list(history["epoch"])
+            assert sorted(m.value for m in series) == pytest.approx(sorted(history[name]))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert artifacts == {"metrics.json", "history.csv", "val_predictions.parquet"}  # no model by default
+
+    # Rerunning adds nothing.
+    second = tracking.import_runs(runs, EXPERIMENT, "", store, out)
+    assert second["imported"] == [] and sorted(second["skipped"]) == sorted(runs)
+    assert second["runs"] == first["runs"] and len(active_runs(store)) == 6
+
+    # Re-training one run re-imports only that one and retires the old record.
+    retrained = runs[2]
+    write_run(retrained, epochs=7, seed=99)
+    third = tracking.import_runs(runs, EXPERIMENT, "", store, out, log_models=True)
+    assert third["imported"] == [retrained] and len(third["skipped"]) == 5
+    assert third["replaced"] == [first["runs"][retrained]]
+    assert len(active_runs(store)) == 6
+    new_id = third["runs"][retrained]
+    assert len(client.get_metric_history(new_id, "val_bacc")) == 7
+    assert "model.pt" in {a.path for a in client.list_artifacts(new_id)}
+    assert client.get_run(first["runs"][retrained]).info.lifecycle_stage == "deleted"
+
+
+def test_interrupted_import_is_redone(tmp_path):
+    store, out = tmp_path / "mlflow", tmp_path / "imported.json"
+    [run_dir] = make_runs(tmp_path / "runs", n=1, epochs=2)
+    client = client_for(store)
+    exp_id = tracking.get_or_create_experiment(client, EXPERIMENT, None)
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    # A half-written run from a killed importer: tagged, but without the final finished_at tag.
+    partial = client.create_run(exp_id, tags={"family": metrics["family"], "combo": metrics["combo"]})
+    result = tracking.import_runs([run_dir], EXPERIMENT, "", store, out)
+    assert result["imported"] == [run_dir] and result["replaced"] == [partial.info.run_id]
+    assert [r.info.run_id for r in active_runs(store)] == [result["runs"][run_dir]]
+
+
+def test_bad_run_directory_is_named(tmp_path):
+    [run_dir] = make_runs(tmp_path / "runs", n=1, epochs=2)
+    (Path(run_dir) / "history.csv").write_text("epoch,loss\n1,0.5\n")
+    with pytest.raises(ValueError, match=r"history\.csv: missing column"):
+        tracking.import_runs([run_dir], EXPERIMENT, "", tmp_path / "mlflow", tmp_path / "i.json")
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        tracking.import_runs([tmp_path / "nope"], EXPERIMENT, "", tmp_path / "mlflow", tmp_path / "i.json")
+    assert not (tmp_path / "mlflow" / "mlflow.db").exists()  # nothing touched before the records are checked
+
+
+def test_two_imports_racing_on_a_fresh_store(tmp_path):
+    """Two workflows launched at once: the lock serialises them; one experiment, no duplicates."""
+    store = tmp_path / "mlflow"
+    runs = make_runs(tmp_path / "runs", n=3, epochs=2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "meli.tracking", "import", "--experiment", EXPERIMENT, "--tracking-uri=",  # as the rule passes it
+             "--store-dir", str(store), "--out", str(tmp_path / f"imported{i}.json"), *runs],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    logs = "".join(err for _, err in outputs)
+    assert f"mlflow ui --backend-store-uri sqlite:///{(store / 'mlflow.db').resolve()}" in logs
+    results = [json.loads((tmp_path / f"imported{i}.json").read_text()) for i in range(2)]
+    assert sorted(len(r["imported"]) for r in results) == [0, 3]
+    assert results[0]["runs"] == results[1]["runs"]
+    client = client_for(store)
+    assert sorted(e.name for e in client.search_experiments()) == ["Default", EXPERIMENT]
+    assert len(active_runs(store)) == 3
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
