@@ -36,6 +36,9 @@ class NeuralPredictor:
         self.model = build_model(self.family, self.params, bundle["vocab_size"], bundle["dim"], bundle["n_classes"])
         self.model.load_state_dict(bundle["state_dict"])
         self.model.to(self.device).eval()
+        labels = self.features_dir / "labels.json"
+        if labels.exists() and read_json(labels)["categories"] != self.categories:
+            raise ValueError(f"{self.run_dir}/model.pt was trained on other categories than {labels}")
         self._vocab = None
         self._preprocess = None
 
@@ -53,7 +56,8 @@ class NeuralPredictor:
 
         if self._vocab is None:
             self._vocab = load_vocab(self.features_dir / "vocab.tsv")
-            self._preprocess = read_json(self.data_dir / "summary.json")["preprocess"]
+            summary = self.data_dir / "summary.json"  # the data stage's exact cleaning config
+            self._preprocess = read_json(summary).get("preprocess") if summary.exists() else None
         texts = list(clean_titles(list(titles), self._preprocess))
         return self.predict_proba_ids(encode(texts, self._vocab, self.max_len))
 
