@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,9 @@ def dataset(tmp_path: Path) -> tuple[Path, Path]:
     for name, df in (("train", train), ("validation", val), ("test", test)):
         df.to_parquet(data / f"{name}.parquet", index=False)
     (features / "labels.json").write_text(json.dumps({"categories": sorted(set(train["category"]))}))
-    (data / "summary.json").write_text(json.dumps({"preprocess": {"lowercase": True}}))
+    preprocess = {"lowercase": True, "strip_accents": True, "strip_punctuation": True, "strip_numbers": False,
+                  "remove_stopwords": True, "min_token_length": 2}
+    (data / "summary.json").write_text(json.dumps({"preprocess": preprocess}))
     return data, features
 
 
@@ -93,22 +94,19 @@ def test_fit_writes_contract_and_learns(dataset, tmp_path):
     assert (test_proba.argmax(axis=1) == expected).mean() > 0.9  # columns align with labels.json
 
 
-def test_predict_proba_texts_cleans_raw_titles(dataset, tmp_path, monkeypatch):
+def test_predict_proba_texts_cleans_raw_titles(dataset, tmp_path):
     data, features = dataset
     out = tmp_path / "run"
     baseline.train({"C": 10.0, "max_features": 5000}, data, features, out)
-    seen = {}
-
-    def clean_titles(titles, cfg):  # stands in for the data stage's cleaner
-        seen["cfg"] = cfg
-        return [t.lower() for t in titles]
-
-    monkeypatch.setitem(sys.modules, "meli.text", types.SimpleNamespace(clean_titles=clean_titles))
     predictor = baseline.load_predictor(out, data, features)
-    proba = predictor.predict_proba_texts(["C3A W1 C3B0 W7", "c0a w2 c0b1"])
-    assert seen["cfg"] == {"lowercase": True}  # summary.json's preprocess section
-    assert proba.shape == (2, N_CLASSES)
+    # Upper case, punctuation and a stopword: only the data stage's cleaner (summary.json's
+    # preprocess section) turns these into the training vocabulary.
+    proba = predictor.predict_proba_texts(["C3A, W1 ¡C3B0! para W7", "Cámara C0A de W2 c0b1"])
+    assert proba.shape == (2, N_CLASSES) and proba.dtype == np.float32
     assert list(proba.argmax(axis=1)) == [3, 0]
+    assert proba.max(axis=1).min() > 0.5
+    raw = predictor.predict_proba_cleaned(["C3A, W1 ¡C3B0! para W7"])  # uncleaned: no known token
+    assert raw.max() < proba[0].max()
 
 
 def test_class_weights_help_the_rare_class(dataset, tmp_path):
