@@ -1,0 +1,189 @@
+"""Get a dataset or vectors file: http(s) URL, file:// URL or local path.
+
+Downloads stream to a temporary file beside the target (progress + ETA in the log), are checked
+(announced length, sha256 when given, gzip/bz2 integrity when no checksum is given) and only then
+renamed into place, so a failure never leaves a partial file. Transient failures (connection
+errors, timeouts, HTTP 5xx/429, bodies cut short) are retried with exponential backoff; a 404 or
+a checksum mismatch fails at once.
+
+    python -m meli.fetch URL --out PATH [--sha256 HEX] [--retries N] [--timeout S]
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import gzip
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from meli.io import Progress, atomic_path, setup_logging
+
+log = logging.getLogger("meli.fetch")
+
+CHUNK = 1 << 20
+USER_AGENT = "meli-workflow/0.1 (+snakemake)"
+
+
+class FetchError(RuntimeError):
+    """A download or verification failed for good (after any retries)."""
+
+
+class _Transient(Exception):
+    """Worth another attempt."""
+
+
+def local_path(source: str | os.PathLike) -> Path | None:
+    """The file a file:// URL or plain path names (not copied), or None for http(s) URLs."""
+    source = str(source)
+    parsed = urlparse(source)
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive, not a scheme
+        raise FetchError(f"unsupported URL scheme {parsed.scheme!r} in {source!r} (use http(s)://, file:// or a path)")
+    return Path(source)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK * 4), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_archive(path: str | os.PathLike, name: str | None = None) -> None:
+    """Decompress a .gz/.bz2 file to the end (by magic bytes); a truncated or corrupt one raises FetchError."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(3)
+    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else None
+    if opener is None:
+        return
+    try:
+        with opener(path, "rb") as f:
+            while f.read(CHUNK * 8):
+                pass
+    except (EOFError, OSError, ValueError) as err:
+        raise FetchError(f"{name or path}: truncated or corrupt {opener.__module__} archive ({err})") from err
+
+
+def fetch(
+    source: str,
+    out: str | os.PathLike,
+    sha256: str | None = None,
+    retries: int = 3,
+    timeout: float = 60.0,
+    backoff_s: float = 2.0,
+) -> Path:
+    """Make ``out`` a verified copy of ``source``; returns ``out``.
+
+    A local source is hard-linked when possible (copied otherwise); use `local_path` to read a
+    local source in place without any copy.
+    """
+    out = Path(out)
+    sha256 = (sha256 or "").lower() or None
+    local = local_path(source)
+    if local is not None:
+        return _fetch_local(local, out, sha256)
+    for attempt in range(retries + 1):
+        try:
+            _download(source, out, sha256, timeout)
+            return out
+        except _Transient as err:
+            if attempt == retries:
+                raise FetchError(f"{source}: giving up after {retries + 1} attempts: {err}") from err
+            wait = backoff_s * 2**attempt
+            log.warning("%s: %s; retry %d/%d in %.1fs", source, err, attempt + 1, retries, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _fetch_local(src: Path, out: Path, sha256: str | None) -> Path:
+    if not src.is_file():
+        raise FetchError(f"{src}: no such file")
+    if sha256:
+        _check_sha(src, sha256_file(src), sha256)
+    if src.resolve() == out.resolve():
+        return out
+    with atomic_path(out) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copyfile(src, tmp)
+    log.info("%s -> %s (%d bytes)", src, out, out.stat().st_size)
+    return out
+
+
+def _check_sha(name: object, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise FetchError(f"{name}: sha256 mismatch: expected {expected}, got {actual}")
+
+
+def _download(url: str, out: Path, sha256: str | None, timeout: float) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code >= 500 or err.code in (408, 429):
+            raise _Transient(f"HTTP {err.code} {err.reason}") from err
+        raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as err:
+        raise _Transient(f"cannot connect: {getattr(err, 'reason', err)}") from err
+    with response, atomic_path(out) as tmp:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        progress = Progress(log, total, f"download {out.name} (bytes)", every_s=5.0)
+        digest = hashlib.sha256()
+        received = 0
+        try:
+            with open(tmp, "wb") as f:
+                while block := response.read(CHUNK):
+                    f.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    progress.update(len(block))
+        except (http.client.IncompleteRead, TimeoutError, socket.timeout, ConnectionError, OSError) as err:
+            raise _Transient(f"connection lost after {received:,} bytes: {err}") from err
+        if total is not None and received < total:
+            raise _Transient(f"body truncated: {received:,} of {total:,} announced bytes")
+        log.info(progress.line())
+        if sha256:
+            _check_sha(url, digest.hexdigest(), sha256)
+        else:
+            verify_archive(tmp, url)
+    log.info("%s -> %s (%d bytes, sha256 %s)", url, out, received, digest.hexdigest())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="http(s):// URL, file:// URL or local path")
+    parser.add_argument("--out", required=True, help="where the verified file goes")
+    parser.add_argument("--sha256", default="", help="expected sha256 ('' to skip)")
+    parser.add_argument("--retries", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry")
+    parser.add_argument("--backoff", type=float, default=2.0, help="first retry delay, doubled each time")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        fetch(args.source, args.out, args.sha256 or None, args.retries, args.timeout, args.backoff)
+    except FetchError as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Data stage: read a source in chunks, count and drop bad rows, clean + tokenize, split.
+
+    python -m meli.prepare --source PATH --out-dir results/data --config JSON
+
+JSON holds the `dataset`, `preprocess` and `split` config sections (defaults filled by the
+schema). Writes `{train,validation,test}.parquet` (title, text, category, label_quality,
+language) and `summary.json`, all or nothing.
+
+- Bad rows (empty title, missing category, unparsable line, unknown language, no token left
+  after cleaning) are dropped and counted per reason; above `dataset.max_bad_row_fraction` of
+  all rows read the run stops and writes nothing. Rows of languages or label qualities the
+  config does not select are filtered (counted separately, not bad).
+- A source without a language column (the header-less `title,category` CSV) takes the single
+  configured language, or, with several, a rough per-title guess (`meli.text.guess_language`).
+- Splits: the source's own train/validation/test when it has all three and
+  `split.use_source_splits`; otherwise stratified by category with `split.seed`. Categories
+  with fewer than `split.min_rows_per_category` rows go to train (`train_only`) or are dropped
+  (`drop`). `split.subsample` then keeps a stratified fraction of every split.
+- Everything is Arrow columns and numpy arrays on category codes: no Python loop per row.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from meli.fetch import FetchError, local_path, sha256_file
+from meli.io import atomic_path, format_seconds, peak_rss_mb, setup_logging
+from meli.readers import SourceError, detect_format, read_chunks
+from meli.text import clean_array, guess_language
+
+log = logging.getLogger("meli.prepare")
+
+SPLITS = ("train", "validation", "test")
+TRAIN, VALIDATION, TEST, DROPPED = 0, 1, 2, -1
+KNOWN_LANGUAGES = ("spanish", "portuguese")
+BAD_REASONS = ("unparsable", "empty_title", "missing_category", "unknown_language", "empty_text")
+FILTER_REASONS = ("language_not_selected", "label_quality_not_selected")
+OUTPUT_COLUMNS = ("title", "text", "category", "label_quality", "language")
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
+
+
+class PrepareError(RuntimeError):
+    """The source cannot become a dataset (too many bad rows, nothing left, bad checksum)."""
+
+
+# ----------------------------------------------------------------------------- reading + cleaning
+
+
+def _blank(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), True)
+
+
+def process_chunk(table: pa.Table, dataset: Mapping, preprocess: Mapping, has_language: bool) -> tuple[pa.Table, dict[str, int]]:
+    """Drop bad/unselected rows of one chunk (counted per reason) and add `text` + `n_tokens`."""
+    counts: dict[str, int] = {}
+    selected_languages = list(dataset["languages"])
+
+    def drop(name: str, mask: pa.Array) -> None:
+        nonlocal table
+        n = pc.sum(mask).as_py() or 0
+        counts[name] = counts.get(name, 0) + n
+        if n:
+            table = table.filter(pc.invert(mask))
+
+    drop("empty_title", _blank(table["title"]))
+    drop("missing_category", _blank(table["category"]))
+    if not has_language:
+        language = (pa.array([selected_languages[0]] * len(table), pa.string()) if len(selected_languages) == 1
+                    else guess_language(table["title"]))
+        table = table.set_column(table.schema.get_field_index("language"), "language", language)
+    language = pc.utf8_lower(pc.utf8_trim_whitespace(table["language"]))
+    table = table.set_column(table.schema.get_field_index("language"), "language", language)
+    drop("unknown_language", pc.invert(pc.fill_null(pc.is_in(table["language"], pa.array(KNOWN_LANGUAGES)), False)))
+    drop("language_not_selected", pc.invert(pc.is_in(table["language"], pa.array(selected_languages))))
+
+    quality = pc.fill_null(pc.utf8_lower(pc.utf8_trim_whitespace(table["label_quality"])), "unknown")
+    quality = pc.if_else(pc.equal(quality, ""), "unknown", quality)
+    table = table.set_column(table.schema.get_field_index("label_quality"), "label_quality", quality)
+    keep_quality = pa.array(list(dataset["label_quality"]) + ["unknown"])
+    drop("label_quality_not_selected", pc.invert(pc.is_in(table["label_quality"], keep_quality)))
+
+    cleaned = clean_array(table["title"], preprocess, table["language"])
+    table = table.append_column("text", cleaned.text).append_column("n_tokens", pa.array(cleaned.n_tokens, pa.int32()))
+    drop("empty_text", pc.equal(table["n_tokens"], 0))
+    table = table.set_column(table.schema.get_field_index("category"), "category",
+                             pc.utf8_trim_whitespace(table["category"]))
+    # Low-cardinality columns as dictionaries: 20M rows stay small in memory.
+    for name in ("category", "label_quality", "language", "split"):
+        table = table.set_column(table.schema.get_field_index(name), name, pc.dictionary_encode(table[name]))
+    return table, counts
+
+
+def read_source(source: Path, cfg: Mapping) -> tuple[pa.Table, dict[str, int], int, str]:
+    """All kept rows of ``source`` (chunked Arrow table), drop counts, rows read, format."""
+    dataset, preprocess = cfg["dataset"], cfg["preprocess"]
+    fmt = detect_format(source) if dataset.get("format", "auto") == "auto" else dataset["format"]
+    log.info("reading %s as %s in chunks of %s rows", source, fmt, f"{preprocess.get('chunk_rows', 500_000):,}")
+    dropped = dict.fromkeys(BAD_REASONS + FILTER_REASONS, 0)
+    parts: list[pa.Table] = []
+    rows_read = kept = 0
+    start = time.monotonic()
+    chunks = read_chunks(source, fmt, preprocess.get("chunk_rows", 500_000), tuple(dataset["languages"]))
+    for chunk in chunks:
+        rows_read += len(chunk.table) + chunk.unparsable
+        dropped["unparsable"] += chunk.unparsable
+        has_language = chunk.table["language"].null_count < len(chunk.table)
+        table, counts = process_chunk(chunk.table, dataset, preprocess, has_language)
+        for reason, n in counts.items():
+            dropped[reason] += n
+        if len(table):
+            parts.append(table)
+        kept += len(table)
+        elapsed = time.monotonic() - start
+        eta = elapsed * (1 - chunk.progress) / chunk.progress if chunk.progress else float("nan")
+        log.info("read %s rows (%s kept), %s of the source, %s rows/s, elapsed %s, ETA %s",
+                 f"{rows_read:,}", f"{kept:,}", f"{100 * chunk.progress:.1f}%" if chunk.progress is not None else "?",
+                 f"{rows_read / max(elapsed, 1e-9):,.0f}", format_seconds(elapsed), format_seconds(eta))
+    if not parts:
+        raise PrepareError(f"{source}: no usable rows (read {rows_read:,}; dropped {_nonzero(dropped)})")
+    table = pa.concat_tables(parts, promote_options="permissive").unify_dictionaries()
+    return table, dropped, rows_read, fmt
+
+
+def _nonzero(counts: Mapping[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v}
+
+
+def check_bad_rows(dropped: Mapping[str, int], rows_read: int, max_fraction: float, source: object) -> float:
+    bad = sum(dropped[r] for r in BAD_REASONS)
+    fraction = bad / max(rows_read, 1)
+    if fraction > max_fraction:
+        raise PrepareError(
+            f"{source}: {bad:,} of {rows_read:,} rows are bad ({100 * fraction:.2f}%: "
+            f"{ {r: dropped[r] for r in BAD_REASONS if dropped[r]} }), over dataset.max_bad_row_fraction="
+            f"{max_fraction}; fix the source or raise the threshold"
+        )
+    return fraction
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def codes_of(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """int32 codes and their values for a dictionary column whose chunks share one dictionary."""
+    if not column.num_chunks:
+        return np.zeros(0, np.int32), []
+    dictionary = column.chunk(0).dictionary
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in column.chunks]).astype(np.int32)
+    return codes, dictionary.to_pylist()
+
+
+def random_ranks(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's position in a random order of the rows sharing its key (0-based)."""
+    n = len(keys)
+    order = np.lexsort((rng.random(n), keys))
+    sorted_keys = keys[order]
+    group_start = np.r_[0, np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1]
+    starts = np.repeat(group_start, np.diff(np.r_[group_start, n]))
+    ranks = np.empty(n, np.int64)
+    ranks[order] = np.arange(n) - starts
+    return ranks
+
+
+def _stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """floor(x + u): unbiased, so many small categories still sum to the requested fraction."""
+    return np.floor(x + rng.random(len(x))).astype(np.int64)
+
+
+def stratified_split(codes: np.ndarray, validation_fraction: float, test_fraction: float, seed: int,
+                     min_rows: int = 3, rare_policy: str = "train_only") -> tuple[np.ndarray, np.ndarray]:
+    """Assign each row to TRAIN/VALIDATION/TEST (or DROPPED), stratified by category code.
+
+    Per category, validation and test get its size times their fraction (stochastically
+    rounded) and train keeps at least one row. Categories with fewer than ``min_rows`` rows are
+    rare: all in train (``train_only``) or DROPPED (``drop``). Returns (assignment int8, rare mask
+    per code).
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(codes, minlength=(codes.max() + 1) if len(codes) else 0)
+    n_test = _stochastic_round(counts * test_fraction, rng)
+    n_val = _stochastic_round(counts * validation_fraction, rng)
+    over = np.maximum(n_test + n_val - (counts - 1), 0)  # keep one row for train
+    cut = np.minimum(over, n_val)
+    n_val -= cut
+    n_test -= over - cut
+    rare = (counts > 0) & (counts < min_rows)
+    n_test[rare] = n_val[rare] = 0
+    ranks = random_ranks(codes, rng)
+    assign = np.full(len(codes), TRAIN, np.int8)
+    assign[ranks < n_test[codes]] = TEST
+    assign[(ranks >= n_test[codes]) & (ranks < (n_test + n_val)[codes])] = VALIDATION
+    if rare_policy == "drop":
+        assign[rare[codes]] = DROPPED
+    elif rare_policy != "train_only":
+        raise ValueError(f"split.rare_category_policy: unknown policy {rare_policy!r} (train_only or drop)")
+    return assign, rare
+
+
+def stratified_subsample(codes: np.ndarray, assign: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Keep ``fraction`` of each (split, category) group, at least one row; returns the new assignment."""
+    if fraction >= 1.0:
+        return assign
+    rng = np.random.default_rng(seed + 1)  # independent of the split's draws
+    keys = (assign.astype(np.int64) + 1) * (int(codes.max()) + 1) + codes
+    _, group, sizes = np.unique(keys, return_inverse=True, return_counts=True)
+    quota = np.maximum(_stochastic_round(sizes * fraction, rng), 1)
+    keep = random_ranks(group, rng) < quota[group]
+    return np.where(keep & (assign != DROPPED), assign, DROPPED).astype(np.int8)
+
+
+def source_assignment(column: pa.ChunkedArray) -> np.ndarray | None:
+    """The source's own split per row when every row has one of train/validation/test and all
+    three occur; None otherwise."""
+    if column.null_count:
+        return None
+    codes, values = codes_of(column)
+    if not set(values) <= set(SPLITS):
+        return None
+    mapping = np.array([SPLITS.index(v) for v in values], np.int8)
+    assign = mapping[codes]
+    if len(np.unique(assign)) < len(SPLITS):
+        return None
+    return assign
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def source_fingerprint(source: Path) -> dict[str, Any]:
+    files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
+    if source.is_dir():
+        digest = hashlib.sha256()
+        for p in files:
+            digest.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+        sha = digest.hexdigest()
+    else:
+        sha = sha256_file(source)
+    return {"path": str(source), "bytes": sum(p.stat().st_size for p in files), "sha256": sha}
+
+
+def _quantiles(n_tokens: np.ndarray) -> dict[str, float]:
+    if not len(n_tokens):
+        return {}
+    values = np.quantile(n_tokens, QUANTILES)
+    return {("max" if q == 1.0 else f"p{round(q * 100)}"): float(v) for q, v in zip(QUANTILES, values)}
+
+
+def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping) -> dict[str, Any]:
+    """Run the data stage; returns the summary written to ``out_dir/summary.json``."""
+    start = time.monotonic()
+    dataset, split_cfg = cfg["dataset"], cfg["split"]
+    path = local_path(source)
+    if path is None:
+        raise PrepareError(f"{source}: prepare reads local files; download it first (meli.fetch)")
+    if not path.exists():
+        raise PrepareError(f"{path}: no such file or directory")
+    fingerprint = source_fingerprint(path)
+    expected = (dataset.get("sha256") or "").lower()
+    if expected and not path.is_dir() and fingerprint["sha256"] != expected:
+        raise PrepareError(f"{path}: sha256 {fingerprint['sha256']} does not match dataset.sha256 {expected}")
+
+    table, dropped, rows_read, fmt = read_source(path, cfg)
+    bad_fraction = check_bad_rows(dropped, rows_read, dataset["max_bad_row_fraction"], path)
+    codes, categories = codes_of(table["category"])
+
+    assign = source_assignment(table["split"]) if split_cfg["use_source_splits"] else None
+    splits_from = "source" if assign is not None else "stratified"
+    rare = np.zeros(len(categories), bool)
+    if assign is None:
+        assign, rare = stratified_split(codes, split_cfg["validation_fraction"], split_cfg["test_fraction"],
+                                        split_cfg["seed"], split_cfg["min_rows_per_category"],
+                                        split_cfg["rare_category_policy"])
+    rare_rows = int(rare[codes].sum())
+    if split_cfg["rare_category_policy"] == "drop" and splits_from == "stratified":
+        dropped["rare_category"] = rare_rows
+    before_subsample = int((assign != DROPPED).sum())
+    assign = stratified_subsample(codes, assign, split_cfg["subsample"], split_cfg["seed"])
+    log.info("splits from %s; %s rows before subsample, %s after", splits_from,
+             f"{before_subsample:,}", f"{int((assign != DROPPED).sum()):,}")
+
+    n_tokens = np.concatenate([c.to_numpy() for c in table["n_tokens"].chunks])
+    summary: dict[str, Any] = {
+        "source": {**fingerprint, "format": fmt},
+        "dataset": {"name": dataset["name"], "languages": list(dataset["languages"]),
+                    "label_quality": list(dataset["label_quality"])},
+        "preprocess": dict(cfg["preprocess"]),
+        "split": {"from": splits_from, **dict(split_cfg)},
+        "rows": {},
+        "categories": {"count": 0},
+        "label_quality": {},
+        "language": {},
+        "token_length_quantiles": {},
+        "rows_read": rows_read,
+        "dropped": dropped,
+        "bad_rows": sum(dropped[r] for r in BAD_REASONS),
+        "bad_row_fraction": bad_fraction,
+        "rare_categories": {"policy": split_cfg["rare_category_policy"], "applied": splits_from == "stratified",
+                            "min_rows": split_cfg["min_rows_per_category"], "count": int(rare.sum()),
+                            "rows": rare_rows},
+    }
+    out_dir = Path(out_dir)
+    seen: set[int] = set()
+    with contextlib.ExitStack() as stack:  # every file renamed into place only if all succeed
+        for index, name in enumerate(SPLITS):
+            mask = assign == index
+            part = table.filter(pa.array(mask))
+            part = pa.table({c: part[c].cast(pa.string()) for c in OUTPUT_COLUMNS})
+            tmp = stack.enter_context(atomic_path(out_dir / f"{name}.parquet"))
+            pq.write_table(part, tmp, compression="zstd")
+            split_codes = np.unique(codes[mask])
+            seen.update(split_codes.tolist())
+            summary["rows"][name] = int(mask.sum())
+            summary["categories"][name] = int(len(split_codes))
+            summary["label_quality"][name] = _value_counts(part["label_quality"])
+            summary["language"][name] = _value_counts(part["language"])
+            summary["token_length_quantiles"][name] = _quantiles(n_tokens[mask])
+            log.info("%s: %s rows, %d categories", name, f"{summary['rows'][name]:,}", len(split_codes))
+        summary["rows"]["total"] = sum(summary["rows"][s] for s in SPLITS)
+        summary["categories"]["count"] = len(seen)
+        elapsed = time.monotonic() - start
+        summary["elapsed_s"] = round(elapsed, 3)
+        summary["rows_per_s"] = round(rows_read / max(elapsed, 1e-9), 1)
+        summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        tmp = stack.enter_context(atomic_path(out_dir / "summary.json"))
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("dropped: %s; %s rows/s, peak RSS %.0f MB", _nonzero(dropped), f"{summary['rows_per_s']:,.0f}",
+             summary["peak_rss_mb"])
+    return summary
+
+
+def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    counts = pc.value_counts(column)
+    return {v.as_py(): c.as_py() for v, c in zip(counts.field("values"), counts.field("counts"))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="local file or directory (file:// URLs too)")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--config", required=True, help="JSON with the dataset, preprocess and split sections")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        prepare(args.source, args.out_dir, json.loads(args.config))
+    except (PrepareError, SourceError, FetchError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
