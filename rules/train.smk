@@ -12,6 +12,11 @@ def neural_inputs(wc):
     }
 
 
+def gpu_model(res):
+    """'' unless GPUs are requested: the slurm plugin turns any gpu_model into --gpus=<model>:<gpu>, even gpu 0."""
+    return (res.get("gpu_model") or "") if res["gpu"] else ""
+
+
 rule train_neural:
     """One MLP or CNN combination: early stopping on validation bacc, resumable per epoch."""
     input:
@@ -29,13 +34,16 @@ rule train_neural:
         hp=lambda wc: as_arg(COMBOS[wc.neural][wc.combo]),
         device=config["train"]["device"],
         run_dir=lambda wc: f"results/runs/{wc.neural}/{wc.combo}",
+        # Per-epoch resume state: not an output, so a failed job's checkpoint survives the cleanup.
+        checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
     threads: lambda wc: family_resources(wc.neural)["threads"]
     resources:
         mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
         runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
         gpu=lambda wc: family_resources(wc.neural)["gpu"],
-        gpu_model=lambda wc: family_resources(wc.neural).get("gpu_model") or "",
+        gpu_model=lambda wc: gpu_model(family_resources(wc.neural)),
     shell:
         "python -m meli.train --family {wildcards.neural} --params {params.hp}"
         " --features {FEATURES} --matrix {input.matrix:q} --out-dir {params.run_dir:q}"
+        " --checkpoint-dir {params.checkpoint_dir:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"
