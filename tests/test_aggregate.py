@@ -165,15 +165,18 @@ def make_results(root: Path) -> Path:
     features.mkdir()
     np.save(features / "test_labels.npy", labels.astype(np.int64))
     (features / "labels.json").write_text(json.dumps({"categories": CATEGORIES}))
-    (features / "stats.json").write_text(json.dumps({
-        "train": {"rows": 3000, "truncated_share": 0.01, "unk_share": 0.0, "unseen_category_rows": 0},
-        "test": {"rows": N_TEST, "truncated_share": 0.02, "unk_share": 0.05, "unseen_category_rows": N_UNSEEN},
-    }))
+    (features / "stats.json").write_text(json.dumps({"vocab_size": 902, "max_len": 24, "splits": {
+        "train": {"rows": 3000, "truncated_share": 0.01, "unk_token_share": 0.0, "unseen_category_rows": 0,
+                  "unseen_categories": {}},
+        "test": {"rows": N_TEST, "truncated_share": 0.02, "unk_token_share": 0.05, "unseen_category_rows": N_UNSEEN,
+                 "unseen_categories": {"NUEVA": N_UNSEEN}},
+    }}))
     emb = results / "embeddings" / "w2v"
     emb.mkdir(parents=True)
     (emb / "coverage.json").write_text(json.dumps({"name": "w2v", "kind": "word2vec", "dim": 64, "vocab_size": 900,
-                                                   "words_found": 880, "vocab_coverage": 0.978,
-                                                   "token_coverage": 0.995}))
+                                                   "found": 880, "vocab_coverage": 0.978,
+                                                   "token_coverage": 0.995,
+                                                   "most_frequent_missing": [["xyz", 7], ["qqq", 2]]}))
     stage = results / "benchmarks" / "prepare_data.tsv"
     stage.write_text("s\th:m:s\tmax_rss\tcpu_time\n3.5\t0:00:03\t250.0\t3.1\n")
     assert len(dirs) == len(RUNS)

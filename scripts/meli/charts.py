@@ -1,0 +1,221 @@
+"""Small inline-SVG charts for the self-contained report (no JavaScript, no external files).
+
+Every chart is a string of ``<svg>`` markup with a ``viewBox``, so it scales with the page; each
+line or point carries a ``<title>``, which browsers show on hover.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+from typing import Sequence
+
+WIDTH, HEIGHT = 420, 260
+MARGIN = {"left": 58, "right": 14, "top": 30, "bottom": 42}
+MUTED = "#9aa5b1"
+ACCENT = "#d9480f"
+INK = "#1f2933"
+GRID = "#e4e7eb"
+
+
+@dataclass
+class Series:
+    name: str
+    x: Sequence[float]
+    y: Sequence[float]
+    highlight: bool = False
+    points: list[tuple[float, float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.points = [(float(a), float(b)) for a, b in zip(self.x, self.y) if _finite(a) and _finite(b)]
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [0.0]
+    if hi <= lo:
+        hi = lo + (abs(lo) * 0.1 or 1.0)
+    raw = (hi - lo) / max(n - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step) * step
+    ticks, t = [], start
+    while t <= hi + step * 1e-9:
+        ticks.append(round(t, 12))
+        t += step
+    if ticks[-1] < hi:
+        ticks.append(round(t, 12))
+    return ticks
+
+
+def _fmt_tick(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+class _Frame:
+    """Maps data coordinates to the plot area and draws axes, grid and labels."""
+
+    def __init__(self, xs: list[float], ys: list[float], title: str, xlabel: str, ylabel: str,
+                 width: int = WIDTH, height: int = HEIGHT, x_integer: bool = False, y_from_zero: bool = False):
+        self.w, self.h = width, height
+        self.x0, self.x1 = MARGIN["left"], width - MARGIN["right"]
+        self.y0, self.y1 = height - MARGIN["bottom"], MARGIN["top"]
+        lo_y, hi_y = (min(ys), max(ys)) if ys else (0.0, 1.0)
+        if y_from_zero:
+            lo_y = min(0.0, lo_y)
+        pad = (hi_y - lo_y) * 0.05 or abs(hi_y) * 0.05 or 0.05
+        self.yticks = nice_ticks(lo_y - pad if not y_from_zero else lo_y, hi_y + pad)
+        lo_x, hi_x = (min(xs), max(xs)) if xs else (0.0, 1.0)
+        if hi_x == lo_x:
+            lo_x, hi_x = lo_x - 1, hi_x + 1
+        self.xticks = nice_ticks(lo_x, hi_x, 6)
+        if x_integer:
+            self.xticks = [t for t in self.xticks if float(t).is_integer()] or self.xticks
+        self.lo_x, self.hi_x = min(self.xticks[0], lo_x), max(self.xticks[-1], hi_x)
+        self.lo_y, self.hi_y = self.yticks[0], self.yticks[-1]
+        self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
+
+    def sx(self, x: float) -> float:
+        return self.x0 + (x - self.lo_x) / (self.hi_x - self.lo_x) * (self.x1 - self.x0)
+
+    def sy(self, y: float) -> float:
+        span = (self.hi_y - self.lo_y) or 1.0
+        return self.y0 - (y - self.lo_y) / span * (self.y0 - self.y1)
+
+    def open(self) -> list[str]:
+        out = [
+            f'<svg class="chart" viewBox="0 0 {self.w} {self.h}" role="img" aria-label="{escape(self.title)}" '
+            f'font-family="system-ui, sans-serif" font-size="11">',
+            f"<title>{escape(self.title)}</title>",
+            f'<text x="{self.x0}" y="16" font-size="13" font-weight="600" fill="{INK}">{escape(self.title)}</text>',
+        ]
+        for t in self.yticks:
+            y = self.sy(t)
+            out.append(f'<line x1="{self.x0}" x2="{self.x1}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
+            out.append(f'<text x="{self.x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="{INK}">{_fmt_tick(t)}</text>')
+        return out
+
+    def x_axis(self, ticks: list[tuple[float, str]] | None = None) -> list[str]:
+        ticks = ticks if ticks is not None else [(t, _fmt_tick(t)) for t in self.xticks]
+        out = [f'<line x1="{self.x0}" x2="{self.x1}" y1="{self.y0}" y2="{self.y0}" stroke="{INK}"/>']
+        for t, label in ticks:
+            x = self.sx(t)
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{self.y0}" y2="{self.y0 + 4}" stroke="{INK}"/>')
+            out.append(f'<text x="{x:.1f}" y="{self.y0 + 16}" text-anchor="middle" fill="{INK}">{escape(label)}</text>')
+        out.append(f'<text x="{(self.x0 + self.x1) / 2:.1f}" y="{self.h - 6}" text-anchor="middle" '
+                   f'fill="{INK}">{escape(self.xlabel)}</text>')
+        out.append(f'<text transform="translate(14 {(self.y0 + self.y1) / 2:.1f}) rotate(-90)" text-anchor="middle" '
+                   f'fill="{INK}">{escape(self.ylabel)}</text>')
+        return out
+
+
+def line_chart(series: list[Series], title: str, xlabel: str, ylabel: str) -> str:
+    """Every series as a thin muted line; highlighted ones drawn last, thick, in the accent colour."""
+    xs = [p[0] for s in series for p in s.points]
+    ys = [p[1] for s in series for p in s.points]
+    if not ys:
+        return empty_chart(title, "no data")
+    frame = _Frame(xs, ys, title, xlabel, ylabel, x_integer=True)
+    out = frame.open()
+    for s in sorted(series, key=lambda s: s.highlight):
+        colour, width, opacity = (ACCENT, 2.5, 1) if s.highlight else (MUTED, 1.2, 0.7)
+        pts = " ".join(f"{frame.sx(x):.1f},{frame.sy(y):.1f}" for x, y in s.points)
+        tip = f"<title>{escape(s.name)}</title>"
+        if len(s.points) > 1:
+            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{width}" stroke-opacity="{opacity}" '
+                       f'points="{pts}">{tip}</polyline>')
+        for x, y in s.points if len(s.points) == 1 or s.highlight else ():
+            out.append(f'<circle cx="{frame.sx(x):.1f}" cy="{frame.sy(y):.1f}" r="{3 if s.highlight else 2.5}" '
+                       f'fill="{colour}" fill-opacity="{opacity}">{tip}</circle>')
+    out += frame.x_axis()
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def strip_chart(groups: list[tuple[str, list[tuple[str, float]]]], title: str, xlabel: str, ylabel: str,
+                best: str | None = None) -> str:
+    """One column of points per value (each point a run, hover for its id), a bar at the mean."""
+    ys = [v for _, pts in groups for _, v in pts if _finite(v)]
+    if not ys:
+        return empty_chart(title, "no data")
+    frame = _Frame([0, len(groups) + 1], ys, title, xlabel, ylabel)
+    frame.lo_x, frame.hi_x = 0.4, len(groups) + 0.6
+    out = frame.open()
+    for i, (label, pts) in enumerate(groups, start=1):
+        vals = [v for _, v in pts if _finite(v)]
+        n = len(vals)
+        for j, (name, v) in enumerate(pts):
+            if not _finite(v):
+                continue
+            offset = 0 if n == 1 else (j / (n - 1) - 0.5) * 0.4  # deterministic jitter
+            colour = ACCENT if name == best else MUTED
+            out.append(f'<circle cx="{frame.sx(i + offset):.1f}" cy="{frame.sy(v):.1f}" r="3.2" fill="{colour}" '
+                       f'fill-opacity="0.85"><title>{escape(name)}: {v:.4f}</title></circle>')
+        if vals:
+            mean = sum(vals) / n
+            y = frame.sy(mean)
+            out.append(f'<line x1="{frame.sx(i - 0.3):.1f}" x2="{frame.sx(i + 0.3):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                       f'stroke="{INK}" stroke-width="2"><title>mean {mean:.4f} (n={n})</title></line>')
+    out += frame.x_axis([(i, label) for i, (label, _) in enumerate(groups, start=1)])
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def interval_chart(rows: list[tuple[str, float, float | None, float | None, float | None]], title: str,
+                   xlabel: str) -> str:
+    """Horizontal estimate + interval per row (label, estimate, low, high, reference marker)."""
+    vals = [v for _, e, lo, hi, ref in rows for v in (e, lo, hi, ref) if _finite(v)]
+    if not vals:
+        return empty_chart(title, "no data")
+    height = MARGIN["top"] + MARGIN["bottom"] + 34 * len(rows)
+    lo_v, hi_v = min(vals), max(vals)
+    pad = (hi_v - lo_v) * 0.1 or 0.02
+    ticks = nice_ticks(lo_v - pad, hi_v + pad)
+    x0, x1 = 110, WIDTH - MARGIN["right"]
+
+    def sx(v: float) -> float:
+        return x0 + (v - ticks[0]) / ((ticks[-1] - ticks[0]) or 1) * (x1 - x0)
+
+    y_axis = height - MARGIN["bottom"]
+    out = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}" '
+           f'font-family="system-ui, sans-serif" font-size="11">',
+           f"<title>{escape(title)}</title>",
+           f'<text x="8" y="16" font-size="13" font-weight="600" fill="{INK}">{escape(title)}</text>']
+    for t in ticks:
+        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{MARGIN["top"]}" y2="{y_axis}" stroke="{GRID}"/>')
+        out.append(f'<text x="{sx(t):.1f}" y="{y_axis + 16}" text-anchor="middle" fill="{INK}">{_fmt_tick(t)}</text>')
+    for i, (label, est, lo, hi, ref) in enumerate(rows):
+        y = MARGIN["top"] + 17 + 34 * i
+        out.append(f'<text x="{x0 - 8}" y="{y + 4}" text-anchor="end" fill="{INK}">{escape(label)}</text>')
+        if _finite(lo) and _finite(hi):
+            out.append(f'<line x1="{sx(lo):.1f}" x2="{sx(hi):.1f}" y1="{y}" y2="{y}" stroke="{ACCENT}" '
+                       f'stroke-width="3"><title>95% CI [{lo:.4f}, {hi:.4f}]</title></line>')
+        if _finite(est):
+            out.append(f'<circle cx="{sx(est):.1f}" cy="{y}" r="5" fill="{ACCENT}"><title>{escape(label)} test '
+                       f'{est:.4f}</title></circle>')
+        if _finite(ref):
+            out.append(f'<path d="M{sx(ref):.1f},{y - 7} l5,7 l-5,7 l-5,-7 z" fill="none" stroke="{INK}">'
+                       f'<title>{escape(label)} validation {ref:.4f}</title></path>')
+    out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{height - 6}" text-anchor="middle" fill="{INK}">'
+               f'{escape(xlabel)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def empty_chart(title: str, message: str) -> str:
+    return (f'<svg class="chart" viewBox="0 0 {WIDTH} 60" role="img" '
+            f'font-family="system-ui, sans-serif" font-size="12"><title>{escape(title)}</title>'
+            f'<text x="8" y="20" font-weight="600" fill="{INK}">{escape(title)}</text>'
+            f'<text x="8" y="44" fill="{MUTED}">{escape(message)}</text></svg>')
