@@ -1,0 +1,123 @@
+"""Try a trained model on new titles: the top-k categories with their probabilities.
+
+    python -m meli.predict --family mlp "Celular Samsung Galaxy S21 128gb" "Taladro percutor 750w"
+    python -m meli.predict --run results/runs/cnn/<combo> --top-k 3 --file titles.txt   # - for stdin
+    python -m meli.predict --family tfidf --json "Bicicleta rodado 29"
+
+``--family`` uses the run selected on validation (results/tables/selection.json). Titles are
+cleaned exactly like the training data (the data stage's recorded preprocess config).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from meli.io import read_json
+
+
+def resolve_run(run: str | None, family: str | None, selection: str | Path) -> Path:
+    """The run directory: given directly, or the family's selected run in selection.json."""
+    if run:
+        path = Path(run)
+        if not path.is_dir():
+            raise FileNotFoundError(f"run directory {path} does not exist")
+        return path
+    selection = Path(selection)
+    if not selection.exists():
+        raise FileNotFoundError(f"{selection} missing: run the workflow (or give --run DIR)")
+    families = read_json(selection).get("families", {})
+    if family not in families:
+        raise KeyError(f"{selection}: no selected run for family {family!r} (have: {sorted(families)})")
+    path = Path(families[family]["run_dir"])
+    if not path.is_absolute() and not path.exists():
+        path = selection.resolve().parents[2] / path  # recorded relative to the workflow root
+    return path
+
+
+def results_root(run_dir: Path) -> Path:
+    """results/ from results/runs/{family}/{combo}."""
+    return run_dir.resolve().parents[2]
+
+
+def read_titles(args_titles: list[str], file: str | None) -> list[str]:
+    titles = list(args_titles)
+    if file:
+        with contextlib.nullcontext(sys.stdin) if file == "-" else open(file, encoding="utf-8") as fh:
+            titles += [line.strip() for line in fh if line.strip()]
+    if not titles:
+        raise ValueError("no titles: give them as arguments or with --file (one per line, - for stdin)")
+    return titles
+
+
+def top_k(proba: np.ndarray, categories: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per row, the k most probable categories, most probable first (ties: lower label id)."""
+    proba = np.asarray(proba)
+    if proba.ndim != 2 or proba.shape[1] != len(categories):
+        raise ValueError(f"probabilities of shape {proba.shape} for {len(categories)} categories")
+    k = min(k, len(categories))
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    return [[(categories[j], float(row[j])) for j in idx] for row, idx in zip(proba, order)]
+
+
+def format_text(titles: Iterable[str], ranked: list[list[tuple[str, float]]]) -> str:
+    """Each title, then its categories and probabilities in aligned columns."""
+    width = max((len(c) for row in ranked for c, _ in row), default=0)
+    lines = []
+    for title, row in zip(titles, ranked):
+        lines.append(title)
+        lines += [f"  {i}. {c:<{width}}  {100 * p:6.2f}%" for i, (c, p) in enumerate(row, start=1)]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def predict(run_dir: Path, titles: list[str], k: int, data_dir: Path, features: Path, device: str,
+            load_predictor=None) -> list[dict[str, Any]]:
+    if load_predictor is None:
+        from meli.inference import load_predictor  # torch only when really predicting
+    predictor = load_predictor(run_dir, data_dir, features, device)
+    ranked = top_k(predictor.predict_proba_texts(titles), list(predictor.categories), k)
+    return [{"title": t, "top": [{"category": c, "probability": p} for c, p in row]} for t, row in zip(titles, ranked)]
+
+
+def main(argv: list[str] | None = None, load_predictor=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a run directory, results/runs/{family}/{combo}")
+    which.add_argument("--family", help="use this family's run selected on validation (mlp, cnn, tfidf)")
+    ap.add_argument("--selection", default="results/tables/selection.json")
+    ap.add_argument("--data-dir", help="default: <results>/data beside the run")
+    ap.add_argument("--features", help="default: <results>/features beside the run")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--file", help="titles, one per line; - reads stdin")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("titles", nargs="*")
+    args = ap.parse_args(argv)
+    if args.top_k < 1:
+        ap.error("--top-k must be >= 1")
+    try:
+        titles = read_titles(args.titles, args.file)
+        run_dir = resolve_run(args.run, args.family, args.selection)
+        root = results_root(run_dir)
+        data_dir = Path(args.data_dir) if args.data_dir else root / "data"
+        features = Path(args.features) if args.features else root / "features"
+        out = predict(run_dir, titles, args.top_k, data_dir, features, args.device, load_predictor)
+    except (OSError, KeyError, ValueError) as err:
+        print(f"meli.predict: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"run": str(run_dir), "predictions": out}, ensure_ascii=False, indent=2))
+    else:
+        print(f"# {run_dir}")
+        print(format_text(titles, [[(t["category"], t["probability"]) for t in o["top"]] for o in out]), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
