@@ -117,3 +117,25 @@ def guess_language(titles: pa.Array | pa.ChunkedArray) -> pa.Array:
     pt = pc.count_substring_regex(lower, _PORTUGUESE_MARKERS)
     es = pc.count_substring_regex(lower, _SPANISH_MARKERS)
     return pc.if_else(pc.greater(pt, es), "portuguese", "spanish")
+
+
+def clean_title_python(title: str | None, cfg: Mapping | None = None, language: str = "spanish") -> str:
+    """The same cleaning as `clean_array`, one title at a time in plain Python.
+
+    The readable reference: tests check the vectorized path against it, and the data benchmark
+    times it as the naive per-row baseline. Not used in the pipeline.
+    """
+    import unicodedata
+
+    opt = _options(cfg)
+    text = title or ""
+    if opt["lowercase"]:
+        text = text.lower()
+    if opt["strip_accents"]:
+        text = "".join(c for c in unicodedata.normalize("NFKD", text) if unicodedata.category(c) != "Mn")
+    if opt["strip_punctuation"]:
+        text = "".join(c if c.isalnum() or c.isspace() or unicodedata.category(c).startswith("M") else " " for c in text)
+    if opt["strip_numbers"]:
+        text = "".join(" " if unicodedata.category(c).startswith("N") else c for c in text)
+    stop = set(stopword_set(language, True, opt["strip_accents"]).to_pylist()) if opt["remove_stopwords"] else set()
+    return " ".join(t for t in text.split() if len(t) >= opt["min_token_length"] and t.lower() not in stop)
