@@ -70,3 +70,56 @@ def test_clear_errors(runs, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert predict.main(["--family", "mlp"], load_predictor=FakePredictor) == 2
     assert "no titles" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- a real (tiny) trained model
+@pytest.fixture(scope="module")
+def real_results(tmp_path_factory):
+    """results/ with a really trained MLP (the training tests' toy features), no fakes."""
+    toy = pytest.importorskip("tests.test_train", reason="training tests' toy-feature factory not available")
+    from meli.train import run as train_run
+
+    root = tmp_path_factory.mktemp("real")
+    results = root / "results"
+    features, matrix = toy.make_features(results)
+    run_dir = results / "runs" / "mlp" / "toy-mlp"
+    train_run("mlp", {**toy.MLP, "epochs": 3}, features, matrix, run_dir, "cpu", 1)
+    (results / "data").mkdir()
+    (results / "data" / "summary.json").write_text(json.dumps({"preprocess": {"lowercase": True,
+                                                                              "strip_punctuation": True}}))
+    n_test = len(np.load(features / "test_labels.npy"))
+    import pandas as pd
+
+    pd.DataFrame({"title": ["t"] * n_test, "label_quality": ["reliable", "unreliable"] * (n_test // 2)}
+                 ).to_parquet(results / "data" / "test.parquet")
+    return root, run_dir, toy
+
+
+def test_predict_with_a_real_model(real_results, capsys):
+    pytest.importorskip("meli.features")
+    root, run_dir, toy = real_results
+    # A title made of class c's words must come out as CAT_c (the toy task is learnable).
+    titles = [" ".join(toy.token(c, j).upper() for j in range(5)) for c in range(4)]
+    assert predict.main(["--run", str(run_dir), "--device", "cpu", "--json", "--top-k", "4", *titles]) == 0
+    out = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["top"][0]["category"] for p in out] == [f"CAT_{c}" for c in range(4)]
+    for p in out:
+        assert sum(t["probability"] for t in p["top"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_evaluate_cli_with_a_real_model(real_results):
+    from meli import evaluate
+
+    root, run_dir, _ = real_results
+    results = root / "results"
+    aggregate.aggregate([run_dir], results / "tables")
+    assert evaluate.main(["--selection", str(results / "tables" / "selection.json"), "--data-dir",
+                          str(results / "data"), "--features", str(results / "features"), "--config",
+                          json.dumps({"bootstrap": 100}), "--device", "cpu", "--out-dir", str(results / "tables")]) == 0
+    import pandas as pd
+
+    test = pd.read_csv(results / "tables" / "test.csv")
+    y = np.load(results / "features" / "test_labels.npy")
+    assert list(test["family"]) == ["mlp"] and test.loc[0, "n_unseen_category"] == int((y < 0).sum())
+    assert 0.5 < test.loc[0, "test_bacc"] <= 1 and test.loc[0, "bacc_ci_low"] <= test.loc[0, "test_bacc"]
+    assert {"bacc_reliable", "bacc_unreliable"} <= set(test.columns)
