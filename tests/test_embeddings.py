@@ -240,8 +240,9 @@ def test_fasttext_fills_oov_words_from_subwords(train_parquet: Path, tmp_path: P
     not (ROOT / "scripts" / "meli" / "prepare.py").exists(), reason="the data stage (meli.prepare) is not in yet"
 )
 def test_stage_end_to_end_in_the_workflow(workflow_dir: Path):
-    snakemake(workflow_dir, "--cores", "1", "--configfile", str(TINY_CONFIG),
-              "results/embeddings/w2v/matrix.npy", "results/features/stats.json")
+    # targets before --configfile, which takes several values
+    snakemake(workflow_dir, "results/embeddings/w2v/matrix.npy", "results/features/stats.json",
+              "--cores", "1", "--configfile", str(TINY_CONFIG))
     features, emb = workflow_dir / "results" / "features", workflow_dir / "results" / "embeddings" / "w2v"
     stats = json.loads((features / "stats.json").read_text())
     vocab_size = stats["vocab_size"]
