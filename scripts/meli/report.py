@@ -71,6 +71,7 @@ table { border-collapse:collapse; font-size:.86rem; font-variant-numeric:tabular
 th, td { padding:.35rem .6rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
 th { background:var(--soft); font-weight:600; position:sticky; top:0; }
 td.num, th.num { text-align:right; }
+td.wrap { white-space:normal; overflow-wrap:anywhere; min-width:14rem; max-width:28rem; }
 tr.selected td { background:#fff4e6; font-weight:600; }
 tr:last-child td { border-bottom:none; }
 .cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(250px,1fr)); gap:.8rem; }
@@ -109,7 +110,7 @@ def fmt(v: Any, digits: int = 4) -> str:
         return f"{int(v):,}"
     if isinstance(v, float) or hasattr(v, "dtype"):
         v = float(v)
-        if abs(v) >= 1000:
+        if abs(v) >= 1000 or v.is_integer():
             return f"{v:,.0f}"
         return f"{v:,.{digits}f}" if abs(v) < 10 else f"{v:,.1f}"
     return str(v)
@@ -125,6 +126,13 @@ def _is_num(v: Any) -> bool:
     return not isinstance(v, (bool, str)) and isinstance(v, (int, float)) or hasattr(v, "dtype")
 
 
+def _cell_class(value: Any, numeric: bool) -> str:
+    if numeric:
+        return " class=num"
+    # Long ids (combination names, hashes) wrap instead of pushing the numbers off screen.
+    return " class=wrap" if isinstance(value, str) and len(value) > 40 else ""
+
+
 def table(header: list[str], rows: Iterable[list[Any]], selected: Iterable[bool] | None = None,
           raw: bool = False) -> str:
     """An HTML table in a horizontally scrolling wrapper; ``raw`` cells are trusted HTML."""
@@ -136,7 +144,7 @@ def table(header: list[str], rows: Iterable[list[Any]], selected: Iterable[bool]
     body = []
     for row, flag in zip(rows, flags):
         cells = "".join(
-            f'<td{" class=num" if numeric[i] else ""}>{c if raw and isinstance(c, str) else escape(fmt(c))}</td>'
+            f"<td{_cell_class(c, numeric[i])}>{c if raw and isinstance(c, str) else escape(fmt(c))}</td>"
             for i, c in enumerate(row)
         )
         body.append(f'<tr{" class=selected" if flag else ""}>{cells}</tr>')
@@ -144,12 +152,18 @@ def table(header: list[str], rows: Iterable[list[Any]], selected: Iterable[bool]
 
 
 def kv_table(items: dict[str, Any]) -> str:
-    return table(["", "value"], [[k, _scalar(v)] for k, v in items.items()])
+    return table(["", "value"], [[k, _scalar(v, k)] for k, v in items.items()])
 
 
-def _scalar(v: Any) -> Any:
+SHARE_SUFFIXES = ("_share", "coverage", "_fraction")
+
+
+def _scalar(v: Any, key: str = "") -> Any:
+    """A JSON value as a cell: shares as percentages, nested values as compact JSON."""
     if isinstance(v, (dict, list)):
         return json.dumps(v, ensure_ascii=False)
+    if str(key).endswith(SHARE_SUFFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return pct(v)
     return v
 
 
@@ -299,8 +313,8 @@ def _split_table(per_split: dict[str, Any], value_name: str) -> str:
         return f"<p>{DASH}</p>"
     if all(isinstance(v, dict) for v in per_split.values()):
         keys = list(dict.fromkeys(k for v in per_split.values() for k, x in v.items() if not isinstance(x, (dict, list))))
-        return table(["split", *keys], [[s, *(_scalar(v.get(k)) for k in keys)] for s, v in per_split.items()])
-    return table(["split", value_name], [[k, _scalar(v)] for k, v in per_split.items()])
+        return table(["split", *keys], [[s, *(_scalar(v.get(k), k) for k in keys)] for s, v in per_split.items()])
+    return table(["split", value_name], [[k, _scalar(v, value_name)] for k, v in per_split.items()])
 
 
 def section_dataset(r: Results) -> str:
@@ -325,6 +339,18 @@ def section_dataset(r: Results) -> str:
                    f"<p>{escape(fmt(dropped)) if dropped not in (None, {}) else 'none'}</p>"))
     if isinstance(s.get("rare_categories"), dict):
         blocks.append(("Rare categories", kv_table(s["rare_categories"])))
+    # Whatever else the data stage records, shown as-is (the stage may add keys over time).
+    shown = {"source", "rows", "categories", "label_quality", "token_length_quantiles", "dropped", "rare_categories",
+             "preprocess"}
+    other = {k: v for k, v in s.items() if k not in shown and not isinstance(v, dict)}
+    for key, value in s.items():
+        if key not in shown and isinstance(value, dict) and value:
+            nested = all(isinstance(v, dict) for v in value.values())
+            blocks.append((key.replace("_", " ").capitalize(), _split_table(value, key) if nested else kv_table(value)))
+    if other:
+        blocks.append(("Reading", kv_table(other)))
+    if isinstance(s.get("preprocess"), dict):
+        blocks.append(("Cleaning (also applied to new titles by predict)", kv_table(s["preprocess"])))
     out = [kv_table({f"source {k}": v for k, v in src.items()}) if src else "",
            '<div class="blocks">' + "".join(f"<div><h3>{escape(t)}</h3>{b}</div>" for t, b in blocks) + "</div>"]
     if r.stats:
@@ -346,7 +372,7 @@ def section_embeddings(r: Results) -> str:
     missing = "".join(
         f"<li><code>{escape(str(c.get('name')))}</code>: " + escape(", ".join(f"{w} ({n:,})" for w, n in c["most_frequent_missing"][:12]))
         + "</li>" for c in r.coverage if c.get("most_frequent_missing"))
-    return (table(keys, [[c.get(k) for k in keys] for c in r.coverage]) +
+    return (table(keys, [[_scalar(c.get(k), k) for k in keys] for c in r.coverage]) +
             (f'<p class="note">Most frequent vocabulary words without a vector:</p><ul class="note">{missing}</ul>'
              if missing else "") +
             '<p class="note">Vocabulary coverage: share of vocabulary words with a vector; token coverage: share '
