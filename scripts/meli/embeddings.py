@@ -147,6 +147,17 @@ def _open(path: Path):
     return open(path, "rb", buffering=1 << 20)
 
 
+def _lines(fh, block: int = 1 << 22) -> Iterator[bytes]:
+    """Lines without their newline, cut from 4 MiB blocks (far fewer calls than readline)."""
+    tail = b""
+    while data := fh.read(block):
+        lines = (tail + data).split(b"\n")
+        tail = lines.pop()
+        yield from lines
+    if tail:
+        yield tail
+
+
 def _read_header(fh, path: Path, dim: int) -> int:
     line = fh.readline()
     parts = line.split()
@@ -206,8 +217,8 @@ def read_text_vectors(path: Path, collector: _Collector, dim: int, logger: loggi
         try:
             count = _read_header(fh, path, dim)
             progress = Progress(logger, count, f"reading {path.name}")
-            for lineno, line in enumerate(fh, 2):
-                line = line.rstrip()  # newline and the trailing blank the C tool writes
+            for lineno, line in enumerate(_lines(fh), 2):
+                line = line.rstrip()  # the trailing blank the C tool writes, a \r
                 if line.count(b" ") != dim and len(line.split()) != dim + 1:
                     raise EmbeddingError(
                         f"{path}, line {lineno}: expected a word and {dim} values, got {len(line.split()) - 1}"
