@@ -17,6 +17,8 @@ rule aggregate:
         selection="results/tables/selection.json",
     log:
         "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
     params:
         runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
     shell:
@@ -37,6 +39,8 @@ rule evaluate_test:
         details="results/tables/test_details.json",
     log:
         "results/logs/evaluate_test.log",
+    benchmark:
+        "results/benchmarks/evaluate_test.tsv"
     params:
         cfg=as_arg(config["report"]),
         device=config["train"]["device"],

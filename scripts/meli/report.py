@@ -32,6 +32,7 @@ from meli.io import atomic_path, setup_logging
 
 LOG = logging.getLogger("meli.report")
 DASH = "—"
+TOP_RUNS = 15  # rows of a family's runs table shown before "All N runs"
 PACKAGES = ("snakemake", "snakemake-executor-plugin-slurm", "torch", "numpy", "pandas", "pyarrow", "scipy",
             "scikit-learn", "gensim", "mlflow")
 FAMILY_NAMES = {"mlp": "MLP", "cnn": "CNN", "tfidf": "TF-IDF baseline"}
@@ -71,7 +72,7 @@ table { border-collapse:collapse; font-size:.86rem; font-variant-numeric:tabular
 th, td { padding:.35rem .6rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
 th { background:var(--soft); font-weight:600; position:sticky; top:0; }
 td.num, th.num { text-align:right; }
-td.wrap { white-space:normal; overflow-wrap:anywhere; min-width:14rem; max-width:28rem; }
+td.wrap { white-space:normal; overflow-wrap:anywhere; min-width:20rem; max-width:30rem; }
 tr.selected td { background:#fff4e6; font-weight:600; }
 tr:last-child td { border-bottom:none; }
 .cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(250px,1fr)); gap:.8rem; }
@@ -404,8 +405,14 @@ def section_comparison(r: Results) -> str:
                 for i, (_, row) in enumerate(sub.iterrows(), start=1)]
         sel = [row["combo"] == r.selected(family) for _, row in sub.iterrows()]
         fixed_txt = ", ".join(f"{k} = {fmt_param(v)}" for k, v in fixed.items()) or DASH
+        top = TOP_RUNS if len(body) > TOP_RUNS + 10 else len(body)
+        listing = table(header, body[:top], sel[:top])
+        if top < len(body):
+            listing += (f"<details><summary>All {len(body)} {escape(family_name(family))} runs</summary>"
+                        f"{table(header, body, sel)}</details>")
         out.append(f"<h3>{escape(family_name(family))}: {len(sub)} runs, by validation balanced accuracy</h3>"
-                   f'<p class="note">Same in every run: {escape(fixed_txt)}</p>' + table(header, body, sel))
+                   f'<p class="note">Same in every run: {escape(fixed_txt)}'
+                   f'{f"; the best {top} shown" if top < len(body) else ""}</p>' + listing)
     return "\n".join(out)
 
 
@@ -521,7 +528,7 @@ def section_cost(r: Results) -> str:
         per_run.append([family_name(row["family"]), row["combo"], row.get("device"), row.get("epochs_run"),
                         row.get("train_time_s"), row.get("samples_per_s"), row.get("peak_mem_mb"), b.get("s"),
                         b.get("max_rss"), b.get("cpu_time")])
-    out.append(f"<details open><summary>Every run ({len(per_run)})</summary>" + table(
+    out.append(f"<details{' open' if len(per_run) <= 30 else ''}><summary>Every run ({len(per_run)})</summary>" + table(
         ["family", "combination", "device", "epochs", "train time (s)", "samples/s", "peak memory (MB)",
          "job wall time (s)", "job max RSS (MB)", "job CPU time (s)"], per_run) + "</details>")
     out.append('<p class="note">Train time, samples/s and peak memory: measured by the training script; '
