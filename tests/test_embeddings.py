@@ -143,13 +143,25 @@ def test_bad_vectors_files_name_file_and_line(vocab_path: Path, tmp_path: Path):
     expect_error(vocab_path, tmp_path / "nope.txt", out, r"nope\.txt: no such file")
 
 
+@pytest.mark.parametrize("external", [True, False], ids=["gzip-tool", "in-process"])
 @pytest.mark.parametrize("codec", [gzip, bz2], ids=["gz", "bz2"])
-def test_truncated_compressed_files(codec, vocab_path: Path, tmp_path: Path):
+def test_truncated_compressed_files(codec, external: bool, vocab_path: Path, tmp_path: Path, monkeypatch):
+    import meli.embeddings
+
+    if not external:  # Python's gzip instead of an external gzip/pigz
+        monkeypatch.setattr(meli.embeddings.shutil, "which", lambda name: None)
     many = {f"w{i}": [float(i)] * DIM for i in range(3000)} | VECTORS
     data = codec.compress(vector_text(many).encode())
     bad = tmp_path / f"cut.txt.{codec.__name__}"
     bad.write_bytes(data[: len(data) // 2])
     expect_error(vocab_path, bad, tmp_path / "out", rf"cut\.txt\.{codec.__name__}.*(truncated|ends inside|line \d+)")
+    # cut right after a complete line: only the end-of-stream check can tell
+    whole = tmp_path / f"whole.txt.{codec.__name__}"
+    whole.write_bytes(codec.compress(vector_text(VECTORS).encode()))
+    _, cov = build(vocab_path, whole, tmp_path / "whole")
+    assert cov["found"] == 3
+    bad.write_bytes(whole.read_bytes()[:-4])  # gzip: CRC/size trailer gone; bz2: stream end gone
+    expect_error(vocab_path, bad, tmp_path / "out", rf"cut\.txt\.{codec.__name__}.*corrupt or truncated")
 
 
 def test_truncated_binary_and_empty_vocabulary(vocab_path: Path, tmp_path: Path):

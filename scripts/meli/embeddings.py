@@ -35,6 +35,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import subprocess
 import time
 import unicodedata
 import zlib
@@ -136,15 +138,33 @@ class _Collector:
         return -1
 
 
-def _open(path: Path):
-    """A binary file object, decompressing gzip/bzip2 (recognised by magic bytes)."""
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator:
+    """A binary file object, decompressing gzip/bzip2 (recognised by magic bytes).
+
+    gzip goes through an external ``pigz -dc`` / ``gzip -dc`` when one is on PATH: decompression
+    then runs on another core, beside the parsing (Python's zlib would serialise the two).
+    """
     with open(path, "rb") as fh:
         magic = fh.read(3)
-    if magic[:2] == b"\x1f\x8b":
-        return gzip.open(path, "rb")
-    if magic == b"BZh":
-        return bz2.open(path, "rb")
-    return open(path, "rb", buffering=1 << 20)
+    tool = (shutil.which("pigz") or shutil.which("gzip")) if magic[:2] == b"\x1f\x8b" else None
+    if tool:
+        proc = subprocess.Popen([tool, "-dc", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            yield proc.stdout
+            stderr = proc.stderr.read()  # only reached when the whole stream was read
+            if proc.wait():
+                raise EmbeddingError(f"{path}: corrupt or truncated file ({stderr.decode(errors='replace').strip()})")
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
+            if proc.poll() is None:  # we stopped early (bad line): stop the decompressor
+                proc.kill()
+            proc.wait()
+        return
+    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else open
+    with opener(path, "rb") as fh:
+        yield fh
 
 
 def _lines(fh, block: int = 1 << 22) -> Iterator[bytes]:
@@ -379,7 +399,8 @@ def build(vocab_path: str | os.PathLike, source: str | os.PathLike, spec: Mappin
                 how[row] = SUBWORD
     # Seeded noise drawn for every row, so a word's noise depends on the seed and its id only.
     scale = float(matrix[found].std()) or 1.0
-    noise = np.random.default_rng(spec["seed"]).normal(0.0, scale, size=matrix.shape).astype(np.float32)
+    noise = np.random.default_rng(spec["seed"]).standard_normal(matrix.shape, dtype=np.float32)
+    noise *= scale
     random_rows = how == NONE
     random_rows[PAD_ID] = False
     matrix[random_rows] = noise[random_rows]
