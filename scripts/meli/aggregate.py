@@ -129,7 +129,8 @@ def select(df: pd.DataFrame) -> dict[str, Any]:
             "val_loss": _float_or_none(best["val_loss"]),
             "params": {p: _plain(best[p]) for p in hyperparameters(df) if not _missing(best[p])},
             "n_runs": int(len(sub)),
-            "runner_up": None if len(sub) < 2 else {"combo": sub.iloc[1]["combo"], "val_bacc": float(sub.iloc[1]["val_bacc"])},
+            "runner_up": None if len(sub) < 2 else {
+                "combo": sub.iloc[1]["combo"], "val_bacc": float(sub.iloc[1]["val_bacc"])},
         }
     return {"criterion": SELECTION_RULE, "split": "validation", "families": families}
 

@@ -57,7 +57,7 @@ main { max-width:1180px; margin:0 auto; padding:1.5rem 1.25rem 4rem; }
 header h1 { font-size:1.6rem; margin:.2rem 0; }
 header p { color:var(--muted); margin:.2rem 0; }
 nav { position:sticky; top:0; background:rgba(255,255,255,.96); border-bottom:1px solid var(--line);
-      padding:.45rem 1.25rem; z-index:1; font-size:.9rem; }
+      padding:.45rem 1.25rem; z-index:1; font-size:.9rem; overflow-x:auto; white-space:nowrap; }
 nav a { color:var(--ink); text-decoration:none; margin-right:1rem; white-space:nowrap; }
 nav a:hover { color:var(--accent); }
 section { margin-top:2.2rem; }
@@ -184,6 +184,10 @@ def fmt_param(v: Any) -> str:
     return str(v)
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def family_name(family: str) -> str:
     return FAMILY_NAMES.get(family, family)
 
@@ -293,8 +297,9 @@ def section_summary(r: Results) -> str:
         t = test.loc[family] if test is not None and family in test.index else None
         ci = (f"95% CI [{fmt(t['bacc_ci_low'])}, {fmt(t['bacc_ci_high'])}]" if t is not None else "not evaluated")
         cards.append(
-            f'<div class="card"><div class="label">{escape(family_name(family))} · best of {chosen.get("n_runs", DASH)}'
-            f' runs on validation</div><div class="big">{escape(fmt(t["test_bacc"]) if t is not None else DASH)}</div>'
+            f'<div class="card"><div class="label">{escape(family_name(family))} · best of '
+            f'{escape(plural(chosen["n_runs"], "run")) if "n_runs" in chosen else DASH} on validation</div>'
+            f'<div class="big">{escape(fmt(t["test_bacc"]) if t is not None else DASH)}</div>'
             f'<div class="label">test balanced accuracy, {escape(ci)}</div>'
             f'<div class="label">validation {escape(fmt(chosen.get("val_bacc")))}</div>'
             f'<div><code>{escape(chosen.get("combo", DASH))}</code></div></div>'
@@ -313,7 +318,8 @@ def _split_table(per_split: dict[str, Any], value_name: str) -> str:
     if not isinstance(per_split, dict) or not per_split:
         return f"<p>{DASH}</p>"
     if all(isinstance(v, dict) for v in per_split.values()):
-        keys = list(dict.fromkeys(k for v in per_split.values() for k, x in v.items() if not isinstance(x, (dict, list))))
+        keys = list(dict.fromkeys(
+            k for v in per_split.values() for k, x in v.items() if not isinstance(x, (dict, list))))
         return table(["split", *keys], [[s, *(_scalar(v.get(k), k) for k in keys)] for s, v in per_split.items()])
     return table(["split", value_name], [[k, _scalar(v, value_name)] for k, v in per_split.items()])
 
@@ -371,7 +377,8 @@ def section_embeddings(r: Results) -> str:
         return f"<p>{DASH} (no results/embeddings/*/coverage.json)</p>"
     keys = list(dict.fromkeys(k for c in r.coverage for k, v in c.items() if not isinstance(v, (dict, list))))
     missing = "".join(
-        f"<li><code>{escape(str(c.get('name')))}</code>: " + escape(", ".join(f"{w} ({n:,})" for w, n in c["most_frequent_missing"][:12]))
+        f"<li><code>{escape(str(c.get('name')))}</code>: "
+        + escape(", ".join(f"{w} ({n:,})" for w, n in c["most_frequent_missing"][:12]))
         + "</li>" for c in r.coverage if c.get("most_frequent_missing"))
     return (table(keys, [[_scalar(c.get(k), k) for k in keys] for c in r.coverage]) +
             (f'<p class="note">Most frequent vocabulary words without a vector:</p><ul class="note">{missing}</ul>'
@@ -410,7 +417,7 @@ def section_comparison(r: Results) -> str:
         if top < len(body):
             listing += (f"<details><summary>All {len(body)} {escape(family_name(family))} runs</summary>"
                         f"{table(header, body, sel)}</details>")
-        out.append(f"<h3>{escape(family_name(family))}: {len(sub)} runs, by validation balanced accuracy</h3>"
+        out.append(f"<h3>{escape(family_name(family))}: {plural(len(sub), 'run')}, by validation balanced accuracy</h3>"
                    f'<p class="note">Same in every run: {escape(fixed_txt)}'
                    f'{f"; the best {top} shown" if top < len(body) else ""}</p>' + listing)
     return "\n".join(out)
@@ -435,7 +442,7 @@ def section_curves(r: Results) -> str:
                            ("val_loss", "validation loss")):
             series = [charts.Series(c, h["epoch"], h[col], highlight=(c == best)) for c, h in histories if col in h]
             charts_html.append(charts.line_chart(series, f"{family_name(family)}: {title}", "epoch", title))
-        out.append(f"<h3>{escape(family_name(family))}: {len(histories)} runs</h3>"
+        out.append(f"<h3>{escape(family_name(family))}: {plural(len(histories), 'run')}</h3>"
                    f'<div class="charts">{"".join(charts_html)}</div>'
                    f'<p class="note"><span class="legend-accent">Orange</span>: the selected run '
                    f"(<code>{escape(best or DASH)}</code>); grey: every other run (hover a line for its id).</p>")
@@ -460,7 +467,8 @@ def section_effects(r: Results) -> str:
             chart_html.append(charts.strip_chart(groups, f"{family_name(family)}: {param}", param,
                                                  "validation bacc", best=best))
         tbl = table(["hyperparameter", "value", "runs", "mean", "std", "min", "max"],
-                    [[row["hyperparameter"], fmt_param(_num_or_str(row["value"])), row["n"], row["mean_val_bacc"], row["std_val_bacc"],
+                    [[row["hyperparameter"], fmt_param(_num_or_str(row["value"])), row["n"], row["mean_val_bacc"],
+                      row["std_val_bacc"],
                       row["min_val_bacc"], row["max_val_bacc"]] for _, row in fam_eff.iterrows()])
         out.append(f"<h3>{escape(family_name(family))}</h3><div class=charts>{''.join(chart_html)}</div>"
                    f"<details><summary>Table of {escape(family_name(family))} effects</summary>{tbl}</details>")
@@ -565,7 +573,8 @@ def section_provenance(r: Results, config: dict[str, Any], configfiles: list[str
     for f in configfiles:
         path = workdir / f if not Path(f).is_absolute() else Path(f)
         text = path.read_text() if path.exists() else f"{DASH} ({f} not found)"
-        out.append(f"<details><summary>Config file <code>{escape(f)}</code></summary><pre>{escape(text)}</pre></details>")
+        out.append(f"<details><summary>Config file <code>{escape(f)}</code></summary>"
+                   f"<pre>{escape(text)}</pre></details>")
     out.append("<details><summary>Effective configuration (after command-line overrides and schema defaults)"
                f"</summary><pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre></details>")
     return "\n".join(out)
@@ -603,7 +612,7 @@ def render(results: str | Path, config: dict[str, Any], configfiles: list[str], 
 <nav>{nav}</nav>
 <main>
 <header><h1>{escape(name)}: which model, which hyperparameters, how sure</h1>
-<p>{n_runs} runs in {len(r.families())} families · metric: balanced accuracy · selection on validation only</p></header>
+<p>{plural(n_runs, "run")} in {plural(len(r.families()), "family", "families")} · metric: balanced accuracy · selection on validation only</p></header>
 {sections}
 </main>
 </body>
