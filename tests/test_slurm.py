@@ -1,0 +1,215 @@
+"""profiles/slurm against a real SLURM: dry runs here, and the demo workflow through sbatch on a
+single-node cluster started by tests/slurm/local_cluster.sh (root + apt-get; MELI_SLURM_TESTS=0
+skips it).
+
+The cluster-free tests check what the users' one command would submit; the cluster test checks
+that it does: one SLURM job per training combination (with its GPU), a job killed for memory is
+retried with more, the report is built, and a failed job's SLURM log is where the docs say.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, ROOT, TINY_CONFIG, copy_workflow, snakemake
+
+PROFILE = ROOT / "profiles" / "slurm"
+TEST_PROFILE = ROOT / "tests" / "slurm" / "profile"
+CLUSTER = ROOT / "tests" / "slurm" / "local_cluster.sh"
+SLURM_LOGDIR = "results/logs/slurm"
+# scontrol is probed when Snakemake imports the plugin (every start); anything else would mean
+# the dry run needs a cluster
+SLURM_COMMANDS = ("sbatch", "srun", "squeue", "sacct", "sacctmgr", "sinfo", "scontrol", "scancel")
+
+pytestmark = pytest.mark.workflow
+
+
+def _profile_keys(path: Path) -> dict:
+    return yaml.safe_load((path / "config.yaml").read_text())
+
+
+def _job_blocks(dry_run_output: str, rule: str) -> list[str]:
+    """The text of every `rule <rule>:` job in a dry run's output."""
+    blocks = re.split(r"\n(?=\[[^\n]*\d{4}\]\n|rule \w+:|localrule \w+:)", dry_run_output)
+    return [b for b in blocks if re.match(rf"(local)?rule {rule}:", b.lstrip())]
+
+
+def _resources(block: str) -> dict[str, str]:
+    line = re.search(r"^\s*resources: (.*)$", block, re.M).group(1)
+    return dict(item.split("=", 1) for item in line.split(", "))
+
+
+def test_profile_keys_are_options_of_the_pinned_snakemake_and_plugin():
+    from snakemake.cli import get_argument_parser
+
+    options = {o for action in get_argument_parser()._actions for o in action.option_strings}
+    for profile in (PROFILE, TEST_PROFILE):
+        unknown = [k for k in _profile_keys(profile) if f"--{k}" not in options]
+        assert not unknown, f"{profile}/config.yaml: not options of this snakemake/plugin: {unknown}"
+    assert not (ROOT / "profiles" / "default").exists(), "profiles/default would be loaded implicitly"
+
+
+def _fake_slurm_bin(tmp_path: Path) -> tuple[Path, Path]:
+    """SLURM client commands that only record their arguments and fail, first on PATH."""
+    bin_dir, calls = tmp_path / "fake-slurm-bin", tmp_path / "slurm-calls.txt"
+    bin_dir.mkdir()
+    calls.touch()
+    for name in SLURM_COMMANDS:
+        script = bin_dir / name
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> "{calls}"\nexit 1\n')
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return bin_dir, calls
+
+
+def test_dry_run_lists_one_gpu_job_per_combination_without_a_cluster(tmp_path, monkeypatch):
+    wf = copy_workflow(tmp_path / "wf")
+    fake_bin, calls = _fake_slurm_bin(tmp_path)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    # --cores only lifts the dry run's default cap of 1 thread per job, to show the real counts
+    out = snakemake(wf, "--profile", str(PROFILE), "-n", "--cores", "64").stdout
+
+    full = yaml.safe_load((ROOT / "config" / "meli2019.yaml").read_text())
+    assert full["dataset"]["source"] in out, "the profile must run config/meli2019.yaml"
+    expected = {
+        family: math.prod(len(values) for values in full["train"][family]["grid"].values())
+        for family in ("mlp", "cnn")
+    }
+    jobs = _job_blocks(out, "train_neural")
+    per_family = {f: sum(f"neural={f}," in b for b in jobs) for f in expected}
+    assert per_family == expected, out[-3000:]
+    assert re.search(rf"^train_neural\s+{sum(expected.values())}$", out, re.M)
+    res = full["train"]["resources"]
+    for block in jobs:
+        r = _resources(block)
+        assert r["gpu"] == "1" and r["slurm_partition"] == "batch", block
+        assert r["mem_mb"] == str(res["mem_mb"]) and r["runtime"] == str(res["runtime"])
+        assert r["cpus_per_task"] == str(res["threads"])
+    tfidf = _resources(_job_blocks(out, "train_tfidf")[0])
+    assert tfidf.get("gpu", "0") == "0" and tfidf["mem_mb"] == str(full["train"]["tfidf"]["resources"]["mem_mb"])
+
+    made = calls.read_text().splitlines()
+    assert all(c.startswith("scontrol show config") for c in made), f"dry run called SLURM: {made}"
+
+
+def test_plugin_turns_the_resources_into_the_intended_sbatch_flags():
+    """gpu=1 -> --gpus=1, gpu=0 -> no GPU, an empty gpu_model is ignored, a model is passed on."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    class Job:
+        def __init__(self, **resources):
+            self.resources, self.threads = Resources(resources), 8
+
+    params = dict(run_uuid="u", slurm_logfile="l", comment_str="c", account="", partition=" -p batch", workdir="")
+    base = dict(mem_mb=32000, runtime=240, slurm_partition="batch", cpus_per_task=8)
+    gpu = Job(**base, gpu=1, gpu_model="")
+    call = get_submit_command(gpu, params) + set_gres_string(gpu)
+    assert "--gpus=1" in call and "--mem 32000" in call and "-t 240" in call
+    assert "--cpus-per-task=8" in call and " -p batch" in call
+    cpu = Job(**base, gpu=0, gpu_model="")
+    assert "gpu" not in get_submit_command(cpu, params) + set_gres_string(cpu)
+    assert set_gres_string(Job(**base, gpu=2, gpu_model="a100")) == " --gpus=a100:2"
+
+
+# ---- the real cluster ------------------------------------------------------------------------
+
+
+def _cluster_skip_reason() -> str | None:
+    if os.environ.get("MELI_SLURM_TESTS") == "0":
+        return "MELI_SLURM_TESTS=0"
+    if os.geteuid() != 0:
+        return "needs root (installs and starts a local SLURM cluster)"
+    if not shutil.which("apt-get") and not shutil.which("slurmctld"):
+        return "needs apt-get to install SLURM (Debian)"
+    return None
+
+
+def _cluster(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(CLUSTER), command], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    reason = _cluster_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    started = _cluster("start")
+    try:
+        assert started.returncode == 0, f"local_cluster.sh start failed:\n{started.stderr[-4000:]}"
+        yield
+    finally:
+        # stopping also removes /etc/slurm/slurm.conf: with it left behind but no controller,
+        # every later snakemake start would wait ~9 s for `scontrol show config`
+        stopped = _cluster("stop")
+        assert stopped.returncode == 0, stopped.stderr
+
+
+def _sacct(workdir: Path, since: str) -> list[dict[str, str]]:
+    fields = ["JobID", "JobName", "Comment", "State", "ExitCode", "ReqMem", "ReqTRES", "WorkDir"]
+    out = subprocess.run(
+        ["sacct", "--allusers", "--allocations", "--parsable2", "--noheader", f"--starttime={since}",
+         f"--format={','.join(fields)}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    rows = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+    return [r for r in rows if r["WorkDir"] == str(workdir)]
+
+
+@pytest.mark.slurm
+def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(slurm_cluster, tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    # every training job asks for a (fake) GPU, as on the real cluster
+    config["train"]["resources"]["gpu"] = 1
+    # the CNN's first attempt gets 400 MB, less than Snakemake + PyTorch need inside the job (~550 MB):
+    # SLURM kills it and the retry asks for 2x
+    config["train"]["cnn"]["resources"] = {"mem_mb": 400}
+    (wf / "slurm-test.yaml").write_text(yaml.safe_dump(config))
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+
+    run = snakemake(wf, "--profile", str(PROFILE), "--profile", str(TEST_PROFILE),
+                    "--configfile", "slurm-test.yaml", timeout=600, check=False)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-6000:]
+    assert (wf / "results" / "report.html").stat().st_size > 0
+
+    jobs = _sacct(wf, since)
+    assert jobs, "sacct lists no job of this run"
+    training = [j for j in jobs if j["Comment"].startswith("rule_train_neural_wildcards_")]
+    combos = {p.parent.name: p.parent.parent.name for p in (wf / "results" / "runs").glob("*/*/metrics.json")}
+    neural = {c: f for c, f in combos.items() if f in ("mlp", "cnn")}
+    assert len(neural) == 2
+    for combo, family in neural.items():
+        own = [j for j in training if j["Comment"] == f"rule_train_neural_wildcards_{family}_{combo}"]
+        assert own and own[-1]["State"] == "COMPLETED", (combo, own)
+        assert all("gres/gpu=1" in j["ReqTRES"] for j in own), own
+    tfidf = [j for j in jobs if j["Comment"].startswith("rule_train_tfidf_wildcards_")]
+    assert [j["State"] for j in tfidf] == ["COMPLETED"]
+    # aggregate, report and MLflow import are localrules: they ran on the submit host
+    submitted = {j["Comment"].split("_wildcards_")[0] for j in jobs}
+    assert not submitted & {"rule_aggregate", "rule_report_html", "rule_mlflow_import"}, submitted
+
+    # the CNN job: killed at 400 MB, then completed with more memory
+    cnn = [j for j in training if "_wildcards_cnn_" in j["Comment"]]
+    assert len(cnn) >= 2, cnn
+    first, last = cnn[0], cnn[-1]
+    assert first["State"] in ("FAILED", "OUT_OF_MEMORY") and first["ReqMem"] == "400M", first
+    assert last["State"] == "COMPLETED" and int(last["ReqMem"].rstrip("M")) > 400, last
+    # ... and its SLURM log, kept under results/logs/slurm/rule_<rule>/<wildcards>/<job id>.log,
+    # says why; Snakemake printed where it is
+    cnn_combo = next(c for c, f in neural.items() if f == "cnn")
+    failed_log = wf / SLURM_LOGDIR / "rule_train_neural" / f"cnn_{cnn_combo}" / f"{first['JobID']}.log"
+    assert "exceeded memory limit" in failed_log.read_text(), failed_log.read_text()[-2000:]
+    assert str(failed_log) in log or f"{SLURM_LOGDIR}/rule_train_neural/cnn_{cnn_combo}" in log
