@@ -64,9 +64,11 @@ rule prepare_data:
         "results/benchmarks/prepare_data.tsv"
     params:
         cfg=as_arg({k: config[k] for k in ("dataset", "preprocess", "split")}),
+    threads: 2
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 120 * attempt,
     shell:
         "python -m meli.prepare --source {input.source:q} --out-dir {DATA} --config {params.cfg}"
+        " --threads {threads}"
         " > {log:q} 2>&1"

@@ -27,8 +27,10 @@ import json
 import logging
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +39,7 @@ import pyarrow.parquet as pq
 
 from meli.fetch import FetchError, local_path, sha256_file
 from meli.io import atomic_path, format_seconds, peak_rss_mb, setup_logging
-from meli.readers import SourceError, detect_format, read_chunks
+from meli.readers import Chunk, SourceError, detect_format, read_chunks
 from meli.text import clean_array, guess_language
 
 log = logging.getLogger("meli.prepare")
@@ -102,21 +104,37 @@ def process_chunk(table: pa.Table, dataset: Mapping, preprocess: Mapping, has_la
     return table, counts
 
 
-def read_source(source: Path, cfg: Mapping) -> tuple[pa.Table, dict[str, int], int, str]:
+def _processed(chunks: Iterator[Chunk], dataset: Mapping, preprocess: Mapping,
+               threads: int) -> Iterator[tuple[Chunk, pa.Table, dict[str, int]]]:
+    """process_chunk over the chunks in source order, ``threads`` at a time (Arrow kernels
+    release the GIL); at most threads + 1 chunks are in flight, which bounds memory."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            has_language = chunk.table["language"].null_count < len(chunk.table)
+            pending.append((chunk, pool.submit(process_chunk, chunk.table, dataset, preprocess, has_language)))
+            if len(pending) > threads:
+                done, future = pending.popleft()
+                yield (done, *future.result())
+        while pending:
+            done, future = pending.popleft()
+            yield (done, *future.result())
+
+
+def read_source(source: Path, cfg: Mapping, threads: int = 1) -> tuple[pa.Table, dict[str, int], int, str]:
     """All kept rows of ``source`` (chunked Arrow table), drop counts, rows read, format."""
     dataset, preprocess = cfg["dataset"], cfg["preprocess"]
     fmt = detect_format(source) if dataset.get("format", "auto") == "auto" else dataset["format"]
-    log.info("reading %s as %s in chunks of %s rows", source, fmt, f"{preprocess.get('chunk_rows', 500_000):,}")
+    chunk_rows = preprocess.get("chunk_rows", 500_000)
+    log.info("reading %s as %s in chunks of %s rows, %d thread(s)", source, fmt, f"{chunk_rows:,}", threads)
     dropped = dict.fromkeys(BAD_REASONS + FILTER_REASONS, 0)
     parts: list[pa.Table] = []
     rows_read = kept = 0
     start = time.monotonic()
-    chunks = read_chunks(source, fmt, preprocess.get("chunk_rows", 500_000), tuple(dataset["languages"]))
-    for chunk in chunks:
+    chunks = read_chunks(source, fmt, chunk_rows, tuple(dataset["languages"]))
+    for chunk, table, counts in _processed(chunks, dataset, preprocess, threads):
         rows_read += len(chunk.table) + chunk.unparsable
         dropped["unparsable"] += chunk.unparsable
-        has_language = chunk.table["language"].null_count < len(chunk.table)
-        table, counts = process_chunk(chunk.table, dataset, preprocess, has_language)
         for reason, n in counts.items():
             dropped[reason] += n
         if len(table):
@@ -257,7 +275,7 @@ def _quantiles(n_tokens: np.ndarray) -> dict[str, float]:
     return {("max" if q == 1.0 else f"p{round(q * 100)}"): float(v) for q, v in zip(QUANTILES, values)}
 
 
-def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping) -> dict[str, Any]:
+def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int = 1) -> dict[str, Any]:
     """Run the data stage; returns the summary written to ``out_dir/summary.json``."""
     start = time.monotonic()
     dataset, split_cfg = cfg["dataset"], cfg["split"]
@@ -271,7 +289,7 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping) -> dict[str, 
     if expected and not path.is_dir() and fingerprint["sha256"] != expected:
         raise PrepareError(f"{path}: sha256 {fingerprint['sha256']} does not match dataset.sha256 {expected}")
 
-    table, dropped, rows_read, fmt = read_source(path, cfg)
+    table, dropped, rows_read, fmt = read_source(path, cfg, threads)
     bad_fraction = check_bad_rows(dropped, rows_read, dataset["max_bad_row_fraction"], path)
     codes, categories = codes_of(table["category"])
 
@@ -315,16 +333,14 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping) -> dict[str, 
     with contextlib.ExitStack() as stack:  # every file renamed into place only if all succeed
         for index, name in enumerate(SPLITS):
             mask = assign == index
-            part = table.filter(pa.array(mask))
-            part = pa.table({c: part[c].cast(pa.string()) for c in OUTPUT_COLUMNS})
             tmp = stack.enter_context(atomic_path(out_dir / f"{name}.parquet"))
-            pq.write_table(part, tmp, compression="zstd")
+            counts = write_split(table, mask, tmp)
             split_codes = np.unique(codes[mask])
             seen.update(split_codes.tolist())
             summary["rows"][name] = int(mask.sum())
             summary["categories"][name] = int(len(split_codes))
-            summary["label_quality"][name] = _value_counts(part["label_quality"])
-            summary["language"][name] = _value_counts(part["language"])
+            summary["label_quality"][name] = counts["label_quality"]
+            summary["language"][name] = counts["language"]
             summary["token_length_quantiles"][name] = _quantiles(n_tokens[mask])
             log.info("%s: %s rows, %d categories", name, f"{summary['rows'][name]:,}", len(split_codes))
         summary["rows"]["total"] = sum(summary["rows"][s] for s in SPLITS)
@@ -340,7 +356,25 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping) -> dict[str, 
     return summary
 
 
-def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
+def write_split(table: pa.Table, mask: np.ndarray, path: Path) -> dict[str, dict[str, int]]:
+    """Stream the rows of ``table`` where ``mask`` holds to Parquet, one source chunk at a time
+    (no second full copy of the split in memory); returns label_quality and language counts."""
+    schema = pa.schema([(c, pa.string()) for c in OUTPUT_COLUMNS])
+    counts: dict[str, dict[str, int]] = {"label_quality": {}, "language": {}}
+    offset = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for batch in table.select(list(OUTPUT_COLUMNS)).to_batches():
+            part = batch.filter(pa.array(mask[offset:offset + batch.num_rows]))
+            offset += batch.num_rows
+            if part.num_rows:
+                writer.write_batch(pa.record_batch([part[c].cast(pa.string()) for c in OUTPUT_COLUMNS], schema=schema))
+                for column, tally in counts.items():
+                    for value, n in _value_counts(part[column]).items():
+                        tally[value] = tally.get(value, 0) + n
+    return counts
+
+
+def _value_counts(column: pa.Array) -> dict[str, int]:
     counts = pc.value_counts(column)
     return {v.as_py(): c.as_py() for v, c in zip(counts.field("values"), counts.field("counts"))}
 
@@ -350,10 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, help="local file or directory (file:// URLs too)")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--config", required=True, help="JSON with the dataset, preprocess and split sections")
+    parser.add_argument("--threads", type=int, default=1, help="chunks cleaned in parallel (and Arrow's CPU pool)")
     args = parser.parse_args(argv)
     setup_logging()
+    pa.set_cpu_count(max(args.threads, 1))
     try:
-        prepare(args.source, args.out_dir, json.loads(args.config))
+        prepare(args.source, args.out_dir, json.loads(args.config), max(args.threads, 1))
     except (PrepareError, SourceError, FetchError) as err:
         log.error("%s", err)
         return 1

@@ -46,12 +46,21 @@ def normalize(titles: pa.Array, cfg: Mapping | None = None) -> pa.Array:
     if opt["lowercase"]:
         text = pc.utf8_lower(text)
     if opt["strip_accents"]:
-        text = pc.replace_substring_regex(pc.utf8_normalize(text, "NFKD"), r"\p{Mn}+", "")
+        text = _strip_accents(text)
     if opt["strip_punctuation"]:
         text = pc.replace_substring_regex(text, _PUNCTUATION, " ")
     if opt["strip_numbers"]:
         text = pc.replace_substring_regex(text, r"\p{N}+", " ")
     return text
+
+
+def _strip_accents(text: pa.Array) -> pa.Array:
+    """NFKD, then drop combining marks; only the non-ASCII titles (a minority) pay for it."""
+    non_ascii = pc.invert(pc.string_is_ascii(text))
+    if not pc.any(non_ascii).as_py():
+        return text
+    stripped = pc.replace_substring_regex(pc.utf8_normalize(pc.filter(text, non_ascii), "NFKD"), r"\p{Mn}+", "")
+    return pc.replace_with_mask(text, non_ascii, stripped)
 
 
 @lru_cache(maxsize=None)
@@ -70,7 +79,9 @@ def clean_array(titles: pa.Array | pa.ChunkedArray, cfg: Mapping | None, languag
     if isinstance(languages, pa.ChunkedArray):
         languages = languages.combine_chunks()
     n = len(titles)
-    tokens = pc.utf8_split_whitespace(normalize(titles, opt))
+    # Punctuation stripping turns every non-ASCII space into " ", so the cheaper ASCII split is exact.
+    split = pc.ascii_split_whitespace if opt["strip_punctuation"] else pc.utf8_split_whitespace
+    tokens = split(normalize(titles, opt))
     flat = pc.list_flatten(tokens)
     parents = pc.list_parent_indices(tokens)
     keep = pc.greater_equal(pc.utf8_length(flat), opt["min_token_length"])
