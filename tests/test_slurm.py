@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, TINY_CONFIG, copy_workflow, snakemake
+from conftest import ROOT, TINY_CONFIG, copy_workflow, snakemake
 
 PROFILE = ROOT / "profiles" / "slurm"
 TEST_PROFILE = ROOT / "tests" / "slurm" / "profile"
