@@ -256,6 +256,7 @@ def read_text_vectors(path: Path, collector: _Collector, dim: int, logger: loggi
             raise _corrupt(path, err, lineno) from None
         if pending:
             _parse_rows(pending, collector, path, dim)
+        progress.update(lineno - 1 - progress.done, force=True)
     n = lineno - 1
     if n != count:
         raise EmbeddingError(f"{path}: the header announces {count} vectors, the file has {n} (truncated?)")
@@ -369,6 +370,8 @@ def build(vocab_path: str | os.PathLike, source: str | os.PathLike, spec: Mappin
         raise EmbeddingError(f"{vocab_path}: empty vocabulary (only [PAD] and [UNK])")
     if not source.exists():
         raise EmbeddingError(f"{source}: no such file (embeddings.{spec['name']})")
+    if spec["kind"] == "pretrained" and spec["oov_init"] == "fasttext" and source.suffix != ".kv":
+        raise EmbeddingError(f"{source}: oov_init: fasttext needs FastText vectors (kind: fasttext or a FastText .kv)")
     dim = spec["dim"]
     collector = _Collector(vocab, dim, normalize=spec["normalize_words"] and spec["kind"] == "pretrained")
     kv, source_vectors = None, None
