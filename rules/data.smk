@@ -1,6 +1,6 @@
 # Data stage: get the source file (generated demo, download, or a local path), then read,
 # clean, tokenize and split it, stratified, into Parquet.
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 
 def dataset_source():
@@ -12,7 +12,7 @@ def dataset_source():
     if scheme in ("http", "https"):
         return f"{DATA}/source/" + (os.path.basename(urlparse(src).path) or "dataset")
     if scheme == "file":
-        return urlparse(src).path
+        return unquote(urlparse(src).path)
     return src
 
 
