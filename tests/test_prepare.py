@@ -15,7 +15,7 @@ import yaml
 from snakemake.utils import validate
 
 from conftest import ROOT, TINY_CONFIG, snakemake
-from meli.demo_data import generate, write_csv_gz
+from meli.demo_data import generate
 from meli.prepare import DROPPED, PrepareError, main, prepare, stratified_split, stratified_subsample
 
 SPLITS = ("train", "validation", "test")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
@@ -164,8 +165,7 @@ def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
         position.raw.close()
 
 
-_JSON_SCHEMA = SCHEMA
-_JSON_PARSE = pjson.ParseOptions(explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="ignore")
+_JSON_PARSE = pjson.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore")
 
 
 def _parse_json_lines(block: bytes, defaults: dict[str, str]) -> tuple[pa.Table, int]:
@@ -186,10 +186,10 @@ def _parse_json_lines(block: bytes, defaults: dict[str, str]) -> tuple[pa.Table,
                 unparsable += 1
                 continue
             rows.append({k: (None if record.get(k) is None else str(record[k])) for k in COLUMNS})
-        table = pa.Table.from_pylist(rows, schema=_JSON_SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
     for name, value in defaults.items():  # fields the file name implies, where the record lacks them
         i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, pa.compute.fill_null(table[name], value))
+        table = table.set_column(i, name, pc.fill_null(table[name], value))
     return table, unparsable
 
 
