@@ -130,7 +130,7 @@ def test_sweep_writes_every_output(sweep, toy):
         preds = pd.read_parquet(run_dir / "val_predictions.parquet")
         assert list(preds.columns) == ["label", "pred", "prob"] and len(preds) == len(val_labels)
         assert (preds["label"].to_numpy() == val_labels).all()
-        assert not default_checkpoint_dir(run_dir).exists()  # removed after a successful finish
+        assert not default_checkpoint_dir(run_dir).parent.exists()  # removed after a successful finish
         assert not list(run_dir.glob(".*"))  # no temporary files left behind
 
 

@@ -440,6 +440,9 @@ def run(
     model.load_state_dict(state["best_state"])
     metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    for parent in (ckpt_dir.parent, ckpt_dir.parent.parent):  # checkpoints/{family}/, checkpoints/ when empty
+        with contextlib.suppress(OSError):
+            parent.rmdir()
     log.info("done: best epoch %d, val_bacc %.4f -> %s", metrics["best_epoch"], metrics["val_bacc"], out_dir)
     return metrics
 
