@@ -23,6 +23,8 @@ rule train_tfidf:
     resources:
         mem_mb=lambda wc, attempt: family_resources("tfidf")["mem_mb"] * attempt,
         runtime=lambda wc, attempt: family_resources("tfidf")["runtime"] * attempt,
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.baseline --params {params.hp} --data-dir {DATA} --features {FEATURES}"
         " --out-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"

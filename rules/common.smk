@@ -18,6 +18,10 @@ sys.path.insert(0, SCRIPTS)
 
 from meli.grid import FAMILIES, NEURAL_FAMILIES, expand_family  # noqa: E402
 
+# `--sdm conda`: every rule runs in this environment (relative to rules/); otherwise in the
+# current Python (the venv that `make run` builds).
+CONDA_ENV = "../envs/meli.yaml"
+
 SPLITS = ("train", "validation", "test")
 DATA = "results/data"
 FEATURES = "results/features"

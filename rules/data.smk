@@ -30,6 +30,8 @@ rule demo_dataset:
         rows=config["dataset"]["demo_rows"],
         categories=config["dataset"]["demo_categories"],
         seed=config["split"]["seed"],
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.demo_data --rows {params.rows} --categories {params.categories}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
@@ -46,6 +48,8 @@ rule download_dataset:
         sha=config["dataset"]["sha256"] or "",
         retries=config["dataset"]["download_retries"],
         timeout=config["dataset"]["download_timeout_s"],
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.fetch {params.url:q} --out {output:q} --sha256 '{params.sha}'"
         " --retries {params.retries} --timeout {params.timeout} > {log:q} 2>&1"
@@ -68,6 +72,8 @@ rule prepare_data:
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 120 * attempt,
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.prepare --source {input.source:q} --out-dir {DATA} --config {params.cfg}"
         " --threads {threads}"

@@ -47,6 +47,8 @@ rule features:
         cfg=as_arg(config["vocab"]),
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.features --data-dir {DATA} --out-dir {FEATURES} --config {params.cfg}"
         " > {log:q} 2>&1"
@@ -62,6 +64,8 @@ rule download_vectors:
         sha=lambda wc: config["embeddings"][wc.emb].get("sha256") or "",
         retries=config["dataset"]["download_retries"],
         timeout=config["dataset"]["download_timeout_s"],
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.fetch {params.url:q} --out {output:q} --sha256 '{params.sha}'"
         " --retries {params.retries} --timeout {params.timeout} > {log:q} 2>&1"
@@ -89,6 +93,8 @@ rule embedding_matrix:
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 120 * attempt,
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.embeddings --vocab {input.vocab:q} --source {params.source:q}"
         " --spec {params.spec} --out-dir results/embeddings/{wildcards.emb} > {log:q} 2>&1"

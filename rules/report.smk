@@ -21,6 +21,8 @@ rule aggregate:
         "results/benchmarks/aggregate.tsv"
     params:
         runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.aggregate --out-dir results/tables {params.runs} > {log:q} 2>&1"
 
@@ -48,6 +50,8 @@ rule evaluate_test:
     resources:
         mem_mb=lambda wc, attempt: family_resources("mlp")["mem_mb"] * attempt,
         gpu=lambda wc: family_resources("mlp")["gpu"],
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.evaluate --selection {input.selection:q} --data-dir {DATA}"
         " --features {FEATURES} --config {params.cfg} --device {params.device}"
@@ -73,6 +77,8 @@ rule report_html:
     params:
         cfg=as_arg(config),
         configfiles=lambda wc: " ".join(shlex.quote(str(f)) for f in workflow.configfiles),
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.report --results results --config {params.cfg}"
         " --configfiles {params.configfiles} --out {output:q} > {log:q} 2>&1"

@@ -19,6 +19,8 @@ rule mlflow_import:
         dataset=config["dataset"]["name"],
         models="--log-models" if config["mlflow"]["log_models"] else "",
         runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.tracking import --experiment {params.experiment:q}"
         " --tracking-uri={params.uri:q} --store-dir results/mlflow --out {output:q}"

@@ -42,6 +42,8 @@ rule train_neural:
         runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
         gpu=lambda wc: family_resources(wc.neural)["gpu"],
         gpu_model=lambda wc: gpu_model(family_resources(wc.neural)),
+    conda:
+        CONDA_ENV
     shell:
         "python -m meli.train --family {wildcards.neural} --params {params.hp}"
         " --features {FEATURES} --matrix {input.matrix:q} --out-dir {params.run_dir:q}"
