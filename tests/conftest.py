@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "report")
+WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "report", "envs")
 BIN = Path(sys.executable).parent
 
 
@@ -50,9 +50,11 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the venv's snakemake in ``workdir`` with the venv first on PATH (as `make run` does)."""
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run(
         [str(BIN / "snakemake"), *args],

@@ -162,3 +162,44 @@ def test_logs_and_benchmarks_for_every_job(tiny_run):
     assert len(logs) == len(benchmarks) == n_runs
     mlp_log = next(p for p in logs if p.parent.name == "mlp").read_text()
     assert "ETA" in mlp_log and "val_bacc" in mlp_log
+
+
+def test_report_opens_in_a_browser_and_snakemake_report_works(tiny_run, tmp_path):
+    wf, _ = tiny_run
+    if not shutil.which("chromium"):
+        pytest.skip("chromium not installed (tests/install_system_deps.sh installs it as root)")
+    from test_report import SECTION_IDS, open_in_browser
+
+    dom, console = open_in_browser(wf / "results" / "report.html", tmp_path)
+    assert console == [], console
+    for sid in SECTION_IDS:
+        assert f'<section id="{sid}">' in dom
+    for combo_dir in (wf / "results" / "runs").glob("*/*"):
+        assert combo_dir.name in dom, f"run {combo_dir.name} missing from the report"
+    snakemake(wf, "--configfile", str(TINY_CONFIG), "--report", "snakemake-report.zip")
+    assert (wf / "snakemake-report.zip").stat().st_size > 10_000
+
+
+def test_killed_training_job_resumes_and_matches_the_uninterrupted_run(tiny_run, tmp_path):
+    """A job killed after its first epoch (as SLURM preemption or OOM would) is rerun by the next
+    `snakemake` call, resumes from its checkpoint and ends exactly like the uninterrupted run."""
+    from conftest import copy_workflow
+
+    wf_ref, _ = tiny_run
+    ref = next((wf_ref / "results" / "runs" / "mlp").glob("*/metrics.json"))
+    target = str(ref.relative_to(wf_ref))
+    wf = copy_workflow(tmp_path / "wf")
+    env_kill = {"MELI_KILL_AFTER_EPOCH": "1"}
+    first = snakemake(wf, target, "--cores", "1", "--configfile", str(TINY_CONFIG), check=False, env=env_kill)
+    assert first.returncode != 0
+    assert not (wf / target).exists(), "a killed job must not leave its declared outputs"
+    assert list((wf / "results" / "checkpoints" / "mlp").glob("*/*")), "no checkpoint survived the kill"
+    snakemake(wf, target, "--cores", "1", "--configfile", str(TINY_CONFIG))
+    resumed, reference = json.loads((wf / target).read_text()), json.loads(ref.read_text())
+    assert resumed["resumed_from_epoch"] == 1
+    for key in ("val_bacc", "val_loss", "best_epoch", "epochs_run", "final_train_loss"):
+        assert resumed[key] == reference[key], key
+    pd.testing.assert_frame_equal(
+        pd.read_csv(wf / target.replace("metrics.json", "history.csv")).drop(columns=["samples_per_s", "elapsed_s"]),
+        pd.read_csv(ref.with_name("history.csv")).drop(columns=["samples_per_s", "elapsed_s"]),
+    )
