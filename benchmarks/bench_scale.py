@@ -1,6 +1,6 @@
 """Scale benchmark: the stages on synthetic MeLi-shaped data at growing sizes, extrapolated to 20M.
 
-    .venv/bin/python benchmarks/bench_scale.py                    # 1M, 2M, 4M rows (~10-15 min)
+    .venv/bin/python benchmarks/bench_scale.py                    # 1M, 2M, 4M rows (~11 min)
     .venv/bin/python benchmarks/bench_scale.py --quick            # 10k/20k rows, < 1 min
     .venv/bin/python benchmarks/bench_scale.py --sizes 1000000,2000000 --out bench-out/scale.md
 
@@ -165,7 +165,7 @@ def cached(path: Path, make) -> tuple[Path, float | None]:
 
 def bench_sizes(
     sizes: list[int], cfg: dict, cache: Path, work_root: Path, vector_words: int, stages: set[str], log,
-    vocab_size: int = PRESETS["official"].vocab_size,
+    vocab_size: int = PRESETS["official"].vocab_size, train_sizes: set[int] | None = None,
 ) -> list[Measure]:
     results: list[Measure] = []
     vectors = None
@@ -197,7 +197,7 @@ def bench_sizes(
             results.append(Measure("vectors", vector_words, wall, rss, size, {
                 "vocab_words": coverage.get("words"), "found": coverage.get("found")}))
             log(f"{vector_words:>11,} vectors   {wall:8.1f} s {vector_words / wall:>11,.0f} lines/s {rss:>8,.0f} MB")
-        if "train" in stages:
+        if "train" in stages and (train_sizes is None or size in train_sizes):
             # Training time does not depend on the vectors' values: a seeded [vocab, 300] matrix
             # for this size's vocabulary spares re-parsing the vectors file at every size.
             matrix = work / "matrix.npy"
@@ -344,11 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="tiny sizes: 10k, 20k rows, 50k-word vocabulary, 10k x 300 vectors, 27-combination grid")
     ap.add_argument("--vocab-size", type=int, default=None, help="generator words per language (default 500,000)")
+    ap.add_argument("--train-sizes", default=None,
+                    help="comma-separated sizes at which to time the training epoch (default: every size)")
     ap.add_argument("--vector-words", type=int, default=None, help="words in the vectors file (default 1,000,000)")
     ap.add_argument("--grid-combos", type=int, default=None, help="MLP combinations in the dry run (a cube; default 1000)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: sizes, vectors, train, dry-run")
     ap.add_argument("--cache-dir", default=str(ROOT / "bench-out" / "cache"), help="generated inputs, reused between runs")
-    ap.add_argument("--workdir", default=None, help="stage outputs (default: a temporary directory, removed)")
+    ap.add_argument("--workdir", default=None, help="where the temporary directory for stage outputs goes (removed at the end)")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--json", default=None, help="also write the raw figures here")
     args = ap.parse_args(argv)
@@ -356,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in (args.sizes or ("10000,20000" if args.quick else "1000000,2000000,4000000")).split(",")]
     vector_words = args.vector_words or (10_000 if args.quick else 1_000_000)
     vocab_size = args.vocab_size or (50_000 if args.quick else PRESETS["official"].vocab_size)
+    # A CPU epoch costs ~20x the data stage per row: --train-sizes 1000000,2000000 saves minutes.
+    train_sizes = {int(s) for s in args.train_sizes.split(",")} if args.train_sizes else set(sizes)
     combos = args.grid_combos or (27 if args.quick else 1000)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     cache = Path(args.cache_dir)
@@ -369,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             stages = {s for s in STAGE_MODULES if s not in skip and present(s)}
             for missing in sorted(set(STAGE_MODULES) - skip - {s for s in STAGE_MODULES if present(s)}):
                 log(f"skip {missing}: {STAGE_MODULES[missing]} is not in scripts/ yet")
-            results += bench_sizes(sizes, workflow_config(), cache, work, vector_words, stages, log, vocab_size)
+            results += bench_sizes(sizes, workflow_config(), cache, work, vector_words, stages, log, vocab_size, train_sizes)
         if "dry-run" not in skip:
             m = bench_dry_run(combos, work)
             log(f"dry run of {combos:,} combinations: {m.wall_s:.1f} s ({m.extra['total_jobs']} jobs)")

@@ -155,13 +155,13 @@ def test_peak_rss_is_the_stage_process_own(tmp_path):
 
 @pytest.mark.workflow
 def test_quick_benchmark_reports_every_stage(tmp_path):
-    out, raw = tmp_path / "scale.md", tmp_path / "scale.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--quick", "--sizes", "4000,8000",
-           "--vector-words", "3000", "--grid-combos", "8", "--vocab-size", "20000",
-           "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json", str(raw)]
+    # Through `make bench`'s entry point: run_all.py runs bench_scale.py and writes the summary.
+    out = tmp_path / "bench-out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--only", "scale",
+           "--sizes", "4000,8000", "--out-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads(raw.read_text())
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads((out / "scale.json").read_text())
     by_stage: dict[str, list[dict]] = {}
     for m in report["measures"]:
         by_stage.setdefault(m["stage"], []).append(m)
@@ -173,13 +173,13 @@ def test_quick_benchmark_reports_every_stage(tmp_path):
         for m in by_stage[stage]:
             assert m["wall_s"] > 0 and m["peak_rss_mb"] > 20 and m["rows_per_s"] > 0
     assert [m["rows"] for m in by_stage["data"]] == [4000, 8000]
-    train = by_stage.get("train", [])
-    assert all(0.7 * m["size"] < m["rows"] < 0.9 * m["size"] for m in train)  # the stratified train share
-    assert by_stage["dry run"][0]["extra"]["train_neural_jobs"] >= 8
+    assert all(0.7 * m["size"] < m["rows"] < 0.9 * m["size"] for m in by_stage.get("train", []))  # train share
+    assert by_stage["dry run"][0]["extra"]["train_neural_jobs"] >= 27
     assert {"data", "features"} <= set(report["extrapolated"])
     assert report["extrapolated"]["data"]["rows"] == 20_000_000
-    table = out.read_text()
-    assert table == proc.stdout
-    for stage in ("| data | 4,000 |", "| features | 8,000 |", "| dry run |", "20,000,000 (extrapolated)"):
-        assert stage in table
-    assert "| target | measured | verdict |" in table and "dry run of 8 combinations" in table
+    table = (out / "scale.md").read_text()
+    for row in ("| data | 4,000 |", "| features | 8,000 |", "| dry run |", "20,000,000 (extrapolated)"):
+        assert row in table
+    assert "| target | measured | verdict |" in table and "dry run of 27 combinations" in table
+    summary = (out / "summary.md").read_text()
+    assert summary == proc.stdout and "| scale | ok |" in summary and table.strip() in summary
