@@ -267,9 +267,11 @@ def extrapolate(results: list[Measure], stage: str, full_rows: int) -> dict | No
         return None
     # Train rows scale with the dataset: the same train share as measured.
     rows = round(full_rows * ms[-1].rows / ms[-1].size) if ms[-1].size else full_rows
-    wall = wall_fit[0] + wall_fit[1] * rows
-    return {"stage": stage, "rows": rows, "wall_s": wall, "rows_per_s": rows / max(wall, 1e-9),
-            "peak_rss_mb": rss_fit[0] + rss_fit[1] * rows, "rss_mb_per_million_rows": rss_fit[1] * 1e6}
+    # A line that does not grow (tiny sizes, where process start-up dominates) predicts nothing.
+    wall = wall_fit[0] + wall_fit[1] * rows if wall_fit[1] > 0 else None
+    return {"stage": stage, "rows": rows, "wall_s": wall, "rows_per_s": rows / wall if wall else None,
+            "peak_rss_mb": rss_fit[0] + rss_fit[1] * rows if rss_fit[1] > 0 else None,
+            "rss_mb_per_million_rows": rss_fit[1] * 1e6}
 
 
 def verdicts(results: list[Measure], extra: dict[str, dict], quick: bool) -> list[tuple[str, str, str]]:
@@ -280,7 +282,7 @@ def verdicts(results: list[Measure], extra: dict[str, dict], quick: bool) -> lis
         worst = min(m.rows_per_s for m in data)
         rows.append((f"data stage >= {TARGETS['data_rows_per_s']:,} rows/s", f"{worst:,.0f} rows/s (slowest size)",
                      "ok" if worst >= TARGETS["data_rows_per_s"] else "MISSED"))
-    if "data" in extra:
+    if "data" in extra and extra["data"]["wall_s"] and extra["data"]["peak_rss_mb"]:
         e = extra["data"]
         rows.append((f"data stage at 20M: peak RSS < {TARGETS['data_rss_mb_20m']:,} MB, >= 100k rows/s",
                      f"{e['peak_rss_mb']:,.0f} MB, {e['rows_per_s']:,.0f} rows/s (extrapolated)",
@@ -326,10 +328,11 @@ def markdown(results: list[Measure], extra: dict[str, dict], checks: list[tuple[
         unit = "lines/s" if m.stage == "vectors" else "combos/s" if m.stage == "dry run" else ""
         lines.append(f"| {m.stage} | {m.size:,} | {m.rows:,} | {m.wall_s:,.1f} | {m.rows_per_s:,.0f} {unit}".rstrip()
                      + f" | {m.peak_rss_mb:,.0f} | {note} |")
+    fmt = lambda x: "n/a" if x is None else f"{x:,.0f}"  # noqa: E731
     for stage, e in extra.items():
-        lines.append(f"| {stage} | **{FULL_ROWS:,} (extrapolated)** | {e['rows']:,} | {e['wall_s']:,.0f} | "
-                     f"{e['rows_per_s']:,.0f} | {e['peak_rss_mb']:,.0f} | linear fit over the sizes; "
-                     f"+{e['rss_mb_per_million_rows']:,.0f} MB RSS per 1M rows |")
+        lines.append(f"| {stage} | **{FULL_ROWS:,} (extrapolated)** | {e['rows']:,} | {fmt(e['wall_s'])} | "
+                     f"{fmt(e['rows_per_s'])} | {fmt(e['peak_rss_mb'])} | linear fit over the sizes; "
+                     f"{e['rss_mb_per_million_rows']:+,.0f} MB RSS per 1M rows |")
     gen = [m for m in results if m.stage.startswith("generate")]
     if gen:
         lines += ["", "Synthetic data generated this run: " + "; ".join(

@@ -4,7 +4,7 @@ Two generators, both deterministic (same arguments -> same bytes) and vectorised
 
 * :func:`write_titles_csv` — the official ``train.csv`` format (header ``title,label_quality,
   language,category``; titles with a comma are quoted, as in the real file), any number of rows,
-  streamed to disk block by block (memory stays ~100 MB whatever the row count).
+  streamed to disk block by block (peak RSS ~420 MB whatever the row count).
 * :func:`write_vectors` — a word2vec text file shaped like SBWCE (1,000,653 x 300).
 
 Rows are generated in fixed blocks of ``BLOCK_ROWS``, each from its own seed, so a file of N rows

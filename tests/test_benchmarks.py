@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import subprocess
 import sys
@@ -140,6 +139,10 @@ def test_extrapolation_is_a_least_squares_line():
     assert e["wall_s"] == pytest.approx(202.0)
     assert e["peak_rss_mb"] == pytest.approx(2_100.0)
     assert bench_scale.extrapolate(ms[:1], "data", 20_000_000) is None
+    # Start-up-dominated tiny runs can give a falling line: no figure rather than a negative one.
+    falling = [bench_scale.Measure("data", n, 5.0 - n / 1e4, 100 + n / 1e4, n) for n in (1_000, 2_000)]
+    e = bench_scale.extrapolate(falling, "data", 20_000_000)
+    assert e["wall_s"] is None and e["rows_per_s"] is None and e["peak_rss_mb"] == pytest.approx(2_100.0)
 
 
 def test_peak_rss_is_the_stage_process_own(tmp_path):
