@@ -8,12 +8,13 @@ CORES ?= 2
 # Rules call `python -m meli.<module>`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test dry-run bench bench-full report-open clean
+.PHONY: run test dry-run bench predict clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
 	@touch $@
 
 run: $(VENV)/.installed
@@ -26,6 +27,9 @@ test: $(VENV)/.installed
 
 dry-run: $(VENV)/.installed
 	$(BIN)/snakemake -n --configfile config/meli2019.yaml
+
+predict: $(VENV)/.installed
+	$(BIN)/meli-predict $(ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run_all.py $(ARGS)
