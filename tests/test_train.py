@@ -146,6 +146,10 @@ def test_predictor_rebuilds_the_best_model_without_config(sweep, toy, tmp_path):
     assert (proba.argmax(1) == saved["pred"].to_numpy()).all()  # the best epoch's weights, not the last
     np.testing.assert_allclose(proba.max(1), saved["prob"], atol=1e-5)
     assert pred.predict_proba_split("test").shape[1] == 4
+    labels, probs = pred.predict_split("validation", batch_size=7)  # streamed: same answers, any batch size
+    assert labels.dtype == np.int64 and probs.dtype == np.float32
+    assert (labels == saved["pred"].to_numpy()).all()
+    np.testing.assert_allclose(probs, saved["prob"], atol=1e-6)
 
 
 def test_predictor_cleans_and_encodes_raw_titles(sweep, toy, tmp_path):
@@ -248,3 +252,73 @@ def test_bad_inputs_name_the_file(toy, tmp_path):
 def test_checkpoint_dir_mirrors_the_run_dir():
     assert default_checkpoint_dir(Path("results/runs/cnn/abc")) == Path("results/checkpoints/cnn/abc")
     assert train_mod.epoch_seed(3, 2) != train_mod.epoch_seed(3, 3)
+
+
+def _toy_model(n_classes: int, vocab: int = 50, dim: int = 8):
+    torch.manual_seed(0)
+    from meli.models import build_model
+
+    return build_model("mlp", train_mod.resolve_params("mlp", {"hidden": [16], "dropout": 0.5}), vocab, dim, n_classes)
+
+
+def test_batched_evaluation_equals_the_whole_split_computation():
+    n, k = 1000, 7
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (n, 6), dtype=torch.int32, generator=gen)
+    labels = torch.randint(0, k - 1, (n,), generator=gen)  # class k-1 absent: bacc over present classes
+    model = _toy_model(k)
+    model.train()  # evaluation must switch dropout off itself
+    cpu = torch.device("cpu")
+    logits = train_mod.predict_logits(model, ids, cpu, batch_size=n)
+    whole_loss = float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum")) / n
+    whole_bacc = train_mod.balanced_accuracy(labels, logits.argmax(1), k)
+    for batch in (64, 333, 4096):
+        loss, bacc = train_mod.evaluate(model, train_mod.Split(ids, labels, 0), k, cpu, batch_size=batch)
+        assert loss == pytest.approx(whole_loss, rel=1e-6) and bacc == whole_bacc
+        pred, prob = train_mod.predict_labels(model, ids, cpu, batch_size=batch)
+        assert (pred == logits.argmax(1).numpy()).all()
+        np.testing.assert_allclose(prob, torch.softmax(logits, 1).max(1).values.numpy(), rtol=1e-6)
+    empty = train_mod.Split(ids[:0], labels[:0], 0)
+    assert all(np.isnan(v) for v in train_mod.evaluate(model, empty, k, cpu))
+
+
+# Peak memory of train's evaluation paths in a fresh process (torch's CPU allocations are invisible
+# to tracemalloc): a whole split's logits would be rows x classes x 4 B = 320 MB here, twice with a
+# torch.cat; one batch is 4 MB.
+EVAL_MEMORY_SCRIPT = """
+import torch
+from meli import train
+from tests.test_train import _toy_model
+
+rows, classes, batch = 40_000, 2_000, 512
+torch.set_num_threads(1)
+ids = torch.randint(0, 50, (rows, 6), dtype=torch.int32)
+labels = torch.randint(0, classes, (rows,))
+model, cpu = _toy_model(classes), torch.device("cpu")
+split = train.Split(ids, labels, 0)
+
+def kb(key):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(key))
+
+train.evaluate(model, train.Split(ids[:batch], labels[:batch], 0), classes, cpu, batch)  # warm up the allocator
+try:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset VmHWM to the current RSS
+except OSError:
+    pass
+before = kb("VmHWM:")
+train.evaluate(model, split, classes, cpu, batch)
+train.predict_labels(model, ids, cpu, batch)
+print((kb("VmHWM:") - before) * 1024, rows * classes * 4)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_evaluation_memory_is_one_batch_not_rows_times_classes():
+    proc = subprocess.run([sys.executable, "-c", EVAL_MEMORY_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{ROOT / 'scripts'}{os.pathsep}{ROOT}"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    grew, whole_split = map(int, proc.stdout.split())
+    assert grew < whole_split / 4, f"evaluation grew peak RSS by {grew / 2**20:.0f} MB (whole-split logits: " \
+                                   f"{whole_split / 2**20:.0f} MB)"

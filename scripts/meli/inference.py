@@ -1,7 +1,8 @@
 """Class probabilities from a finished run directory, for every family (no config needed).
 
     predictor = load_predictor("results/runs/mlp/<combo>", "results/data", "results/features")
-    predictor.predict_proba_split("test")          # float32 [rows, n_classes], row order kept
+    pred, prob = predictor.predict_split("test")   # int64 argmax, float32 its probability; row order kept
+    predictor.predict_proba_split("test")          # float32 [rows, n_classes]: rows x classes in memory
     predictor.predict_proba_texts(["Celular Samsung Galaxy S21 128gb"])
     predictor.categories                           # label id -> category
 
@@ -20,7 +21,7 @@ import torch
 
 from meli.io import read_json
 from meli.models import build_model
-from meli.train import EVAL_BATCH, predict_logits, select_device
+from meli.train import EVAL_BATCH, predict_labels, predict_logits, select_device
 
 
 class NeuralPredictor:
@@ -49,6 +50,12 @@ class NeuralPredictor:
 
     def predict_proba_split(self, split: str) -> np.ndarray:
         return self.predict_proba_ids(np.load(self.features_dir / f"{split}_ids.npy"))
+
+    def predict_split(self, split: str, batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 predicted label, float32 its probability) per row, one batch x classes in memory."""
+        ids = np.load(self.features_dir / f"{split}_ids.npy")
+        return predict_labels(self.model, torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int32)), self.device,
+                              batch_size)
 
     def predict_proba_texts(self, titles: list[str]) -> np.ndarray:
         from meli.features import encode, load_vocab  # written by the embedding stage; lazy on purpose

@@ -258,19 +258,40 @@ def _check_finite(total_loss: torch.Tensor, where: str) -> None:
         )
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH):
-    """Float32 logits for every row of ``ids``, batched, in eval mode (dropout off)."""
+def iter_logits(model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH):
+    """``(start, float32 logits of rows start..start+len)`` batch by batch, in eval mode (dropout off).
+
+    Callers reduce each batch before asking for the next one, so memory stays at one batch x
+    classes whatever the split's size (a whole split's logits are rows x classes x 4 bytes:
+    1.2 GB per 100k rows at 1,588 classes).
+    """
     model.eval()
-    out = []
     for start in range(0, ids.shape[0], batch_size):
         x = ids[start : start + batch_size].to(device, non_blocking=True)
-        with autocast(device):
-            out.append(model(x).float())
+        with torch.no_grad(), autocast(device):  # per batch: no grad mode leaks to the caller at yield
+            logits = model(x)
+        yield start, logits.float()
+
+
+def predict_logits(model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH):
+    """Float32 logits ``[rows, classes]`` for every row: only for a handful of rows (e.g. raw titles)."""
+    out = [logits for _, logits in iter_logits(model, ids, device, batch_size)]
     if not out:
-        n_classes = model.out.out_features
-        return torch.empty((0, n_classes), device=device)
+        return torch.empty((0, model.out.out_features), device=device)
     return torch.cat(out)
+
+
+def predict_labels(
+    model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 argmax, float32 max softmax probability) per row, without holding rows x classes."""
+    n = ids.shape[0]
+    pred, prob = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+    for start, logits in iter_logits(model, ids, device, batch_size):
+        p, k = torch.softmax(logits, dim=1).max(dim=1)
+        pred[start : start + len(k)] = k.cpu().numpy()
+        prob[start : start + len(p)] = p.cpu().numpy()
+    return pred, prob
 
 
 def balanced_accuracy(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int) -> float:
@@ -283,14 +304,23 @@ def balanced_accuracy(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int
     return float((hits[present].double() / counts[present].double()).mean())
 
 
-def evaluate(model: nn.Module, split: Split, n_classes: int, device: torch.device) -> tuple[float, float]:
-    """(unweighted mean cross-entropy, balanced accuracy) on a split's known-label rows."""
-    logits = predict_logits(model, split.ids, device)
+def evaluate(
+    model: nn.Module, split: Split, n_classes: int, device: torch.device, batch_size: int = EVAL_BATCH
+) -> tuple[float, float]:
+    """(unweighted mean cross-entropy, balanced accuracy) on a split's known-label rows.
+
+    Batch by batch: only the summed loss and each row's argmax are kept.
+    """
     y = split.labels.to(device)
     if y.numel() == 0:
         return float("nan"), float("nan")
-    loss = float(F.cross_entropy(logits, y, reduction="sum")) / y.numel()
-    return loss, balanced_accuracy(y, logits.argmax(1), n_classes)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    pred = torch.empty_like(y)
+    for start, logits in iter_logits(model, split.ids, device, batch_size):
+        rows = slice(start, start + logits.shape[0])
+        total += F.cross_entropy(logits, y[rows], reduction="sum").double()
+        pred[rows] = logits.argmax(1)
+    return float(total) / y.numel(), balanced_accuracy(y, pred, n_classes)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -460,10 +490,8 @@ def _write_outputs(family, params, model, data: Data, state, device, out_dir: Pa
             "categories": data.categories, "state_dict": state["best_state"],
         }, tmp)
 
-    logits = predict_logits(model, torch.from_numpy(data.val_ids_all), device)
-    prob, pred = torch.softmax(logits, dim=1).max(dim=1)
-    preds = pd.DataFrame({"label": data.val_labels_all.astype(np.int64), "pred": pred.cpu().numpy().astype(np.int64),
-                          "prob": prob.cpu().numpy().astype(np.float64)})
+    pred, prob = predict_labels(model, torch.from_numpy(data.val_ids_all), device)
+    preds = pd.DataFrame({"label": data.val_labels_all.astype(np.int64), "pred": pred, "prob": prob.astype(np.float64)})
     with atomic_path(out_dir / "val_predictions.parquet") as tmp:
         preds.to_parquet(tmp, index=False)
 
