@@ -88,6 +88,15 @@ def test_fit_writes_contract_and_learns(dataset, tmp_path):
     assert proba.dtype == np.float32 and proba.shape == (180, N_CLASSES)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(proba.argmax(axis=1), preds["pred"])
+    pred, prob = predictor.predict_split("validation", batch_size=7)  # streamed in chunks: same answers
+    assert pred.dtype == np.int64 and prob.dtype == np.float32
+    np.testing.assert_array_equal(pred, preds["pred"])
+    np.testing.assert_array_equal(prob, preds["prob"].astype(np.float32))
+    _, _, true_prob = predictor.score_cleaned(pd.read_parquet(data / "validation.parquet")["text"],
+                                              preds["label"].to_numpy(), batch_size=50)
+    known = preds["label"].to_numpy() >= 0
+    assert baseline.mean_neg_log(true_prob[known]) == pytest.approx(metrics["val_loss"], rel=1e-6)
+    assert baseline.mean_log_loss(proba[known], preds["label"].to_numpy()[known]) == pytest.approx(metrics["val_loss"])
     test = pd.read_parquet(data / "test.parquet")
     test_proba = predictor.predict_proba_split("test")
     expected = test["category"].map(predictor.categories.index).to_numpy()

@@ -12,6 +12,17 @@ from meli import aggregate, evaluate
 from tests.test_aggregate import CATEGORIES, N_TEST, N_UNSEEN, RUNS, FakePredictor, make_results
 
 
+class StreamingPredictor(FakePredictor):
+    """The fake with the streaming API; evaluate must not ask for a full [rows, classes] matrix."""
+
+    def predict_split(self, split: str):
+        proba = super().predict_proba_split(split)
+        return proba.argmax(axis=1), proba.max(axis=1)
+
+    def predict_proba_split(self, split: str):
+        raise AssertionError("evaluate asked for test rows x classes probabilities")
+
+
 def _loop_bootstrap(y, pred, n_boot, seed):
     """The obvious implementation, drawing the same indices as the vectorized one."""
     rng = np.random.default_rng(seed)
@@ -91,7 +102,7 @@ def test_evaluate_selected_runs_only(tmp_path, monkeypatch):
 
     def loader(run_dir, data_dir, features, device):
         scored.append(run_dir.name)
-        return FakePredictor(run_dir, data_dir, features, device)
+        return StreamingPredictor(run_dir, data_dir, features, device)
 
     table = evaluate.evaluate("results/tables/selection.json", "results/data", "results/features",
                               {"bootstrap": 200}, "cpu", "results/tables", load_predictor=loader)
@@ -107,7 +118,7 @@ def test_evaluate_selected_runs_only(tmp_path, monkeypatch):
     assert (test["bacc_ci_low"] <= test["test_bacc"]).all() and (test["test_bacc"] <= test["bacc_ci_high"]).all()
     details = json.loads((results / "tables" / "test_details.json").read_text())["families"]
     assert {c["category"] for c in details["cnn"]["per_category"]} == set(CATEGORIES)
-    assert len(table) == 3
+    assert len(table) == 3 and (table["load_s"] >= 0).all() and (table["predict_s"] >= 0).all()
 
 
 def test_evaluate_checks_shapes(tmp_path, monkeypatch):
@@ -117,5 +128,5 @@ def test_evaluate_checks_shapes(tmp_path, monkeypatch):
     np.save(results / "features" / "test_labels.npy", np.zeros(5, dtype=np.int64))
     with pytest.raises(ValueError, match="test.parquet has 600 rows"):
         evaluate.evaluate("results/tables/selection.json", "results/data", "results/features", {}, "cpu",
-                          "results/tables", load_predictor=FakePredictor)
+                          "results/tables", load_predictor=StreamingPredictor)
     assert not (results / "tables" / "test.csv").exists()

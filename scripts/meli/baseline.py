@@ -132,10 +132,41 @@ class TfidfPredictor:
             progress.update(len(chunk))
         return out
 
-    def predict_proba_split(self, split: str) -> np.ndarray:
+    def score_cleaned(
+        self, texts: Sequence[str] | pd.Series, labels: np.ndarray | None = None, what: str = "rows",
+        batch_size: int = CHUNK_ROWS,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Per row: int64 argmax, float32 its probability and (given ``labels``, -1 allowed) the
+        float32 probability of the true label; one chunk x classes in memory, not rows x classes."""
+        texts = list(texts)
+        n = len(texts)
+        pred, prob = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+        true_prob = None if labels is None else np.empty(n, dtype=np.float32)
+        progress = Progress(log, n, f"scoring {what}", every_s=30)
+        for start in range(0, n, batch_size):
+            chunk = texts[start : start + batch_size]
+            proba = self.classifier.predict_proba(self.vectorizer.transform(chunk)).astype(np.float32)
+            rows = np.arange(len(chunk))
+            done = slice(start, start + len(chunk))
+            pred[done] = proba.argmax(axis=1)
+            prob[done] = proba[rows, pred[done]]
+            if true_prob is not None:
+                true_prob[done] = proba[rows, np.maximum(labels[done], 0)]
+            progress.update(len(chunk))
+        return pred, prob, true_prob
+
+    def _split_texts(self, split: str) -> pd.Series:
         if self.data_dir is None:
             raise ValueError("predictor was loaded without a data_dir")
-        return self.predict_proba_cleaned(read_split(self.data_dir, split, ("text",))["text"], split)
+        return read_split(self.data_dir, split, ("text",))["text"]
+
+    def predict_proba_split(self, split: str) -> np.ndarray:
+        return self.predict_proba_cleaned(self._split_texts(split), split)
+
+    def predict_split(self, split: str, batch_size: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 predicted label, float32 its probability) per row of a split, streamed."""
+        pred, prob, _ = self.score_cleaned(self._split_texts(split), what=split, batch_size=batch_size)
+        return pred, prob
 
     def predict_proba_texts(self, titles: Sequence[str]) -> np.ndarray:
         """Raw titles, cleaned exactly as the data stage cleaned the training set."""
@@ -163,8 +194,12 @@ def load_predictor(run_dir: str | Path, data_dir: str | Path, features_dir: str 
 
 def mean_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
     """Cross-entropy of the true labels (probabilities clipped away from 0)."""
-    p = proba[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(p, 1e-15, 1.0))))
+    return mean_neg_log(proba[np.arange(len(labels)), labels])
+
+
+def mean_neg_log(true_prob: np.ndarray) -> float:
+    """Cross-entropy from each row's probability of its true label."""
+    return float(-np.mean(np.log(np.clip(true_prob, 1e-15, 1.0))))
 
 
 def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path, out_dir: str | Path,
@@ -225,10 +260,9 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         clf.random_state = int(params["seed"])  # pickle a plain seed, not generator state
         predictor = TfidfPredictor(vectorizer, clf, categories)
         train_proba_loss = _chunked_log_loss(clf, x_train, y_train, "train")
-        val_proba = predictor.predict_proba_cleaned(val_df["text"], "validation")
-    pred = val_proba.argmax(axis=1)
+        pred, prob, true_prob = predictor.score_cleaned(val_df["text"], y_val, "validation")
     val_bacc = float(balanced_accuracy_score(y_val[known], pred[known]))
-    val_loss = mean_log_loss(val_proba[known], y_val[known])
+    val_loss = mean_neg_log(true_prob[known])
     elapsed = time.monotonic() - start
     samples_per_s = EPOCHS * len(y_train) / train_time
     log.info("validation bacc %.4f, log loss %.4f, train loss %.4f, train %s, %s rows/s",
@@ -241,8 +275,8 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         joblib.dump({"vectorizer": vectorizer, "classifier": clf, "categories": categories, "params": params}, tmp)
     predictions = pd.DataFrame({
         "label": y_val,
-        "pred": pred.astype(np.int64),
-        "prob": val_proba[np.arange(len(pred)), pred].astype(np.float64),
+        "pred": pred,
+        "prob": prob.astype(np.float64),
     })
     with atomic_path(out_dir / "val_predictions.parquet") as tmp:
         predictions.to_parquet(tmp, index=False)

@@ -187,23 +187,26 @@ def evaluate(
         run_dir = resolve_run_dir(chosen["run_dir"], selection_path)
         t0 = time.perf_counter()
         predictor = load_predictor(run_dir, data_dir, features, device)
-        proba = np.asarray(predictor.predict_proba_split("test"))
-        predict_s = time.perf_counter() - t0
-        if proba.shape != (len(y), len(categories)):
-            raise ValueError(f"{run_dir}: test probabilities have shape {proba.shape}, expected "
-                             f"({len(y)}, {len(categories)}) from {features}")
+        t1 = time.perf_counter()
+        # Streamed: only the argmax is scored, so never hold test rows x classes probabilities.
+        pred, _ = predictor.predict_split("test")
+        load_s, predict_s = t1 - t0, time.perf_counter() - t1
+        if np.shape(pred) != (len(y),):
+            raise ValueError(f"{run_dir}: {np.shape(pred)} test predictions, expected ({len(y)},) from {features}")
         if list(getattr(predictor, "categories", categories)) != list(categories):
             raise ValueError(f"{run_dir}: the model's categories differ from {features / 'labels.json'}")
-        result = score(y, proba.argmax(axis=1), categories, quality, cfg)
-        LOG.info("%s %s: test bacc %.4f [%.4f, %.4f] on %d rows (%d unseen-category rows excluded), %.1fs",
-                 family, chosen["combo"], result["bacc"], result["bacc_ci_low"] or float("nan"),
-                 result["bacc_ci_high"] or float("nan"), result["n_scored"], result["n_unseen_category"], predict_s)
+        result = score(y, pred, categories, quality, cfg)
+        LOG.info("%s %s: test bacc %.4f [%.4f, %.4f] on %d rows (%d unseen-category rows excluded), "
+                 "load %.1fs, predict %.1fs", family, chosen["combo"], result["bacc"],
+                 result["bacc_ci_low"] or float("nan"), result["bacc_ci_high"] or float("nan"), result["n_scored"],
+                 result["n_unseen_category"], load_s, predict_s)
         details[family] = {"combo": chosen["combo"], "run_dir": str(chosen["run_dir"]),
-                           "val_bacc": chosen.get("val_bacc"), "predict_s": predict_s, **result}
+                           "val_bacc": chosen.get("val_bacc"), "load_s": load_s, "predict_s": predict_s, **result}
         row = {"family": family, "combo": chosen["combo"], "val_bacc": chosen.get("val_bacc"),
                **{k: result[k] for k in ("bacc", "bacc_ci_low", "bacc_ci_high", "accuracy", "macro_f1")},
                **{f"bacc_{q}": v["bacc"] for q, v in result["label_quality"].items()},
-               **{k: result[k] for k in ("n_test", "n_scored", "n_unseen_category")}, "predict_s": predict_s}
+               **{k: result[k] for k in ("n_test", "n_scored", "n_unseen_category")}, "load_s": load_s,
+               "predict_s": predict_s}
         rows.append(row)
 
     table = pd.DataFrame(rows).rename(columns={"bacc": "test_bacc"})
