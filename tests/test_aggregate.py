@@ -205,6 +205,10 @@ class FakePredictor:
         proba[np.arange(len(y)), pred] = 0.9
         return proba
 
+    def predict_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        proba = self.predict_proba_split(split)
+        return proba.argmax(axis=1), proba.max(axis=1)
+
     def predict_proba_texts(self, titles):
         proba = np.full((len(titles), len(self.categories)), 0.1, dtype=np.float32)
         for i, t in enumerate(titles):
