@@ -143,13 +143,9 @@ def test_bad_vectors_files_name_file_and_line(vocab_path: Path, tmp_path: Path):
     expect_error(vocab_path, tmp_path / "nope.txt", out, r"nope\.txt: no such file")
 
 
-@pytest.mark.parametrize("external", [True, False], ids=["gzip-tool", "in-process"])
 @pytest.mark.parametrize("codec", [gzip, bz2], ids=["gz", "bz2"])
-def test_truncated_compressed_files(codec, external: bool, vocab_path: Path, tmp_path: Path, monkeypatch):
-    import meli.embeddings
-
-    if not external:  # Python's gzip instead of an external gzip/pigz
-        monkeypatch.setattr(meli.embeddings.shutil, "which", lambda name: None)
+def test_truncated_compressed_files(codec, vocab_path: Path, tmp_path: Path):
+    """Errors of the background decompression thread reach the parser, naming the file."""
     many = {f"w{i}": [float(i)] * DIM for i in range(3000)} | VECTORS
     data = codec.compress(vector_text(many).encode())
     bad = tmp_path / f"cut.txt.{codec.__name__}"
@@ -270,3 +266,32 @@ def test_stage_end_to_end_in_the_workflow(workflow_dir: Path):
     # min_count 1 everywhere: gensim trains every vocabulary word
     assert coverage["vocab_coverage"] == 1.0 and coverage["random_init"] == 1
     assert "words found" in (emb / "build.log").read_text()
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 22])
+def test_prefetched_reader_reads_exactly_like_the_file(tmp_path: Path, block: int):
+    from meli.embeddings import _Prefetched
+
+    payload = b"".join(b"line %d with some text\n" % i for i in range(2000)) + b"no newline at the end"
+    path = tmp_path / "p.gz"
+    path.write_bytes(gzip.compress(payload))
+    reader = _Prefetched(gzip.open(path, "rb"), block=block, depth=2)
+    try:
+        assert reader.readline() == b"line 0 with some text\n"
+        assert reader.read(5) == b"line "
+        rest = reader.read()
+        assert reader.read(10) == b"" and reader.readline() == b""
+    finally:
+        reader.close()
+    assert b"line 0 with some text\nline " + rest == payload
+
+
+def test_prefetched_reader_closes_early_without_hanging(tmp_path: Path):
+    from meli.embeddings import _Prefetched
+
+    path = tmp_path / "big.gz"
+    path.write_bytes(gzip.compress(b"x" * (1 << 24)))
+    reader = _Prefetched(gzip.open(path, "rb"), block=1 << 16, depth=2)
+    assert reader.read(3) == b"xxx"
+    reader.close()  # the producer is blocked on a full queue: close must still return
+    assert not reader._thread.is_alive()

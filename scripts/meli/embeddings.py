@@ -35,8 +35,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import subprocess
+import queue
+import threading
 import time
 import unicodedata
 import zlib
@@ -138,33 +138,104 @@ class _Collector:
         return -1
 
 
+class _Prefetched:
+    """A binary reader whose blocks are decompressed ahead, in a background thread.
+
+    zlib and bz2 release the GIL while they decompress, so the thread runs on the other core
+    while the main thread parses the previous block (an external ``gzip -dc`` pipe would stall
+    on its 64 KiB pipe buffer, and GNU gzip inflates ~1.8x slower than zlib). Errors raised by
+    the decompressor (truncated or corrupt file) are re-raised in the reading thread.
+    """
+
+    _END = object()
+
+    def __init__(self, fh, block: int = 1 << 22, depth: int = 4):
+        self._fh, self._block = fh, block
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._buffer, self._pos, self._eof = b"", 0, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="decompress", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self) -> None:
+        try:
+            while data := self._fh.read(self._block):
+                if not self._put(data):
+                    return
+            self._put(self._END)
+        except BaseException as err:  # handed to the reader, which raises it with its context
+            self._put(err)
+
+    def _next_block(self) -> bool:
+        if self._eof:
+            return False
+        item = self._queue.get()
+        if item is self._END:
+            self._eof = True
+            return False
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        self._buffer, self._pos = item, 0
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """Exactly ``size`` bytes (fewer only at the end); all the rest with ``size < 0``."""
+        parts, wanted = [], size
+        while wanted != 0:
+            if self._pos >= len(self._buffer) and not self._next_block():
+                break
+            end = len(self._buffer) if wanted < 0 else min(len(self._buffer), self._pos + wanted)
+            parts.append(self._buffer[self._pos:end])
+            if wanted > 0:
+                wanted -= end - self._pos
+            self._pos = end
+        return b"".join(parts)
+
+    def readline(self) -> bytes:
+        parts = []
+        while True:
+            if self._pos >= len(self._buffer) and not self._next_block():
+                break
+            newline = self._buffer.find(b"\n", self._pos)
+            end = len(self._buffer) if newline < 0 else newline + 1
+            parts.append(self._buffer[self._pos:end])
+            self._pos = end
+            if newline >= 0:
+                break
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._fh.close()
+
+
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator:
-    """A binary file object, decompressing gzip/bzip2 (recognised by magic bytes).
-
-    gzip goes through an external ``pigz -dc`` / ``gzip -dc`` when one is on PATH: decompression
-    then runs on another core, beside the parsing (Python's zlib would serialise the two).
-    """
+    """A binary file object, decompressing gzip/bzip2 (recognised by magic bytes) ahead of the
+    parser in a background thread."""
     with open(path, "rb") as fh:
         magic = fh.read(3)
-    tool = (shutil.which("pigz") or shutil.which("gzip")) if magic[:2] == b"\x1f\x8b" else None
-    if tool:
-        proc = subprocess.Popen([tool, "-dc", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            yield proc.stdout
-            stderr = proc.stderr.read()  # only reached when the whole stream was read
-            if proc.wait():
-                raise EmbeddingError(f"{path}: corrupt or truncated file ({stderr.decode(errors='replace').strip()})")
-        finally:
-            proc.stdout.close()
-            proc.stderr.close()
-            if proc.poll() is None:  # we stopped early (bad line): stop the decompressor
-                proc.kill()
-            proc.wait()
+    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else None
+    if opener is None:
+        with open(path, "rb") as fh:
+            yield fh
         return
-    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else open
-    with opener(path, "rb") as fh:
-        yield fh
+    reader = _Prefetched(opener(path, "rb"))
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def _lines(fh, block: int = 1 << 22) -> Iterator[bytes]:
