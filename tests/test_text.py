@@ -54,3 +54,23 @@ def test_vectorized_cleaning_equals_the_per_row_reference_on_real_titles(course_
 def test_guess_language_on_clear_cases():
     guesses = guess_language(pa.array(["Kit Com 2 Peças Para o Carro", "Juego De Llaves Con Estuche", "Pneu Aro 15"]))
     assert guesses.to_pylist() == ["portuguese", "spanish", "spanish"]
+
+
+def test_new_titles_are_cleaned_with_the_training_datas_language():
+    """Predict cleans new titles with the stopwords of the language the model was trained on."""
+    from meli.text import clean_titles, cleaning_for
+
+    cfg = {"remove_stopwords": True}
+    pt_summary = {"preprocess": cfg, "dataset": {"languages": ["portuguese"]}}
+    preprocess, language = cleaning_for(pt_summary)
+    assert (preprocess, language) == (cfg, "portuguese")
+    # "com" and "para" are Portuguese stopwords; "com" is a plain word in Spanish
+    [pt] = clean_titles(["Capa com película para celular"], preprocess, language)
+    [es] = clean_titles(["Capa com película para celular"], preprocess, "spanish")
+    assert "com" not in pt.split() and "com" in es.split()
+    # a model trained on both languages: guessed per title
+    both = {"preprocess": cfg, "dataset": {"languages": ["spanish", "portuguese"]}}
+    assert cleaning_for(both)[1] is None
+    guessed = clean_titles(["Capa com película do celular", "Funda con vidrio del celular"], cfg, None)
+    assert "com" not in guessed[0].split() and "con" not in guessed[1].split()
+    assert cleaning_for(None) == (None, "spanish")

@@ -113,6 +113,7 @@ class TfidfPredictor:
     categories: list[str]
     data_dir: Path | None = None
     preprocess: dict[str, Any] | None = None
+    language: str | None = "spanish"  # of the training data's stopwords; None: guessed per title
 
     def __post_init__(self) -> None:
         classes = np.asarray(self.classifier.classes_)
@@ -174,7 +175,7 @@ class TfidfPredictor:
 
         if self.preprocess is None:
             raise ValueError("predictor was loaded without the data stage's summary.json (preprocess)")
-        cleaned = clean_titles(list(titles), self.preprocess)
+        cleaned = clean_titles(list(titles), self.preprocess, self.language)
         return self.predict_proba_cleaned(list(cleaned), "titles")
 
 
@@ -188,8 +189,10 @@ def load_predictor(run_dir: str | Path, data_dir: str | Path, features_dir: str 
     if list(bundle["categories"]) != categories:
         raise ValueError(f"{run_dir}/model.joblib was trained on other categories than {features_dir}/labels.json")
     summary_path = data_dir / "summary.json"
-    preprocess = read_json(summary_path).get("preprocess") if summary_path.exists() else None
-    return TfidfPredictor(bundle["vectorizer"], bundle["classifier"], categories, data_dir, preprocess)
+    from meli.text import cleaning_for
+
+    preprocess, language = cleaning_for(read_json(summary_path) if summary_path.exists() else None)
+    return TfidfPredictor(bundle["vectorizer"], bundle["classifier"], categories, data_dir, preprocess, language)
 
 
 def mean_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:

@@ -41,7 +41,7 @@ class NeuralPredictor:
         if labels.exists() and read_json(labels)["categories"] != self.categories:
             raise ValueError(f"{self.run_dir}/model.pt was trained on other categories than {labels}")
         self._vocab = None
-        self._preprocess = None
+        self._cleaning = (None, "spanish")
 
     def predict_proba_ids(self, ids: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
         ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int32))
@@ -59,13 +59,14 @@ class NeuralPredictor:
 
     def predict_proba_texts(self, titles: list[str]) -> np.ndarray:
         from meli.features import encode, load_vocab  # written by the embedding stage; lazy on purpose
-        from meli.text import clean_titles
+        from meli.text import clean_titles, cleaning_for
 
         if self._vocab is None:
             self._vocab = load_vocab(self.features_dir / "vocab.tsv")
             summary = self.data_dir / "summary.json"  # the data stage's exact cleaning config
-            self._preprocess = read_json(summary).get("preprocess") if summary.exists() else None
-        texts = list(clean_titles(list(titles), self._preprocess))
+            self._cleaning = cleaning_for(read_json(summary) if summary.exists() else None)
+        preprocess, language = self._cleaning
+        texts = list(clean_titles(list(titles), preprocess, language))
         return self.predict_proba_ids(encode(texts, self._vocab, self.max_len))
 
 

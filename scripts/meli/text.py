@@ -111,9 +111,24 @@ def _is_stopword(flat: pa.Array, parents: pa.Array, languages: pa.Array | str, o
     return pc.fill_null(mask, False)
 
 
-def clean_titles(titles: Iterable[str | None], cfg: Mapping | None = None, language: str = "spanish") -> list[str]:
-    """Clean a few raw titles exactly like the data stage does (used by predict)."""
-    return clean_array(pa.array(list(titles), pa.string()), cfg, language).text.to_pylist()
+def clean_titles(
+    titles: Iterable[str | None], cfg: Mapping | None = None, language: str | None = "spanish"
+) -> list[str]:
+    """Clean a few raw titles exactly like the data stage does (used by predict).
+
+    ``language=None`` guesses it per title (a model trained on Spanish and Portuguese).
+    """
+    array = pa.array(list(titles), pa.string())
+    return clean_array(array, cfg, guess_language(array) if language is None else language).text.to_pylist()
+
+
+def cleaning_for(summary: Mapping | None) -> tuple[Mapping | None, str | None]:
+    """(preprocess config, language) with which the data stage cleaned a dataset, from its
+    summary.json: new titles must be cleaned the same way, stopwords of the same language."""
+    if not summary:
+        return None, "spanish"
+    languages = (summary.get("dataset") or {}).get("languages") or ["spanish"]
+    return summary.get("preprocess"), languages[0] if len(languages) == 1 else None
 
 
 # Words and letters that tell the two languages apart in product titles ("de", "para", "com"
