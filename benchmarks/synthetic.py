@@ -68,7 +68,7 @@ CODE_WORD_SHARE = 0.2  # of vocabulary ranks after the function words: ~0.16 of 
 # with probability q where 1 - (1 - q)^6.8 separators = 0.054.
 COMMA_SEPARATOR_SHARE = 0.0082
 # Official train.csv: 1,184,245 reliable of 20,000,000 rows (5.9%), 10M Spanish + 10M
-# Portuguese, as published with the challenge data (the raw head in ../shared has no such column).
+# Portuguese, as published with the challenge data (the raw-head sample the other parameters were measured on has no such column).
 RELIABLE_SHARE = 0.059
 
 # The function words of FUNCTION_COUNTS (Spanish as measured; Portuguese equivalents). They
