@@ -43,6 +43,8 @@ def _family_grid(family):
 
 
 COMBOS = {family: _family_grid(family) for family in FAMILIES}
+# Only embeddings some combination trains with are built (a configured but unused one costs nothing).
+EMBEDDINGS_USED = sorted({p["embedding"] for f in NEURAL_FAMILIES for p in COMBOS[f].values()})
 
 
 def family_resources(family):

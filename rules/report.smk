@@ -63,7 +63,7 @@ rule report_html:
     input:
         summary=f"{DATA}/summary.json",
         features=f"{FEATURES}/stats.json",
-        coverage=expand("results/embeddings/{emb}/coverage.json", emb=EMBEDDINGS),
+        coverage=expand("results/embeddings/{emb}/coverage.json", emb=EMBEDDINGS_USED),
         runs="results/tables/runs.csv",
         effects="results/tables/effects.csv",
         selection="results/tables/selection.json",

@@ -36,7 +36,8 @@ def test_dry_run_of_every_config(workflow_dir: Path, configfile: Path):
     counts = job_counts(proc.stdout)
     cfg = yaml.safe_load(configfile.read_text())
     assert counts["all"] == 1 and counts["report_html"] == 1
-    assert counts["embedding_matrix"] == len(cfg["embeddings"])
+    used = {e for f in ("mlp", "cnn") for e in cfg["train"][f]["grid"].get("embedding", cfg["embeddings"])}
+    assert counts["embedding_matrix"] == len(used)
     assert counts["train_neural"] >= 2 and counts["train_tfidf"] >= 1
 
 
