@@ -1,16 +1,16 @@
-"""Data-stage throughput: `meli.prepare` end to end on N rows in the official CSV format.
+"""Data-stage throughput: `meli.data.prepare` end to end on N rows in the official CSV format.
 
     .venv/bin/python benchmarks/bench_data.py [--rows 1000000] [--naive-sample 30000] [--keep DIR]
 
-1. Builds the input: a pool of demo titles (`meli.demo_data.generate`), drawn N times at random
+1. Builds the input: a pool of demo titles (`meli.data.demo.generate`), drawn N times at random
    with a random model-number token appended so titles stay varied, written as gzip CSV with
    header (vectorized, not timed).
-2. Runs `python -m meli.prepare` on it in a subprocess (as the rule does) and reports rows/s
+2. Runs `python -m meli.data.prepare` on it in a subprocess (as the rule does) and reports rows/s
    (rows read / wall time, including process start, reading, cleaning, split, Parquet writing)
    and the subprocess's peak RSS.
-3. Baseline measured in the same run: the per-row Python cleaner (`meli.text.clean_title_python`,
+3. Baseline measured in the same run: the per-row Python cleaner (`meli.data.text.clean_title_python`,
    the readable reference the vectorized path is tested against) on a sample, against
-   `meli.text.clean_array` on the same sample: the speed-up ratio.
+   `meli.data.text.clean_array` on the same sample: the speed-up ratio.
 Figures depend on the machine and its load; the target is >= 100,000 rows/s on 2 cores with
 peak RSS well under 8 GB at 20M rows (memory grows about linearly with kept rows).
 """
@@ -34,8 +34,8 @@ import pyarrow.csv as pcsv
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from meli.demo_data import generate  # noqa: E402
-from meli.text import clean_array, clean_title_python  # noqa: E402
+from meli.data.demo import generate  # noqa: E402
+from meli.data.text import clean_array, clean_title_python  # noqa: E402
 
 POOL_ROWS = 20_000
 CONFIG = {
@@ -73,7 +73,7 @@ def run_prepare(source: Path, out_dir: Path) -> tuple[float, dict]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "scripts"))
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "meli.prepare", "--source", str(source), "--out-dir", str(out_dir), "--threads", "2",
+        [sys.executable, "-m", "meli.data.prepare", "--source", str(source), "--out-dir", str(out_dir), "--threads", "2",
          "--config", json.dumps(CONFIG)],
         env=env, capture_output=True, text=True,
     )

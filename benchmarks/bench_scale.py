@@ -9,11 +9,11 @@ arguments) in its own process; wall time is measured around the process and peak
 process's own ``ru_maxrss`` (``os.wait4``). Stages, per size N (official train.csv shape:
 Spanish + Portuguese, 1,588 categories, stratified split because the file has no splits):
 
-* data      ``meli.prepare`` on the generated ``train.csv.gz``           rows/s = N / wall
-* features  ``meli.features`` (vocabulary + int32 token matrices)          rows/s = N / wall
-* train     ``meli.train`` MLP, one epoch (+ its validation pass), CPU     rows/s = train rows / wall
+* data      ``meli.data.prepare`` on the generated ``train.csv.gz``           rows/s = N / wall
+* features  ``meli.embeddings.features`` (vocabulary + int32 token matrices)          rows/s = N / wall
+* train     ``meli.train.neural`` MLP, one epoch (+ its validation pass), CPU     rows/s = train rows / wall
 
-and once: ``meli.embeddings`` on an SBWCE-sized (1,000,000 x 300) word2vec text file, and the
+and once: ``meli.embeddings.matrix`` on an SBWCE-sized (1,000,000 x 300) word2vec text file, and the
 dry run (``snakemake -n``) of a 1,000-combination grid in a copy of the workflow. A least-squares
 line through the sizes (wall and RSS against rows) gives the 20M-row extrapolation.
 """
@@ -52,7 +52,7 @@ TARGETS = {
     # row's token-matrix entry (int32 ids + int64 label): 1 = the matrix itself, 2 = one copy.
     "train_rss_per_matrix_byte": 2.0,
 }
-STAGE_MODULES = {"data": "meli.prepare", "features": "meli.features", "vectors": "meli.embeddings", "train": "meli.train"}
+STAGE_MODULES = {"data": "meli.data.prepare", "features": "meli.embeddings.features", "vectors": "meli.embeddings.matrix", "train": "meli.train.neural"}
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "report")
 MLP_PARAMS = {  # one combination of config/meli2019.yaml's MLP grid, one epoch
     "embedding": "sbwce", "freeze_embeddings": True, "hidden": [256, 128], "dropout": 0.3,
@@ -138,16 +138,16 @@ def stage_commands(cfg: dict, csv: Path, work: Path, vectors: Path | None, matri
         "split": {**cfg["split"], "use_source_splits": False},
     }
     cmds = {
-        "data": ["meli.prepare", "--source", str(csv), "--out-dir", str(data), "--config", json.dumps(data_cfg)],
-        "features": ["meli.features", "--data-dir", str(data), "--out-dir", str(features),
+        "data": ["meli.data.prepare", "--source", str(csv), "--out-dir", str(data), "--config", json.dumps(data_cfg)],
+        "features": ["meli.embeddings.features", "--data-dir", str(data), "--out-dir", str(features),
                      "--config", json.dumps(cfg["vocab"])],
     }
     if vectors is not None:
         spec = {**cfg["embeddings"]["sbwce"], "source": str(vectors), "name": "sbwce"}
-        cmds["vectors"] = ["meli.embeddings", "--vocab", str(features / "vocab.tsv"), "--source", str(vectors),
+        cmds["vectors"] = ["meli.embeddings.matrix", "--vocab", str(features / "vocab.tsv"), "--source", str(vectors),
                            "--spec", json.dumps(spec), "--out-dir", str(work / "embeddings" / "sbwce")]
     if matrix is not None:
-        cmds["train"] = ["meli.train", "--family", "mlp", "--params", json.dumps(MLP_PARAMS),
+        cmds["train"] = ["meli.train.neural", "--family", "mlp", "--params", json.dumps(MLP_PARAMS),
                          "--features", str(features), "--matrix", str(matrix), "--out-dir", str(work / "runs" / "mlp"),
                          "--checkpoint-dir", str(work / "checkpoints" / "mlp"), "--device", "cpu",
                          "--threads", str(os.cpu_count() or 1)]

@@ -1,4 +1,4 @@
-"""Pretrained-vectors loader (meli.embeddings) against a naive per-line float() parse.
+"""Pretrained-vectors loader (meli.embeddings.matrix) against a naive per-line float() parse.
 
     .venv/bin/python benchmarks/bench_vectors.py                       # 200,000 x 300, ~2-3 min
     .venv/bin/python benchmarks/bench_vectors.py --rows 1000000 --skip-naive   # SBWCE-sized
@@ -59,7 +59,7 @@ def work_import_only(args) -> dict:
 
 
 def work_loader(args) -> dict:
-    from meli.embeddings import build
+    from meli.embeddings.matrix import build
     from meli.io import setup_logging
 
     spec = {"name": "bench", "kind": "pretrained", "dim": args.dim}
@@ -114,7 +114,7 @@ def worker_main(args) -> None:
 
     import numpy  # noqa: F401  (imports are not timed: every worker pays them alike)
 
-    from meli import embeddings  # noqa: F401
+    from meli.embeddings import matrix  # noqa: F401
 
     start = time.perf_counter()
     result = WORKERS[args.worker](args)

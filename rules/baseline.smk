@@ -26,5 +26,5 @@ rule train_tfidf:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.baseline --params {params.hp} --data-dir {DATA} --features {FEATURES}"
+        "python -m meli.train.baseline --params {params.hp} --data-dir {DATA} --features {FEATURES}"
         " --out-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"

@@ -33,7 +33,7 @@ rule demo_dataset:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.demo_data --rows {params.rows} --categories {params.categories}"
+        "python -m meli.data.demo --rows {params.rows} --categories {params.categories}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
 
 
@@ -51,7 +51,7 @@ rule download_dataset:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.fetch {params.url:q} --out {output:q} --sha256 '{params.sha}'"
+        "python -m meli.data.fetch {params.url:q} --out {output:q} --sha256 '{params.sha}'"
         " --retries {params.retries} --timeout {params.timeout} > {log:q} 2>&1"
 
 
@@ -75,6 +75,6 @@ rule prepare_data:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.prepare --source {input.source:q} --out-dir {DATA} --config {params.cfg}"
+        "python -m meli.data.prepare --source {input.source:q} --out-dir {DATA} --config {params.cfg}"
         " --threads {threads}"
         " > {log:q} 2>&1"

@@ -50,7 +50,7 @@ rule features:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.features --data-dir {DATA} --out-dir {FEATURES} --config {params.cfg}"
+        "python -m meli.embeddings.features --data-dir {DATA} --out-dir {FEATURES} --config {params.cfg}"
         " > {log:q} 2>&1"
 
 
@@ -67,7 +67,7 @@ rule download_vectors:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.fetch {params.url:q} --out {output:q} --sha256 '{params.sha}'"
+        "python -m meli.data.fetch {params.url:q} --out {output:q} --sha256 '{params.sha}'"
         " --retries {params.retries} --timeout {params.timeout} > {log:q} 2>&1"
 
 
@@ -96,5 +96,5 @@ rule embedding_matrix:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.embeddings --vocab {input.vocab:q} --source {params.source:q}"
+        "python -m meli.embeddings.matrix --vocab {input.vocab:q} --source {params.source:q}"
         " --spec {params.spec} --out-dir results/embeddings/{wildcards.emb} > {log:q} 2>&1"

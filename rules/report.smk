@@ -24,7 +24,7 @@ rule aggregate:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.aggregate --out-dir results/tables {params.runs} > {log:q} 2>&1"
+        "python -m meli.report.aggregate --out-dir results/tables {params.runs} > {log:q} 2>&1"
 
 
 rule evaluate_test:
@@ -53,7 +53,7 @@ rule evaluate_test:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.evaluate --selection {input.selection:q} --data-dir {DATA}"
+        "python -m meli.report.evaluate --selection {input.selection:q} --data-dir {DATA}"
         " --features {FEATURES} --config {params.cfg} --device {params.device}"
         " --out-dir results/tables > {log:q} 2>&1"
 
@@ -80,5 +80,5 @@ rule report_html:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.report --results results --config {params.cfg}"
+        "python -m meli.report.render --results results --config {params.cfg}"
         " --configfiles {params.configfiles} --out {output:q} > {log:q} 2>&1"

@@ -45,7 +45,7 @@ rule train_neural:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.train --family {wildcards.neural} --params {params.hp}"
+        "python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
         " --features {FEATURES} --matrix {input.matrix:q} --out-dir {params.run_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"

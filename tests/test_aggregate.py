@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meli import aggregate
+from meli.report import aggregate
 from meli.grid import combo_id
 
 CATEGORIES = ["AUDIO", "CELULARES", "HERRAMIENTAS", "JUGUETES", "LIBROS", "MOTOS"]

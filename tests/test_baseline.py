@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meli import baseline
+from meli.train import baseline
 from meli.grid import combo_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_cli_end_to_end(dataset, tmp_path):
     params = {"C": 10.0, "ngram_max": 1, "max_features": 1000, "class_weights": False, "seed": 3}
     out = tmp_path / "runs" / "tfidf" / combo_id(params)
     proc = subprocess.run(
-        [sys.executable, "-m", "meli.baseline", "--params", json.dumps(params), "--data-dir", str(data),
+        [sys.executable, "-m", "meli.train.baseline", "--params", json.dumps(params), "--data-dir", str(data),
          "--features", str(features), "--out-dir", str(out), "--threads", "2"],
         cwd=ROOT, env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": ""}, capture_output=True, text=True, timeout=120,
     )
@@ -161,7 +161,7 @@ def test_cli_end_to_end(dataset, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["combo"] == out.name and metrics["val_bacc"] > 0.9
     bad = subprocess.run(
-        [sys.executable, "-m", "meli.baseline", "--params", "{C: 1}", "--data-dir", str(data),
+        [sys.executable, "-m", "meli.train.baseline", "--params", "{C: 1}", "--data-dir", str(data),
          "--features", str(features), "--out-dir", str(tmp_path / "x")],
         cwd=ROOT, env={"PYTHONPATH": str(ROOT / "scripts")}, capture_output=True, text=True, timeout=60,
     )

@@ -12,8 +12,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 from sklearn.metrics import balanced_accuracy_score
 
-from meli.demo_data import MAX_CATEGORIES, category_order, generate, main
-from meli.prepare import prepare
+from meli.data.demo import MAX_CATEGORIES, category_order, generate, main
+from meli.data.prepare import prepare
 from test_prepare import sections
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, TINY_CONFIG, snakemake
-from meli.embeddings import EmbeddingError, run, stable_hash
+from meli.embeddings.matrix import EmbeddingError, run, stable_hash
 from meli.io import setup_logging
 
 LOG = setup_logging("test")
@@ -204,7 +204,7 @@ def train_in_subprocesses(vocab: Path, source: Path, spec: dict, outs: dict[str,
     """Build the matrix once per {PYTHONHASHSEED: out_dir}, in parallel processes."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "meli.embeddings", "--vocab", str(vocab), "--source", str(source),
+            [sys.executable, "-m", "meli.embeddings.matrix", "--vocab", str(vocab), "--source", str(source),
              "--spec", json.dumps(spec), "--out-dir", str(out)],
             env={**os.environ, "PYTHONHASHSEED": hashseed, "PYTHONPATH": str(ROOT / "scripts")},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -245,7 +245,7 @@ def test_fasttext_fills_oov_words_from_subwords(train_parquet: Path, tmp_path: P
 
 @pytest.mark.workflow
 @pytest.mark.skipif(
-    not (ROOT / "scripts" / "meli" / "prepare.py").exists(), reason="the data stage (meli.prepare) is not in yet"
+    not (ROOT / "scripts" / "meli" / "data" / "prepare.py").exists(), reason="the data stage (meli.data.prepare) is not in yet"
 )
 def test_stage_end_to_end_in_the_workflow(workflow_dir: Path):
     # targets before --configfile, which takes several values
@@ -270,7 +270,7 @@ def test_stage_end_to_end_in_the_workflow(workflow_dir: Path):
 
 @pytest.mark.parametrize("block", [1, 7, 1 << 22])
 def test_prefetched_reader_reads_exactly_like_the_file(tmp_path: Path, block: int):
-    from meli.embeddings import _Prefetched
+    from meli.embeddings.matrix import _Prefetched
 
     payload = b"".join(b"line %d with some text\n" % i for i in range(2000)) + b"no newline at the end"
     path = tmp_path / "p.gz"
@@ -287,7 +287,7 @@ def test_prefetched_reader_reads_exactly_like_the_file(tmp_path: Path, block: in
 
 
 def test_prefetched_reader_closes_early_without_hanging(tmp_path: Path):
-    from meli.embeddings import _Prefetched
+    from meli.embeddings.matrix import _Prefetched
 
     path = tmp_path / "big.gz"
     path.write_bytes(gzip.compress(b"x" * (1 << 24)))

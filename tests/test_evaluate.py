@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from meli import aggregate, evaluate
+from meli.report import aggregate, evaluate
 from tests.test_aggregate import CATEGORIES, N_TEST, N_UNSEEN, RUNS, FakePredictor, make_results
 
 

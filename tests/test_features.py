@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import ROOT
-from meli.features import PAD_ID, UNK_ID, FeatureError, Vocab, encode, load_vocab, run
+from meli.embeddings.features import PAD_ID, UNK_ID, FeatureError, Vocab, encode, load_vocab, run
 from meli.io import setup_logging
 
 LOG = setup_logging("test")
@@ -122,10 +122,10 @@ def test_encode_new_titles_like_the_stage(data_dir: Path, tmp_path: Path):
 
 
 def test_batches_give_the_same_result(data_dir: Path, tmp_path: Path, monkeypatch):
-    import meli.features
+    import meli.embeddings.features
 
     run(data_dir, tmp_path / "one", {"min_count": 1, "max_len": 6}, LOG)
-    monkeypatch.setattr(meli.features, "BATCH_ROWS", 4)
+    monkeypatch.setattr(meli.embeddings.features, "BATCH_ROWS", 4)
     run(data_dir, tmp_path / "many", {"min_count": 1, "max_len": 6}, LOG)
     for name in OUTPUTS:
         if name.endswith(".npy"):
@@ -167,7 +167,7 @@ def test_load_vocab_rejects_malformed_files(tmp_path: Path):
 def test_cli_exits_nonzero_with_the_message(data_dir: Path, tmp_path: Path):
     (data_dir / "validation.parquet").unlink()
     proc = subprocess.run(
-        [sys.executable, "-m", "meli.features", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "f"),
+        [sys.executable, "-m", "meli.embeddings.features", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "f"),
          "--config", json.dumps({"min_count": 1})],
         capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT / "scripts")},
     )

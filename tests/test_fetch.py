@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meli.fetch import FetchError, fetch, local_path, main
+from meli.data.fetch import FetchError, fetch, local_path, main
 
 PAYLOAD = gzip.compress(b"title,category\n" + b"Funda Samsung A10,CELLPHONE_COVERS\n" * 5000, mtime=0)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from meli.models import KimCNN, MeanMLP, build_model
-from meli.train import balanced_accuracy, class_weight_tensor, make_optimizer, resolve_params, train_epoch
+from meli.train.neural import balanced_accuracy, class_weight_tensor, make_optimizer, resolve_params, train_epoch
 
 CPU = torch.device("cpu")
 

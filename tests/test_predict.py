@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from meli import aggregate, predict
+from meli import predict
+from meli.report import aggregate
 from tests.test_aggregate import CATEGORIES, FakePredictor, make_runs
 
 
@@ -77,7 +78,7 @@ def test_clear_errors(runs, capsys):
 def real_results(tmp_path_factory):
     """results/ with a really trained MLP (the training tests' toy features), no fakes."""
     toy = pytest.importorskip("tests.test_train", reason="training tests' toy-feature factory not available")
-    from meli.train import run as train_run
+    from meli.train.neural import run as train_run
 
     root = tmp_path_factory.mktemp("real")
     results = root / "results"
@@ -96,7 +97,7 @@ def real_results(tmp_path_factory):
 
 
 def test_predict_with_a_real_model(real_results, capsys):
-    pytest.importorskip("meli.features")
+    pytest.importorskip("meli.embeddings.features")
     root, run_dir, toy = real_results
     # A title made of class c's words must come out as CAT_c (the toy task is learnable).
     titles = [" ".join(toy.token(c, j).upper() for j in range(5)) for c in range(4)]
@@ -108,7 +109,7 @@ def test_predict_with_a_real_model(real_results, capsys):
 
 
 def test_evaluate_cli_with_a_real_model(real_results):
-    from meli import evaluate
+    from meli.report import evaluate
 
     root, run_dir, _ = real_results
     results = root / "results"

@@ -15,8 +15,8 @@ import yaml
 from snakemake.utils import validate
 
 from conftest import ROOT, TINY_CONFIG, snakemake
-from meli.demo_data import generate
-from meli.prepare import DROPPED, PrepareError, main, prepare, stratified_split, stratified_subsample
+from meli.data.demo import generate
+from meli.data.prepare import DROPPED, PrepareError, main, prepare, stratified_split, stratified_subsample
 
 SPLITS = ("train", "validation", "test")
 

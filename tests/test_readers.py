@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from meli.readers import COLUMNS, SourceError, detect_format, read_chunks
+from meli.data.readers import COLUMNS, SourceError, detect_format, read_chunks
 
 
 def rows(path, fmt="auto", chunk_rows=500_000, languages=None) -> tuple[list[dict], int]:

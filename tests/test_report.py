@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from meli import aggregate, evaluate, report
+from meli.report import aggregate, evaluate
+from meli.report import render as report
 from tests.test_aggregate import RUNS, FakePredictor, make_results
 
 CONFIG = {"dataset": {"name": "demo-es", "source": "demo"}, "report": {"bootstrap": 200}}

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from meli.readers import read_chunks
-from meli.text import clean_array, clean_title_python, clean_titles, guess_language
+from meli.data.readers import read_chunks
+from meli.data.text import clean_array, clean_title_python, clean_titles, guess_language
 
 
 def test_default_cleaning_lowercases_strips_accents_punctuation_and_stopwords():
@@ -58,7 +58,7 @@ def test_guess_language_on_clear_cases():
 
 def test_new_titles_are_cleaned_with_the_training_datas_language():
     """Predict cleans new titles with the stopwords of the language the model was trained on."""
-    from meli.text import clean_titles, cleaning_for
+    from meli.data.text import clean_titles, cleaning_for
 
     cfg = {"remove_stopwords": True}
     pt_summary = {"preprocess": cfg, "dataset": {"languages": ["portuguese"]}}

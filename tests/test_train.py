@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from meli import train as train_mod
+from meli.train import neural as train_mod
 from meli.inference import load_predictor
-from meli.train import KILL_ENV, NonFiniteLoss, default_checkpoint_dir, run
+from meli.train.neural import KILL_ENV, NonFiniteLoss, default_checkpoint_dir, run
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {
@@ -81,16 +81,16 @@ def make_features(
 
 def train_cli(family: str, params: dict, features: Path, matrix: Path, out_dir: Path, env: dict | None = None,
               check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m meli.train`` exactly as rules/train.smk calls it (one CPU thread)."""
+    """``python -m meli.train.neural`` exactly as rules/train.smk calls it (one CPU thread)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "meli.train", "--family", family, "--params", json.dumps(params),
+        [sys.executable, "-m", "meli.train.neural", "--family", family, "--params", json.dumps(params),
          "--features", str(features), "--matrix", str(matrix), "--out-dir", str(out_dir),
          "--device", "cpu", "--threads", "1"],
         env={**os.environ, "PYTHONPATH": str(ROOT / "scripts"), **(env or {})},
         capture_output=True, text=True, timeout=120,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"meli.train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"meli.train.neural failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
 
 
@@ -153,7 +153,7 @@ def test_predictor_rebuilds_the_best_model_without_config(sweep, toy, tmp_path):
 
 
 def test_predictor_cleans_and_encodes_raw_titles(sweep, toy, tmp_path):
-    pytest.importorskip("meli.features")
+    pytest.importorskip("meli.embeddings.features")
     features, _ = toy
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -166,11 +166,11 @@ def test_predictor_cleans_and_encodes_raw_titles(sweep, toy, tmp_path):
 
 
 def test_predictor_dispatch_and_missing_model(tmp_path, monkeypatch):
-    import meli.baseline
+    import meli.train.baseline
 
     (tmp_path / "tfidf").mkdir()
     (tmp_path / "tfidf" / "model.joblib").write_bytes(b"")
-    monkeypatch.setattr(meli.baseline, "load_predictor", lambda run_dir, data_dir, features_dir: ("tfidf", run_dir))
+    monkeypatch.setattr(meli.train.baseline, "load_predictor", lambda run_dir, data_dir, features_dir: ("tfidf", run_dir))
     assert load_predictor(tmp_path / "tfidf", "d", "f") == ("tfidf", tmp_path / "tfidf")
     with pytest.raises(FileNotFoundError, match="model.pt"):
         load_predictor(tmp_path, "d", "f")
@@ -287,7 +287,7 @@ def test_batched_evaluation_equals_the_whole_split_computation():
 # torch.cat; one batch is 4 MB.
 EVAL_MEMORY_SCRIPT = """
 import torch
-from meli import train
+from meli.train import neural as train
 from tests.test_train import _toy_model
 
 rows, classes, batch = 40_000, 2_000, 512

@@ -8,7 +8,7 @@
 
 MLP/CNN runs are rebuilt from ``model.pt`` alone (family, params, sizes, weights); raw titles are
 cleaned with the data stage's recorded ``preprocess`` config and encoded with the run's vocabulary.
-TF-IDF runs are delegated to :func:`meli.baseline.load_predictor`.
+TF-IDF runs are delegated to :func:`meli.train.baseline.load_predictor`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 
 from meli.io import read_json
 from meli.models import build_model
-from meli.train import EVAL_BATCH, predict_labels, predict_logits, select_device
+from meli.train.neural import EVAL_BATCH, predict_labels, predict_logits, select_device
 
 
 class NeuralPredictor:
@@ -58,8 +58,8 @@ class NeuralPredictor:
                               batch_size)
 
     def predict_proba_texts(self, titles: list[str]) -> np.ndarray:
-        from meli.features import encode, load_vocab  # written by the embedding stage; lazy on purpose
-        from meli.text import clean_titles, cleaning_for
+        from meli.embeddings.features import encode, load_vocab  # written by the embedding stage; lazy on purpose
+        from meli.data.text import clean_titles, cleaning_for
 
         if self._vocab is None:
             self._vocab = load_vocab(self.features_dir / "vocab.tsv")
@@ -78,7 +78,7 @@ def load_predictor(
     if (run_dir / "model.pt").exists():
         return NeuralPredictor(run_dir, Path(data_dir), Path(features_dir), device)
     if (run_dir / "model.joblib").exists():
-        from meli.baseline import load_predictor as load_tfidf  # the baseline teammate's module
+        from meli.train.baseline import load_predictor as load_tfidf  # the baseline teammate's module
 
         return load_tfidf(run_dir, data_dir, features_dir)
     raise FileNotFoundError(f"{run_dir}: neither model.pt (MLP/CNN) nor model.joblib (TF-IDF) found")

@@ -1,6 +1,6 @@
 """results/report.html: one self-contained page (inline CSS and SVG, no script, no external URL).
 
-    python -m meli.report --results results --config '<full config JSON>' \\
+    python -m meli.report.render --results results --config '<full config JSON>' \\
         --configfiles config/config.yaml --out results/report.html
 
 Answers "which model and which hyperparameters, how sure are we, and why": dataset, embedding
@@ -26,11 +26,11 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from meli import charts
-from meli.aggregate import METRIC_COLUMNS, hyperparameters, swept
+from meli.report import charts
+from meli.report.aggregate import METRIC_COLUMNS, hyperparameters, swept
 from meli.io import atomic_path, setup_logging
 
-LOG = logging.getLogger("meli.report")
+LOG = logging.getLogger("meli.report.render")
 DASH = "—"
 TOP_RUNS = 15  # rows of a family's runs table shown before "All N runs"
 PACKAGES = ("snakemake", "snakemake-executor-plugin-slurm", "torch", "numpy", "pandas", "pyarrow", "scipy",
@@ -249,7 +249,7 @@ class Results:
         tables = self.root / "tables"
         runs_csv = tables / "runs.csv"
         if not runs_csv.exists():
-            raise FileNotFoundError(f"{runs_csv} missing: run meli.aggregate first")
+            raise FileNotFoundError(f"{runs_csv} missing: run meli.report.aggregate first")
         self.runs = pd.read_csv(runs_csv)
         effects_csv = tables / "effects.csv"
         self.effects = pd.read_csv(effects_csv) if effects_csv.exists() and effects_csv.stat().st_size else None
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configfiles", nargs="*", default=[], help="config files given to snakemake")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    setup_logging("meli.report")
+    setup_logging("meli.report.render")
     html = render(args.results, json.loads(args.config), args.configfiles, workdir=Path.cwd())
     with atomic_path(args.out) as tmp:
         tmp.write_text(html, encoding="utf-8")

@@ -1,6 +1,6 @@
-"""Test scores of the selected runs only (one per family, chosen on validation by meli.aggregate).
+"""Test scores of the selected runs only (one per family, chosen on validation by meli.report.aggregate).
 
-    python -m meli.evaluate --selection results/tables/selection.json --data-dir results/data \\
+    python -m meli.report.evaluate --selection results/tables/selection.json --data-dir results/data \\
         --features results/features --config '{"bootstrap": 1000}' --device auto --out-dir results/tables
 
 Per selected run: balanced accuracy with a bootstrap 95% CI, accuracy, macro F1, recall of every
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from meli.io import atomic_path, read_json, setup_logging, write_json
 
-LOG = logging.getLogger("meli.evaluate")
+LOG = logging.getLogger("meli.report.evaluate")
 DEFAULTS = {"bootstrap": 1000, "worst_categories": 10, "top_confusions": 10, "seed": 0}
 # Indices drawn per bootstrap chunk: bounds memory (~16M int64 = 128 MB) whatever the test size.
 CHUNK_INDICES = 1 << 24
@@ -220,14 +220,14 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--selection", required=True, help="selection.json from meli.aggregate")
+    ap.add_argument("--selection", required=True, help="selection.json from meli.report.aggregate")
     ap.add_argument("--data-dir", required=True, help="directory with test.parquet")
     ap.add_argument("--features", required=True, help="directory with test_labels.npy, labels.json")
     ap.add_argument("--config", default="{}", help="the `report` config section as JSON")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
-    setup_logging("meli.evaluate")
+    setup_logging("meli.report.evaluate")
     evaluate(args.selection, args.data_dir, args.features, json.loads(args.config), args.device, args.out_dir)
     return 0
 

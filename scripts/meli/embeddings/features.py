@@ -1,6 +1,6 @@
 """Vocabulary (train split only) and fixed-width token-id matrices for every split.
 
-    python -m meli.features --data-dir results/data --out-dir results/features --config '{...}'
+    python -m meli.embeddings.features --data-dir results/data --out-dir results/features --config '{...}'
 
 Everything is vectorized with Arrow compute kernels: titles are split on whitespace, flattened,
 counted (`value_counts`) or looked up in the vocabulary (`index_in`), and scattered into the
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--config", default="{}", help="the `vocab` config section as JSON")
     args = parser.parse_args(argv)
-    logger = setup_logging("meli.features")
+    logger = setup_logging("meli.embeddings.features")
     try:
         run(args.data_dir, args.out_dir, json.loads(args.config), logger)
     except FeatureError as err:

@@ -1,6 +1,6 @@
 """Data stage: read a source in chunks, count and drop bad rows, clean + tokenize, split.
 
-    python -m meli.prepare --source PATH --out-dir results/data --config JSON
+    python -m meli.data.prepare --source PATH --out-dir results/data --config JSON
 
 JSON holds the `dataset`, `preprocess` and `split` config sections (defaults filled by the
 schema). Writes `{train,validation,test}.parquet` (title, text, category, label_quality,
@@ -11,7 +11,7 @@ language) and `summary.json`, all or nothing.
   all rows read the run stops and writes nothing. Rows of languages or label qualities the
   config does not select are filtered (counted separately, not bad).
 - A source without a language column (the header-less `title,category` CSV) takes the single
-  configured language, or, with several, a rough per-title guess (`meli.text.guess_language`).
+  configured language, or, with several, a rough per-title guess (`meli.data.text.guess_language`).
 - Splits: the source's own train/validation/test when it has all three and
   `split.use_source_splits`; otherwise stratified by category with `split.seed`. Categories
   with fewer than `split.min_rows_per_category` rows go to train (`train_only`) or are dropped
@@ -37,12 +37,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from meli.fetch import FetchError, local_path, sha256_file
+from meli.data.fetch import FetchError, local_path, sha256_file
 from meli.io import atomic_path, format_seconds, peak_rss_mb, setup_logging
-from meli.readers import Chunk, SourceError, detect_format, read_chunks
-from meli.text import clean_array, guess_language
+from meli.data.readers import Chunk, SourceError, detect_format, read_chunks
+from meli.data.text import clean_array, guess_language
 
-log = logging.getLogger("meli.prepare")
+log = logging.getLogger("meli.data.prepare")
 
 SPLITS = ("train", "validation", "test")
 TRAIN, VALIDATION, TEST, DROPPED = 0, 1, 2, -1
@@ -281,7 +281,7 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
     dataset, split_cfg = cfg["dataset"], cfg["split"]
     path = local_path(source)
     if path is None:
-        raise PrepareError(f"{source}: prepare reads local files; download it first (meli.fetch)")
+        raise PrepareError(f"{source}: prepare reads local files; download it first (meli.data.fetch)")
     if not path.exists():
         raise PrepareError(f"{path}: no such file or directory")
     fingerprint = source_fingerprint(path)

@@ -10,7 +10,7 @@ category, sometimes any), as in the real data. A few rows are deliberately bad (
 missing category, unknown language, nothing left after cleaning) so the bad-row accounting runs
 in the demo too. A decent classifier lands well below a balanced accuracy of 1.0.
 
-    python -m meli.demo_data --rows 6000 --categories 30 --seed 42 --out results/data/source/demo.csv.gz
+    python -m meli.data.demo --rows 6000 --categories 30 --seed 42 --out results/data/source/demo.csv.gz
 
 The same arguments give the same bytes (gzip header time fixed at 0).
 """
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    log = setup_logging("meli.demo_data")
+    log = setup_logging("meli.data.demo")
     try:
         records = generate(args.rows, args.categories, args.seed)
     except ValueError as err:

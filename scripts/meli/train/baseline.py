@@ -17,7 +17,7 @@ one-vs-rest sigmoids.
 
 CLI (rules/baseline.smk)::
 
-    python -m meli.baseline --params JSON --data-dir results/data --features results/features \
+    python -m meli.train.baseline --params JSON --data-dir results/data --features results/features \
         --out-dir results/runs/tfidf/{combo} --threads N
 
 Writes the training contract of docs/design.md (metrics.json last, so its presence means the
@@ -40,7 +40,7 @@ import pandas as pd
 from meli.grid import combo_id
 from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging, write_json
 
-log = logging.getLogger("meli.baseline")
+log = logging.getLogger("meli.train.baseline")
 
 EPOCHS = 5  # SGD passes over the training set (enough at 30k rows; more than enough at millions)
 CHUNK_ROWS = 100_000  # rows scored at once: bounds the dense [rows, n_classes] probability block
@@ -171,7 +171,7 @@ class TfidfPredictor:
 
     def predict_proba_texts(self, titles: Sequence[str]) -> np.ndarray:
         """Raw titles, cleaned exactly as the data stage cleaned the training set."""
-        from meli.text import clean_titles  # the data stage's cleaner (imported only when needed)
+        from meli.data.text import clean_titles  # the data stage's cleaner (imported only when needed)
 
         if self.preprocess is None:
             raise ValueError("predictor was loaded without the data stage's summary.json (preprocess)")
@@ -189,7 +189,7 @@ def load_predictor(run_dir: str | Path, data_dir: str | Path, features_dir: str 
     if list(bundle["categories"]) != categories:
         raise ValueError(f"{run_dir}/model.joblib was trained on other categories than {features_dir}/labels.json")
     summary_path = data_dir / "summary.json"
-    from meli.text import cleaning_for
+    from meli.data.text import cleaning_for
 
     preprocess, language = cleaning_for(read_json(summary_path) if summary_path.exists() else None)
     return TfidfPredictor(bundle["vectorizer"], bundle["classifier"], categories, data_dir, preprocess, language)
@@ -326,7 +326,7 @@ def _chunked_log_loss(classifier: Any, x: Any, labels: np.ndarray, what: str) ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m meli.baseline", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m meli.train.baseline", description=__doc__.split("\n")[0])
     ap.add_argument("--params", required=True, help="JSON object: C, ngram_max, max_features, class_weights, seed")
     ap.add_argument("--data-dir", required=True, type=Path)
     ap.add_argument("--features", required=True, type=Path, help="directory with labels.json")

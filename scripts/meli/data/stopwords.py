@@ -2,7 +2,7 @@
 
 Function words only (articles, prepositions, pronouns, conjunctions, common auxiliaries): product
 words such as "kit", "nuevo" or "original" stay, since they can carry signal. Lists are lowercase
-with accents; `meli.text` normalises them exactly like the titles before comparing.
+with accents; `meli.data.text` normalises them exactly like the titles before comparing.
 """
 from __future__ import annotations
 

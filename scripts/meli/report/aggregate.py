@@ -1,6 +1,6 @@
 """Comparison tables of every finished run, and the per-family selection **on validation only**.
 
-    python -m meli.aggregate --out-dir results/tables results/runs/mlp/<combo> ...
+    python -m meli.report.aggregate --out-dir results/tables results/runs/mlp/<combo> ...
 
 Writes ``runs.csv``/``runs.md`` (one row per run, every hyperparameter a column, sorted by
 validation bacc within each family), ``effects.csv`` (validation bacc grouped by the value of
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", required=True, help="where runs.csv, runs.md, effects.csv, selection.json go")
     ap.add_argument("runs", nargs="+", help="run directories (results/runs/{family}/{combo})")
     args = ap.parse_args(argv)
-    log = setup_logging("meli.aggregate")
+    log = setup_logging("meli.report.aggregate")
     selection = aggregate(args.runs, args.out_dir)
     log.info("aggregated %d runs into %s", len(args.runs), args.out_dir)
     for family, best in selection["families"].items():

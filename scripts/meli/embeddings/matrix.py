@@ -1,6 +1,6 @@
 """One embedding matrix [vocab_size, dim] (float32, row 0 = [PAD] = zeros) per configured embedding.
 
-    python -m meli.embeddings --vocab results/features/vocab.tsv --source PATH \
+    python -m meli.embeddings.matrix --vocab results/features/vocab.tsv --source PATH \
         --spec '{"name": ..., "kind": ..., "dim": ...}' --out-dir results/embeddings/NAME
 
 kind: pretrained  ``--source`` is a word2vec-format file: text with a ``count dim`` header (plain,
@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from meli.features import PAD_ID, UNK_ID, FeatureError, Vocab, load_vocab
+from meli.embeddings.features import PAD_ID, UNK_ID, FeatureError, Vocab, load_vocab
 from meli.io import Progress, atomic_path, peak_rss_mb, setup_logging
 
 KINDS = ("pretrained", "word2vec", "fasttext")
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", required=True, help="the embedding's config as JSON (with `name`)")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
-    logger = setup_logging("meli.embeddings")
+    logger = setup_logging("meli.embeddings.matrix")
     try:
         run(args.vocab, args.source, json.loads(args.spec), args.out_dir, logger)
     except FeatureError as err:

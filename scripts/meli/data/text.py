@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from meli.stopwords import STOPWORDS
+from meli.data.stopwords import STOPWORDS
 
 DEFAULTS: dict = {
     "lowercase": True,

@@ -1,6 +1,6 @@
 """Train one MLP or CNN combination: early stopping on validation bacc, resumable per epoch.
 
-    python -m meli.train --family mlp --params '{"embedding": "w2v", ...}' \
+    python -m meli.train.neural --family mlp --params '{"embedding": "w2v", ...}' \
         --features results/features --matrix results/embeddings/w2v/matrix.npy \
         --out-dir results/runs/mlp/<combo> --device auto --threads 8
 
@@ -37,7 +37,7 @@ from meli.grid import combo_id
 from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging, write_json
 from meli.models import build_model
 
-log = logging.getLogger("meli.train")
+log = logging.getLogger("meli.train.neural")
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "freeze_embeddings": False,

@@ -6,7 +6,7 @@ renamed into place, so a failure never leaves a partial file. Transient failures
 errors, timeouts, HTTP 5xx/429, bodies cut short) are retried with exponential backoff; a 404 or
 a checksum mismatch fails at once.
 
-    python -m meli.fetch URL --out PATH [--sha256 HEX] [--retries N] [--timeout S]
+    python -m meli.data.fetch URL --out PATH [--sha256 HEX] [--retries N] [--timeout S]
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 
 from meli.io import Progress, atomic_path, setup_logging
 
-log = logging.getLogger("meli.fetch")
+log = logging.getLogger("meli.data.fetch")
 
 CHUNK = 1 << 20
 USER_AGENT = "meli-workflow/0.1 (+snakemake)"

@@ -1,0 +1,1 @@
+"""Embedding stage (rules/embeddings.smk): vocabulary + token ids (features), embedding matrices (matrix)."""

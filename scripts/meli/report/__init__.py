@@ -1,0 +1,1 @@
+"""Report stage (rules/report.smk): aggregate runs, score the selected ones on test, render the HTML."""

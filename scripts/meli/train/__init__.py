@@ -1,0 +1,1 @@
+"""Training stage: one run per combination (neural: rules/train.smk; baseline: rules/baseline.smk)."""
