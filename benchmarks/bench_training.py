@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from meli.io import peak_rss_mb  # noqa: E402
-from meli.models import build_model  # noqa: E402
+from meli.models.nets import build_model  # noqa: E402
 from meli.train.neural import make_optimizer, resolve_params, select_device, train_epoch  # noqa: E402
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from meli.models import KimCNN, MeanMLP, build_model
+from meli.models.nets import KimCNN, MeanMLP, build_model
 from meli.train.neural import balanced_accuracy, class_weight_tensor, make_optimizer, resolve_params, train_epoch
 
 CPU = torch.device("cpu")

@@ -256,7 +256,7 @@ def test_checkpoint_dir_mirrors_the_run_dir():
 
 def _toy_model(n_classes: int, vocab: int = 50, dim: int = 8):
     torch.manual_seed(0)
-    from meli.models import build_model
+    from meli.models.nets import build_model
 
     return build_model("mlp", train_mod.resolve_params("mlp", {"hidden": [16], "dropout": 0.5}), vocab, dim, n_classes)
 

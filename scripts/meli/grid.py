@@ -10,30 +10,15 @@ import itertools
 import random
 from typing import Any, Iterable
 
-# Fixed key order and short aliases: ids stay readable and stable across Python/dict orders.
-ALIASES: dict[str, str] = {
-    "embedding": "emb",
-    "freeze_embeddings": "frz",
-    "hidden": "h",
-    "filters": "nf",
-    "kernel_sizes": "k",
-    "dropout": "do",
-    "batch_size": "bs",
-    "lr": "lr",
-    "weight_decay": "wd",
-    "optimizer": "opt",
-    "epochs": "ep",
-    "patience": "pat",
-    "class_weights": "cw",
-    "C": "C",
-    "ngram_max": "ng",
-    "max_features": "mf",
-    "seed": "seed",
-}
+from meli import models
+
+# Short aliases in a fixed key order (each family's, merged): ids stay readable and stable
+# across Python/dict orders. KEY_ORDER is also the column order of runs.csv.
+ALIASES: dict[str, str] = models.id_aliases()
 KEY_ORDER = list(ALIASES)
 
-FAMILIES = ("mlp", "cnn", "tfidf")
-NEURAL_FAMILIES = ("mlp", "cnn")
+FAMILIES = models.names()
+NEURAL_FAMILIES = models.neural_names()
 
 
 def _fmt(value: Any) -> str:

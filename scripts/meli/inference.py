@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from meli.io import read_json
-from meli.models import build_model
+from meli.models.nets import build_model
 from meli.train.neural import EVAL_BATCH, predict_labels, predict_logits, select_device
 
 

@@ -1,125 +1,59 @@
-"""The two neural families over word embeddings: a mean-pooling MLP and a Kim (2014) CNN.
+"""The model families, one module each (mlp.py, cnn.py, tfidf.py), and the registry that lists them.
 
-Both take token ids ``[batch, max_len]`` (left aligned, PAD = 0) and return raw logits: the loss
-is ``F.cross_entropy`` on them directly (a softmax before it was a bug in two course notebooks).
-Dropout is ``nn.Dropout``, so ``model.eval()`` switches it off (the course's ``F.dropout`` did not).
+Everything that depends on which families exist reads this registry: the grid and the
+Snakefile (which families, which are neural, how ids are spelled), meli.train.neural
+(defaults), meli.train.baseline (tfidf defaults), meli.models.nets.build_model (networks),
+aggregation and the report (order, display names), and the schema test. Adding a family:
+docs/design.md, "Adding a model family".
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from meli.models import cnn, mlp, tfidf
+from meli.models.family import Family
 
-import torch
-from torch import nn
-
-PAD = 0
-FAMILIES = ("mlp", "cnn")
+# Registration order is the order of tables, selection and report sections.
+REGISTRY: dict[str, Family] = {f.name: f for f in (mlp.FAMILY, cnn.FAMILY, tfidf.FAMILY)}
 
 
-def _hidden_stack(in_dim: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    for size in hidden:
-        layers += [nn.Linear(in_dim, int(size)), nn.ReLU(), nn.Dropout(dropout)]
-        in_dim = int(size)
-    return nn.Sequential(*layers), in_dim
+def get(name: str) -> Family:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; expected one of {names()}") from None
 
 
-class MeanMLP(nn.Module):
-    """Embedding -> mean over real tokens (PAD excluded) -> [Linear+ReLU+Dropout]* -> logits.
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
 
-    ``nn.EmbeddingBag(mode="mean", padding_idx=0)`` fuses the lookup and the masked mean: PAD
-    entries are left out of both sum and count, whatever row 0 holds; an all-PAD title gives zeros.
+
+def neural_names() -> tuple[str, ...]:
+    return tuple(name for name, f in REGISTRY.items() if f.neural)
+
+
+def display_name(name: str) -> str:
+    """The report's name for a family; an unregistered one (an old run) keeps its key."""
+    return REGISTRY[name].display_name if name in REGISTRY else name
+
+
+def id_aliases() -> dict[str, str]:
+    """Every family's id spelling merged into one ``{hyperparameter: alias}`` in id order.
+
+    Each family's own order is kept: a key is placed just before the first of its family's
+    later keys already placed (cnn's ``filters`` lands before ``dropout``), else at the end.
+    tests/test_models.py checks that the families agree on shared keys and that the order
+    (which is also the column order of runs.csv) does not move.
     """
-
-    def __init__(self, vocab_size: int, dim: int, n_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0):
-        super().__init__()
-        self.embedding = nn.EmbeddingBag(vocab_size, dim, mode="mean", padding_idx=PAD)
-        self.hidden, out_dim = _hidden_stack(dim, hidden, dropout)
-        self.out = nn.Linear(out_dim, n_classes)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.out(self.hidden(self.embedding(ids)))
-
-
-class KimCNN(nn.Module):
-    """Embedding -> Conv1d per kernel size + ReLU -> max over time -> concat -> dropout -> [hidden] -> logits.
-
-    Only windows that lie inside the real tokens count in the max; a title shorter than a kernel
-    (or than ``max_len``) gets one window over its tokens plus zero padding, so any title length,
-    including 1 and 0, works and the output does not depend on how much trailing PAD there is.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        dim: int,
-        n_classes: int,
-        filters: int = 100,
-        kernel_sizes: Sequence[int] = (2, 3, 4),
-        hidden: Sequence[int] = (),
-        dropout: float = 0.0,
-    ):
-        super().__init__()
-        if not kernel_sizes:
-            raise ValueError("kernel_sizes must not be empty")
-        self.kernel_sizes = [int(k) for k in kernel_sizes]
-        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD)
-        self.convs = nn.ModuleList(nn.Conv1d(dim, int(filters), k) for k in self.kernel_sizes)
-        self.dropout = nn.Dropout(dropout)
-        self.hidden, out_dim = _hidden_stack(int(filters) * len(self.kernel_sizes), hidden, dropout)
-        self.out = nn.Linear(out_dim, n_classes)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        real = ids != PAD
-        lengths = real.sum(1, keepdim=True)  # [B, 1]
-        # PAD rows must embed as zeros even if row 0 was changed (e.g. fine-tuned by hand).
-        x = (self.embedding(ids) * real.unsqueeze(-1).to(self.embedding.weight.dtype)).transpose(1, 2)
-        short = max(self.kernel_sizes) - x.shape[-1]
-        if short > 0:
-            x = nn.functional.pad(x, (0, short))
-        pooled = []
-        for k, conv in zip(self.kernel_sizes, self.convs):
-            h = torch.relu(conv(x))  # [B, F, T]
-            starts = torch.arange(h.shape[-1], device=ids.device)
-            # Windows fully inside the title, and always the first one (short or empty titles).
-            valid = starts.unsqueeze(0) < (lengths - k + 1).clamp(min=1)  # [B, T]
-            # After ReLU every value is >= 0, so zeroing invalid windows excludes them from the max.
-            pooled.append((h * valid.unsqueeze(1).to(h.dtype)).amax(dim=-1))
-        z = self.dropout(torch.cat(pooled, dim=1))
-        return self.out(self.hidden(z))
-
-
-def build_model(
-    family: str,
-    params: dict[str, Any],
-    vocab_size: int,
-    dim: int,
-    n_classes: int,
-    matrix: torch.Tensor | None = None,
-) -> nn.Module:
-    """The model for one combination; ``matrix`` (``[vocab, dim]``) initialises the embedding.
-
-    Without ``matrix`` the embedding is left uninitialised for a following ``load_state_dict``.
-    """
-    hidden = list(params.get("hidden") or [])
-    dropout = float(params.get("dropout", 0.0))
-    if family == "mlp":
-        model: nn.Module = MeanMLP(vocab_size, dim, n_classes, hidden=hidden, dropout=dropout)
-    elif family == "cnn":
-        model = KimCNN(
-            vocab_size,
-            dim,
-            n_classes,
-            filters=int(params.get("filters", 100)),
-            kernel_sizes=params.get("kernel_sizes") or (2, 3, 4),
-            hidden=hidden,
-            dropout=dropout,
-        )
-    else:
-        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
-    if matrix is not None:
-        if tuple(matrix.shape) != (vocab_size, dim):
-            raise ValueError(f"embedding matrix has shape {tuple(matrix.shape)}, expected {(vocab_size, dim)}")
-        with torch.no_grad():
-            model.embedding.weight.copy_(matrix)
-    model.embedding.weight.requires_grad_(not params.get("freeze_embeddings", False))
-    return model
+    merged: dict[str, str] = {}
+    order: list[str] = []
+    for family in REGISTRY.values():
+        keys = list(family.aliases)
+        for i, key in enumerate(keys):
+            alias = family.aliases[key]
+            if key in merged:
+                if merged[key] != alias:
+                    raise ValueError(f"hyperparameter {key!r} is spelled {merged[key]!r} and {alias!r} in ids")
+                continue
+            later = [order.index(k) for k in keys[i + 1 :] if k in merged]
+            order.insert(min(later) if later else len(order), key)
+            merged[key] = alias
+    return {key: merged[key] for key in order}

@@ -28,6 +28,7 @@ import pandas as pd
 
 from meli.report import charts
 from meli.report.aggregate import METRIC_COLUMNS, hyperparameters, swept
+from meli import models
 from meli.io import atomic_path, setup_logging
 
 LOG = logging.getLogger("meli.report.render")
@@ -35,7 +36,6 @@ DASH = "—"
 TOP_RUNS = 15  # rows of a family's runs table shown before "All N runs"
 PACKAGES = ("snakemake", "snakemake-executor-plugin-slurm", "torch", "numpy", "pandas", "pyarrow", "scipy",
             "scikit-learn", "gensim", "mlflow")
-FAMILY_NAMES = {"mlp": "MLP", "cnn": "CNN", "tfidf": "TF-IDF baseline"}
 SECTIONS = (
     ("summary", "Answer"),
     ("dataset", "Dataset"),
@@ -189,7 +189,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def family_name(family: str) -> str:
-    return FAMILY_NAMES.get(family, family)
+    return models.display_name(family)
 
 
 # ------------------------------------------------------------------------------------- inputs

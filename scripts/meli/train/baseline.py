@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from meli import models
 from meli.grid import combo_id
 from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging, write_json
 
@@ -44,8 +45,8 @@ log = logging.getLogger("meli.train.baseline")
 
 EPOCHS = 5  # SGD passes over the training set (enough at 30k rows; more than enough at millions)
 CHUNK_ROWS = 100_000  # rows scored at once: bounds the dense [rows, n_classes] probability block
-PARAM_KEYS = ("C", "ngram_max", "max_features", "class_weights", "seed")
-DEFAULTS: dict[str, Any] = {"C": 1.0, "ngram_max": 2, "max_features": 50_000, "class_weights": False, "seed": 0}
+PARAM_KEYS = models.get("tfidf").parameters
+DEFAULTS: dict[str, Any] = models.get("tfidf").defaults()  # defined in meli/models/tfidf.py
 
 
 def load_categories(features_dir: str | Path) -> list[str]:

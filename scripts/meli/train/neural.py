@@ -35,27 +35,13 @@ from torch import nn
 
 from meli.grid import combo_id
 from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging, write_json
-from meli.models import build_model
+from meli import models
+from meli.models.nets import build_model
 
 log = logging.getLogger("meli.train.neural")
 
-COMMON_DEFAULTS: dict[str, Any] = {
-    "freeze_embeddings": False,
-    "hidden": [],
-    "dropout": 0.3,
-    "batch_size": 128,
-    "lr": 0.001,
-    "weight_decay": 0.0,
-    "optimizer": "adam",
-    "epochs": 10,
-    "patience": 3,
-    "seed": 0,
-    "class_weights": False,
-}
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "mlp": {**COMMON_DEFAULTS, "hidden": [256, 128]},
-    "cnn": {**COMMON_DEFAULTS, "filters": 100, "kernel_sizes": [2, 3, 4]},
-}
+# Each family's defaults live in its definition (meli/models/<family>.py).
+DEFAULTS: dict[str, dict[str, Any]] = {name: models.get(name).defaults() for name in models.neural_names()}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_bacc", "samples_per_s", "elapsed_s")
 CHECKPOINT_VERSION = 1
