@@ -7,7 +7,8 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from meli.models.nets import KimCNN, MeanMLP, build_model
-from meli.train.neural import balanced_accuracy, class_weight_tensor, make_optimizer, resolve_params, train_epoch
+from meli.metrics import balanced_accuracy
+from meli.train.neural import class_weight_tensor, make_optimizer, resolve_params, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -117,7 +118,8 @@ def test_balanced_accuracy_matches_sklearn():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 6, 300)
     pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 9, 300))  # predicts classes absent from y too
-    ours = balanced_accuracy(torch.from_numpy(y), torch.from_numpy(pred), n_classes=9)
+    ours = balanced_accuracy(y, pred)
+    assert balanced_accuracy(torch.from_numpy(y), torch.from_numpy(pred)) == ours  # CPU tensors too
     with pytest.warns(UserWarning):
         ref = balanced_accuracy_score(y, pred)
     assert ours == pytest.approx(ref, abs=1e-12)

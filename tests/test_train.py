@@ -14,6 +14,7 @@ import torch
 
 from meli.train import neural as train_mod
 from meli.inference import load_predictor
+from meli.metrics import balanced_accuracy
 from meli.train.neural import KILL_ENV, NonFiniteLoss, default_checkpoint_dir, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +272,7 @@ def test_batched_evaluation_equals_the_whole_split_computation():
     cpu = torch.device("cpu")
     logits = train_mod.predict_logits(model, ids, cpu, batch_size=n)
     whole_loss = float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum")) / n
-    whole_bacc = train_mod.balanced_accuracy(labels, logits.argmax(1), k)
+    whole_bacc = balanced_accuracy(labels.numpy(), logits.argmax(1).numpy())
     for batch in (64, 333, 4096):
         loss, bacc = train_mod.evaluate(model, train_mod.Split(ids, labels, 0), k, cpu, batch_size=batch)
         assert loss == pytest.approx(whole_loss, rel=1e-6) and bacc == whole_bacc

@@ -18,7 +18,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from meli.cli import MeliError, entry_point
 from meli.io import read_json
+from meli.runs import results_root, workflow_root
 
 
 def resolve_run(run: str | None, family: str | None, selection: str | Path) -> Path:
@@ -36,13 +38,8 @@ def resolve_run(run: str | None, family: str | None, selection: str | Path) -> P
         raise KeyError(f"{selection}: no selected run for family {family!r} (have: {sorted(families)})")
     path = Path(families[family]["run_dir"])
     if not path.is_absolute() and not path.exists():
-        path = selection.resolve().parents[2] / path  # recorded relative to the workflow root
+        path = workflow_root(selection) / path  # recorded relative to the workflow root
     return path
-
-
-def results_root(run_dir: Path) -> Path:
-    """results/ from results/runs/{family}/{combo}."""
-    return run_dir.resolve().parents[2]
 
 
 def read_titles(args_titles: list[str], file: str | None) -> list[str]:
@@ -85,6 +82,11 @@ def predict(run_dir: Path, titles: list[str], k: int, data_dir: Path, features: 
     return [{"title": t, "top": [{"category": c, "probability": p} for c, p in row]} for t, row in zip(titles, ranked)]
 
 
+class PredictError(MeliError):
+    exit_code = 2  # as argparse for a usage error
+
+
+@entry_point
 def main(argv: list[str] | None = None, load_predictor=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     which = ap.add_mutually_exclusive_group(required=True)
@@ -108,9 +110,8 @@ def main(argv: list[str] | None = None, load_predictor=None) -> int:
         data_dir = Path(args.data_dir) if args.data_dir else root / "data"
         features = Path(args.features) if args.features else root / "features"
         out = predict(run_dir, titles, args.top_k, data_dir, features, args.device, load_predictor)
-    except (OSError, KeyError, ValueError) as err:
-        print(f"meli.predict: {err}", file=sys.stderr)
-        return 2
+    except (OSError, KeyError, ValueError) as err:  # a missing run/selection/file or a bad value
+        raise PredictError(err) from err
     if args.json:
         print(json.dumps({"run": str(run_dir), "predictions": out}, ensure_ascii=False, indent=2))
     else:

@@ -41,7 +41,8 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from meli.io import Progress, read_json, setup_logging, write_json
+from meli import runs
+from meli.io import Progress, setup_logging, write_json
 
 log = logging.getLogger("meli.tracking")
 
@@ -57,7 +58,6 @@ SUMMARY_METRICS = {
     "samples_per_s": "mean_samples_per_s",
     "peak_mem_mb": "peak_mem_mb",
 }
-REQUIRED_KEYS = ("family", "combo", "params", "finished_at", "val_bacc")
 ARTIFACTS = ("metrics.json", "history.csv", "val_predictions.parquet")
 MODEL_FILES = ("model.pt", "model.joblib")
 METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits per call
@@ -94,18 +94,7 @@ def store_lock(store_dir: Path) -> Iterator[None]:
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     """metrics.json and history.csv of a finished run, checked against the contract."""
-    metrics_path, history_path = run_dir / "metrics.json", run_dir / "history.csv"
-    if not metrics_path.exists():
-        raise FileNotFoundError(f"{metrics_path}: missing (the run did not finish)")
-    metrics = read_json(metrics_path)
-    missing = [k for k in REQUIRED_KEYS if k not in metrics]
-    if missing:
-        raise ValueError(f"{metrics_path}: missing key(s) {missing}")
-    history = pd.read_csv(history_path)
-    absent = [c for c in ("epoch", *EPOCH_METRICS) if c not in history.columns]
-    if absent:
-        raise ValueError(f"{history_path}: missing column(s) {absent} (has {list(history.columns)})")
-    return metrics, history
+    return runs.read_metrics(run_dir), runs.read_history(run_dir)
 
 
 def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from meli.cli import MeliError
 from meli.io import Progress, atomic_path, setup_logging
 
 log = logging.getLogger("meli.data.fetch")
@@ -34,7 +35,7 @@ CHUNK = 1 << 20
 USER_AGENT = "meli-workflow/0.1 (+snakemake)"
 
 
-class FetchError(RuntimeError):
+class FetchError(MeliError, RuntimeError):
     """A download or verification failed for good (after any retries)."""
 
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from meli.cli import MeliError
 from meli.data.fetch import FetchError, local_path, sha256_file
 from meli.io import atomic_path, format_seconds, peak_rss_mb, setup_logging
 from meli.data.readers import Chunk, SourceError, detect_format, read_chunks
@@ -53,7 +54,7 @@ OUTPUT_COLUMNS = ("title", "text", "category", "label_quality", "language")
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
 
 
-class PrepareError(RuntimeError):
+class PrepareError(MeliError, RuntimeError):
     """The source cannot become a dataset (too many bad rows, nothing left, bad checksum)."""
 
 

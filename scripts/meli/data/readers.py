@@ -30,6 +30,8 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
+from meli.cli import MeliError
+
 COLUMNS = ("title", "category", "label_quality", "language", "split")
 SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
 FORMATS = ("raw_csv", "course_jsonl", "course_archive", "parquet")
@@ -38,7 +40,7 @@ COURSE_MEMBER = re.compile(r"(?:^|/)(spanish|portuguese)\.(train|validation|test
 BYTES_PER_ROW = 120  # rough size of one CSV/JSON-lines row, turns chunk_rows into read block sizes
 
 
-class SourceError(ValueError):
+class SourceError(MeliError, ValueError):
     """The source cannot be read as the requested format (message names the file)."""
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from meli.cli import MeliError
 from meli.io import Progress, atomic_path, peak_rss_mb, setup_logging
 
 PAD, UNK = "[PAD]", "[UNK]"
@@ -35,7 +36,7 @@ SPLITS = ("train", "validation", "test")
 DEFAULTS = {"min_count": 2, "max_size": 50000, "max_len": 20}
 BATCH_ROWS = 500_000  # rows per Parquet record batch: ~100 MB of Arrow buffers for titles
 
-class FeatureError(ValueError):
+class FeatureError(MeliError, ValueError):
     """Bad input to the embedding stage; the message names the file (and line or key)."""
 
 

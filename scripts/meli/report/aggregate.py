@@ -17,8 +17,10 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from meli.cli import entry_point
 from meli.grid import FAMILIES, KEY_ORDER
 from meli.io import atomic_path, setup_logging, write_json
+from meli.runs import TABLE_KEYS, RunError, read_metrics
 
 # The run-level columns of runs.csv, after family/combo and the hyperparameters.
 METRIC_COLUMNS = (
@@ -33,35 +35,13 @@ METRIC_COLUMNS = (
     "device",
     "stopped_early",
 )
-REQUIRED_KEYS = ("family", "params", "val_bacc")
 SELECTION_RULE = "highest validation balanced accuracy; ties: lower validation loss, then combination id"
-
-
-class RunError(ValueError):
-    """A run directory without a usable metrics.json."""
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """metrics.json of one run, checked; ``combo`` is the directory name (the workflow's id)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "metrics.json"
-    if not path.exists():
-        raise RunError(f"{run_dir}: no metrics.json (did the training job finish?)")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(metrics, dict):
-        raise RunError(f"{path}: expected a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in metrics]
-    if missing:
-        raise RunError(f"{path}: missing key(s) {missing}")
-    if not isinstance(metrics["params"], dict):
-        raise RunError(f"{path}: 'params' must be an object")
-    val_bacc = metrics["val_bacc"]
-    if not isinstance(val_bacc, (int, float)) or isinstance(val_bacc, bool) or not math.isfinite(val_bacc):
-        raise RunError(f"{path}: 'val_bacc' must be a finite number, got {val_bacc!r}")
-    return {**metrics, "combo": run_dir.name, "run_dir": str(run_dir)}
+    metrics = read_metrics(run_dir, required=TABLE_KEYS)
+    return {**metrics, "combo": Path(run_dir).name, "run_dir": str(run_dir)}
 
 
 def param_value(value: Any) -> Any:
@@ -221,6 +201,7 @@ def aggregate(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]
     return selection
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out-dir", required=True, help="where runs.csv, runs.md, effects.csv, selection.json go")

@@ -21,20 +21,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from meli.cli import entry_point
 from meli.io import atomic_path, read_json, setup_logging, write_json
+from meli.metrics import balanced_accuracy
+from meli.runs import resolve_run_dir
 
 LOG = logging.getLogger("meli.report.evaluate")
 DEFAULTS = {"bootstrap": 1000, "worst_categories": 10, "top_confusions": 10, "seed": 0}
 # Indices drawn per bootstrap chunk: bounds memory (~16M int64 = 128 MB) whatever the test size.
 CHUNK_INDICES = 1 << 24
-
-
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y`` (sklearn's definition)."""
-    classes, yi = np.unique(y, return_inverse=True)
-    support = np.bincount(yi, minlength=len(classes))
-    hits = np.bincount(yi, weights=(y == pred), minlength=len(classes))
-    return float(np.mean(hits / support))
 
 
 def bootstrap_bacc(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -152,15 +147,6 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
             for row in json.loads(df.to_json(orient="records"))]
 
 
-def resolve_run_dir(run_dir: str, selection_path: Path) -> Path:
-    """Run dirs in selection.json are relative to the workflow root (two levels above tables/)."""
-    path = Path(run_dir)
-    if path.is_absolute() or path.exists():
-        return path
-    candidate = selection_path.resolve().parents[2] / path
-    return candidate if candidate.exists() else path
-
-
 def evaluate(
     selection_path: str | Path, data_dir: str | Path, features: str | Path, cfg: dict[str, Any], device: str,
     out_dir: str | Path, load_predictor=None,
@@ -218,6 +204,7 @@ def evaluate(
     return table
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--selection", required=True, help="selection.json from meli.report.aggregate")

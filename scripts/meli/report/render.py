@@ -26,10 +26,11 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from meli import models
+from meli.cli import entry_point
+from meli.io import atomic_path, setup_logging
 from meli.report import charts
 from meli.report.aggregate import METRIC_COLUMNS, hyperparameters, swept
-from meli import models
-from meli.io import atomic_path, setup_logging
 
 LOG = logging.getLogger("meli.report.render")
 DASH = "—"
@@ -620,6 +621,7 @@ def render(results: str | Path, config: dict[str, Any], configfiles: list[str], 
 """
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", default="results", help="the results/ directory")

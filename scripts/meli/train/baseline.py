@@ -30,16 +30,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from meli import models
+from meli import models, runs
 from meli.grid import combo_id
-from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging, write_json
+from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging
+from meli.metrics import balanced_accuracy
 
 log = logging.getLogger("meli.train.baseline")
 
@@ -210,7 +210,6 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
           threads: int = 1) -> dict[str, Any]:
     """Fit, score validation, write the run directory; returns metrics.json's content."""
     from sklearn.linear_model import SGDClassifier
-    from sklearn.metrics import balanced_accuracy_score
     from sklearn.utils.class_weight import compute_class_weight
     from threadpoolctl import threadpool_limits
 
@@ -265,7 +264,7 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         predictor = TfidfPredictor(vectorizer, clf, categories)
         train_proba_loss = _chunked_log_loss(clf, x_train, y_train, "train")
         pred, prob, true_prob = predictor.score_cleaned(val_df["text"], y_val, "validation")
-    val_bacc = float(balanced_accuracy_score(y_val[known], pred[known]))
+    val_bacc = balanced_accuracy(y_val[known], pred[known])
     val_loss = mean_neg_log(true_prob[known])
     elapsed = time.monotonic() - start
     samples_per_s = EPOCHS * len(y_train) / train_time
@@ -308,9 +307,9 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         "n_features": int(x_train.shape[1]),
         "sgd_passes": EPOCHS,
         "stopped_early": False,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),  # the importer's identity
+        "finished_at": runs.finished_at(),  # the importer's identity
     }
-    write_json(out_dir / "metrics.json", metrics)  # last: its presence marks a complete run
+    runs.write_metrics(out_dir, metrics)  # last: its presence marks a complete run
     log.info("wrote %s", out_dir)
     return metrics
 

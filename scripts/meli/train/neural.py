@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meli import models, runs
+from meli.cli import MeliError
 from meli.grid import combo_id
-from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging, write_json
-from meli import models
+from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging
+from meli.metrics import balanced_accuracy
 from meli.models.nets import build_model
 
 log = logging.getLogger("meli.train.neural")
@@ -51,7 +52,7 @@ NAN_CHECK_EVERY = 256  # batches between loss finiteness checks (each one is a d
 EVAL_BATCH = 4096
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(MeliError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 
@@ -280,16 +281,6 @@ def predict_labels(
     return pred, prob
 
 
-def balanced_accuracy(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int) -> float:
-    """Mean per-class recall over the classes present in ``y_true`` (sklearn's definition)."""
-    if y_true.numel() == 0:
-        return float("nan")
-    counts = torch.bincount(y_true, minlength=n_classes)
-    hits = torch.bincount(y_true[y_pred == y_true], minlength=n_classes)
-    present = counts > 0
-    return float((hits[present].double() / counts[present].double()).mean())
-
-
 def evaluate(
     model: nn.Module, split: Split, n_classes: int, device: torch.device, batch_size: int = EVAL_BATCH
 ) -> tuple[float, float]:
@@ -306,7 +297,7 @@ def evaluate(
         rows = slice(start, start + logits.shape[0])
         total += F.cross_entropy(logits, y[rows], reduction="sum").double()
         pred[rows] = logits.argmax(1)
-    return float(total) / y.numel(), balanced_accuracy(y, pred, n_classes)
+    return float(total) / y.numel(), balanced_accuracy(y.cpu().numpy(), pred.cpu().numpy())
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -509,9 +500,9 @@ def _write_outputs(family, params, model, data: Data, state, device, out_dir: Pa
         "resumed_from_epoch": resumed_from,
         "elapsed_s": state["elapsed_s"],
         "torch": torch.__version__,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": runs.finished_at(),
     }
-    write_json(out_dir / "metrics.json", metrics)
+    runs.write_metrics(out_dir, metrics)
     return metrics
 
 

@@ -1,0 +1,106 @@
+"""The run record: what a finished run directory holds, and the one way to write, read and find it.
+
+``results/runs/{family}/{combo}/`` (written by meli.train.neural / meli.train.baseline):
+
+- ``metrics.json``: the record (REQUIRED_KEYS and more), written atomically and last, so its
+  presence marks a complete run; ``finished_at`` (UTC, microseconds) is the run's identity
+  for the MLflow importer: a re-trained run gets a new one;
+- ``history.csv``: one row per epoch with HISTORY_COLUMNS;
+- ``val_predictions.parquet``: label, pred, prob per validation row;
+- the fitted model: the family's ``model_file`` (``model.pt`` or ``model.joblib``).
+
+Read by meli.report.aggregate, meli.report.evaluate, meli.tracking, meli.predict, the report.
+"""
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from meli.cli import MeliError
+from meli.io import write_json
+
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+VAL_PREDICTIONS = "val_predictions.parquet"
+REQUIRED_KEYS = ("family", "combo", "params", "finished_at", "val_bacc")  # every trainer writes these
+TABLE_KEYS = ("family", "params", "val_bacc")  # enough for tables and selection (combo: the directory name)
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_bacc", "samples_per_s", "elapsed_s")
+
+
+class RunError(MeliError, ValueError):
+    """A run directory without a usable record."""
+
+
+class RunNotFinished(RunError, FileNotFoundError):
+    """The run directory has no metrics.json: its training job did not finish."""
+
+
+def finished_at() -> str:
+    """The ``finished_at`` stamp every trainer writes (UTC, to the microsecond)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """metrics.json, atomically; call it last (after history, predictions and model)."""
+    missing = [k for k in REQUIRED_KEYS if k not in metrics]
+    if missing:
+        raise ValueError(f"run record for {run_dir} lacks {missing}")  # a trainer bug, not user input
+    write_json(Path(run_dir) / METRICS, metrics)
+
+
+def read_metrics(run_dir: str | Path, required: Iterable[str] = REQUIRED_KEYS) -> dict[str, Any]:
+    """metrics.json of one finished run, checked (RunError naming the file and key otherwise)."""
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS
+    if not path.exists():
+        raise RunNotFinished(f"{run_dir}: no {METRICS} (the run did not finish; rerun its training job)")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(metrics, dict):
+        raise RunError(f"{path}: expected a JSON object")
+    missing = [k for k in required if k not in metrics]
+    if missing:
+        raise RunError(f"{path}: missing key(s) {missing}")
+    if "params" in metrics and not isinstance(metrics["params"], dict):
+        raise RunError(f"{path}: 'params' must be an object")
+    val_bacc = metrics.get("val_bacc")
+    if "val_bacc" in metrics and (
+        not isinstance(val_bacc, (int, float)) or isinstance(val_bacc, bool) or not math.isfinite(val_bacc)
+    ):
+        raise RunError(f"{path}: 'val_bacc' must be a finite number, got {val_bacc!r}")
+    return metrics
+
+
+def read_history(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / HISTORY
+    history = pd.read_csv(path)
+    absent = [c for c in HISTORY_COLUMNS if c not in history.columns]
+    if absent:
+        raise RunError(f"{path}: missing column(s) {absent} (has {list(history.columns)})")
+    return history
+
+
+def workflow_root(tables_file: str | Path) -> Path:
+    """The workflow root from a file in results/tables/ (where run dirs are recorded relative to)."""
+    return Path(tables_file).resolve().parents[2]
+
+
+def resolve_run_dir(run_dir: str | Path, selection_path: str | Path) -> Path:
+    """A run dir as recorded in selection.json (relative to the workflow root), found from anywhere."""
+    path = Path(run_dir)
+    if path.is_absolute() or path.exists():
+        return path
+    candidate = workflow_root(selection_path) / path
+    return candidate if candidate.exists() else path
+
+
+def results_root(run_dir: str | Path) -> Path:
+    """results/ from results/runs/{family}/{combo}."""
+    return Path(run_dir).resolve().parents[2]
