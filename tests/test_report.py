@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 
 from meli.report import aggregate, evaluate
-from meli.report import render as report
+from meli.report import html as html_parts
+from meli.report import render, sections
 from tests.test_aggregate import RUNS, FakePredictor, make_results
 
 CONFIG = {"dataset": {"name": "demo-es", "source": "demo"}, "report": {"bootstrap": 200}}
-SECTION_IDS = [sid for sid, _ in report.SECTIONS]
+SECTION_IDS = [sid for sid, _ in render.SECTIONS]
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def results(tmp_path, monkeypatch) -> Path:
 
 def build(results: Path, out: Path | None = None) -> str:
     out = out or results / "report.html"
-    assert report.main(["--results", str(results), "--config", json.dumps(CONFIG), "--configfiles", "config.yaml",
+    assert render.main(["--results", str(results), "--config", json.dumps(CONFIG), "--configfiles", "config.yaml",
                         "--out", str(out)]) == 0
     return out.read_text()
 
@@ -77,7 +78,7 @@ def test_optional_inputs_missing_show_dashes(results):
     html = build(results)
     for sid in SECTION_IDS:
         assert f'<section id="{sid}">' in html
-    assert "summary.json missing" in html and "test.csv missing" in html and report.DASH in html
+    assert "summary.json missing" in html and "test.csv missing" in html and html_parts.DASH in html
 
 
 def test_missing_runs_table_is_a_clear_error(results):
@@ -88,10 +89,10 @@ def test_missing_runs_table_is_a_clear_error(results):
 
 
 def test_git_info_outside_git(tmp_path):
-    assert report.git_info(tmp_path)["commit"] == report.DASH
+    assert sections.git_info(tmp_path)["commit"] == html_parts.DASH
     root = Path(__file__).resolve().parents[1]
     if (root / ".git").exists() and shutil.which("git"):
-        assert re.fullmatch(r"[0-9a-f]{40}", report.git_info(root)["commit"])
+        assert re.fullmatch(r"[0-9a-f]{40}", sections.git_info(root)["commit"])
 
 
 def _chromium() -> str:
