@@ -8,7 +8,7 @@ CORES ?= 2
 # Rules call `python -m meli.<module>`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test dry-run bench predict clean
+.PHONY: run test test-unit lint dry-run bench predict clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	bash tests/install_system_deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests only (no snakemake runs, no SLURM): a few minutes on 2 cores.
+test-unit: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not workflow and not slurm" $(PYTEST_ARGS)
+
+# snakemake's own linter, then ruff (pyproject's [tool.ruff]) when it is installed.
+lint: $(VENV)/.installed
+	$(BIN)/snakemake --lint
+	@if command -v ruff >/dev/null; then ruff check scripts tests benchmarks; \
+	else echo "ruff not installed: skipped (pip install ruff)"; fi
 
 dry-run: $(VENV)/.installed
 	$(BIN)/snakemake -n --configfile config/meli2019.yaml

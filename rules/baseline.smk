@@ -19,6 +19,8 @@ rule train_tfidf:
     params:
         hp=lambda wc: as_arg(COMBOS["tfidf"][wc.combo]),
         run_dir=lambda wc: f"results/runs/tfidf/{wc.combo}",
+        data_dir=lambda wc, input: os.path.dirname(input.train),
+        features=lambda wc, input: os.path.dirname(input.labels),
     threads: lambda wc: family_resources("tfidf")["threads"]
     resources:
         mem_mb=lambda wc, attempt: family_resources("tfidf")["mem_mb"] * attempt,
@@ -26,5 +28,5 @@ rule train_tfidf:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.train.baseline --params {params.hp} --data-dir {DATA} --features {FEATURES}"
+        "python -m meli.train.baseline --params {params.hp} --data-dir {params.data_dir} --features {params.features}"
         " --out-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"

@@ -1,8 +1,10 @@
-# Shared by every rule file: config validation, the Python package on the path, the grids.
+# Shared by every rules/*.smk: config validation, the Python package on the path, the grids,
+# and every input function (rule files hold rules only).
 import json
 import os
 import shlex
 import sys
+from urllib.parse import unquote, urlparse
 
 from snakemake.utils import min_version, validate
 
@@ -11,11 +13,16 @@ min_version("9.0")
 # Stops the run before any job, naming the offending key, and fills defaults from the schema.
 validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
 
-# Rules are thin shell calls to `python -m meli.<module>`; the package lives in scripts/.
+# Rules are thin shell calls to `python -m meli.<stage>.<module>`; the package lives in scripts/.
+# The Snakefile imports it at parse time (sys.path); every job's shell gets it on PYTHONPATH
+# through the shell prefix (kept: "set -euo pipefail;"), not through this process's
+# environment, so no environment variable has to be declared with `envvars:`.
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SCRIPTS, os.environ.get("PYTHONPATH")) if p)
 sys.path.insert(0, SCRIPTS)
+# (Snakemake formats the prefix like a shell command: {{ }} stands for a literal brace.)
+shell.prefix("set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % shlex.quote(SCRIPTS))
 
+from meli import models  # noqa: E402
 from meli.grid import FAMILIES, NEURAL_FAMILIES, expand_family  # noqa: E402
 
 # `--sdm conda`: every rule runs in this environment (relative to rules/); otherwise in the
@@ -52,6 +59,11 @@ def family_resources(family):
     return {**config["train"]["resources"], **config["train"].get(family, {}).get("resources", {})}
 
 
+def gpu_model(res):
+    """'' unless GPUs are requested: the slurm plugin turns any gpu_model into --gpus=<model>:<gpu>, even gpu 0."""
+    return (res.get("gpu_model") or "") if res["gpu"] else ""
+
+
 def run_dirs(family=None):
     families = [family] if family else FAMILIES
     return [f"results/runs/{f}/{c}" for f in families for c in COMBOS[f]]
@@ -59,6 +71,59 @@ def run_dirs(family=None):
 
 def run_metrics(family=None):
     return [f"{d}/metrics.json" for d in run_dirs(family)]
+
+
+def run_models():
+    """Every run's fitted model (model.pt or model.joblib, as its family defines)."""
+    return [f"results/runs/{f}/{c}/{models.get(f).model_file}" for f in FAMILIES for c in COMBOS[f]]
+
+
+# ------------------------------------------------------------------------ data (rules/data.smk)
+def dataset_source():
+    """Path of the dataset file the prepare rule reads (local sources are not copied)."""
+    src = config["dataset"]["source"]
+    if src == "demo":
+        return f"{DATA}/source/demo.csv.gz"
+    url = urlparse(src)
+    if url.scheme in ("http", "https"):
+        return f"{DATA}/source/{os.path.basename(url.path) or 'dataset'}"
+    if url.scheme == "file":
+        return unquote(url.path)
+    return src
+
+
+# ------------------------------------------------------------ embeddings (rules/embeddings.smk)
+def vectors_source(name):
+    src = config["embeddings"][name].get("source")
+    if not src:
+        raise WorkflowError(f"config embeddings.{name}: kind: pretrained needs a `source`")
+    url = urlparse(src)
+    if url.scheme in ("http", "https"):
+        return f"results/embeddings/{name}/source/{os.path.basename(url.path)}"
+    if url.scheme == "file":
+        return url.path
+    return src
+
+
+def embedding_inputs(wc):
+    spec = config["embeddings"][wc.emb]
+    inputs = {"vocab": f"{FEATURES}/vocab.tsv"}
+    if spec["kind"] == "pretrained":
+        inputs["vectors"] = vectors_source(wc.emb)
+    else:
+        inputs["train"] = f"{DATA}/train.parquet"
+    return inputs
+
+
+# ---------------------------------------------------------------------- training (rules/train.smk)
+def neural_inputs(wc):
+    params = COMBOS[wc.neural][wc.combo]
+    return {
+        "ids": expand(f"{FEATURES}/{{split}}_ids.npy", split=("train", "validation")),
+        "y": expand(f"{FEATURES}/{{split}}_labels.npy", split=("train", "validation")),
+        "labels": f"{FEATURES}/labels.json",
+        "matrix": f"results/embeddings/{params['embedding']}/matrix.npy",
+    }
 
 
 wildcard_constraints:

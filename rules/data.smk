@@ -1,21 +1,5 @@
 # Data stage: get the source file (generated demo, download, or a local path), then read,
 # clean, tokenize and split it, stratified, into Parquet.
-from urllib.parse import unquote, urlparse
-
-
-def dataset_source():
-    """Path of the dataset file the prepare rule reads (local sources are not copied)."""
-    src = config["dataset"]["source"]
-    if src == "demo":
-        return f"{DATA}/source/demo.csv.gz"
-    scheme = urlparse(src).scheme
-    if scheme in ("http", "https"):
-        return f"{DATA}/source/" + (os.path.basename(urlparse(src).path) or "dataset")
-    if scheme == "file":
-        return unquote(urlparse(src).path)
-    return src
-
-
 localrules:
     download_dataset,
 
@@ -26,10 +10,14 @@ rule demo_dataset:
         f"{DATA}/source/demo.csv.gz",
     log:
         "results/logs/demo_dataset.log",
+    benchmark:
+        "results/benchmarks/demo_dataset.tsv"
     params:
         rows=config["dataset"]["demo_rows"],
         categories=config["dataset"]["demo_categories"],
         seed=config["split"]["seed"],
+    resources:
+        runtime=lambda wc, attempt: 10 * attempt,
     conda:
         CONDA_ENV
     shell:
@@ -42,12 +30,16 @@ rule download_dataset:
     output:
         f"{DATA}/source/{{filename}}",
     log:
-        f"results/logs/download_dataset/{{filename}}.log",
+        "results/logs/download_dataset/{filename}.log",
+    benchmark:
+        "results/benchmarks/download_dataset/{filename}.tsv"
     params:
         url=config["dataset"]["source"],
         sha=config["dataset"]["sha256"] or "",
         retries=config["dataset"]["download_retries"],
         timeout=config["dataset"]["download_timeout_s"],
+    resources:
+        runtime=lambda wc, attempt: 120 * attempt,
     conda:
         CONDA_ENV
     shell:
@@ -68,6 +60,7 @@ rule prepare_data:
         "results/benchmarks/prepare_data.tsv"
     params:
         cfg=as_arg({k: config[k] for k in ("dataset", "preprocess", "split")}),
+        out_dir=lambda wc, output: os.path.dirname(output.summary),
     threads: 2
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
@@ -75,6 +68,6 @@ rule prepare_data:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.data.prepare --source {input.source:q} --out-dir {DATA} --config {params.cfg}"
+        "python -m meli.data.prepare --source {input.source:q} --out-dir {params.out_dir} --config {params.cfg}"
         " --threads {threads}"
         " > {log:q} 2>&1"

@@ -1,30 +1,5 @@
 # Embedding stage: vocabulary (train only), fixed-width token-id matrices, and one embedding
 # matrix per configured embedding (pretrained word2vec-format vectors, or trained with gensim).
-from urllib.parse import urlparse
-
-
-def vectors_source(name):
-    src = config["embeddings"][name].get("source")
-    if not src:
-        raise WorkflowError(f"config embeddings.{name}: kind: pretrained needs a `source`")
-    scheme = urlparse(src).scheme
-    if scheme in ("http", "https"):
-        return f"results/embeddings/{name}/source/" + os.path.basename(urlparse(src).path)
-    if scheme == "file":
-        return urlparse(src).path
-    return src
-
-
-def embedding_inputs(wc):
-    spec = config["embeddings"][wc.emb]
-    inputs = {"vocab": f"{FEATURES}/vocab.tsv"}
-    if spec["kind"] == "pretrained":
-        inputs["vectors"] = vectors_source(wc.emb)
-    else:
-        inputs["train"] = f"{DATA}/train.parquet"
-    return inputs
-
-
 localrules:
     download_vectors,
 
@@ -45,13 +20,16 @@ rule features:
         "results/benchmarks/features.tsv"
     params:
         cfg=as_arg(config["vocab"]),
+        data_dir=lambda wc, input: os.path.dirname(input.splits[0]),
+        out_dir=lambda wc, output: os.path.dirname(output.vocab),
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.embeddings.features --data-dir {DATA} --out-dir {FEATURES} --config {params.cfg}"
-        " > {log:q} 2>&1"
+        "python -m meli.embeddings.features --data-dir {params.data_dir:q} --out-dir {params.out_dir:q}"
+        " --config {params.cfg} > {log:q} 2>&1"
 
 
 rule download_vectors:
@@ -59,11 +37,15 @@ rule download_vectors:
         "results/embeddings/{emb}/source/{filename}",
     log:
         "results/logs/download_vectors/{emb}/{filename}.log",
+    benchmark:
+        "results/benchmarks/download_vectors/{emb}/{filename}.tsv"
     params:
         url=lambda wc: config["embeddings"][wc.emb]["source"],
         sha=lambda wc: config["embeddings"][wc.emb].get("sha256") or "",
         retries=config["dataset"]["download_retries"],
         timeout=config["dataset"]["download_timeout_s"],
+    resources:
+        runtime=lambda wc, attempt: 240 * attempt,
     conda:
         CONDA_ENV
     shell:
@@ -76,19 +58,20 @@ rule embedding_matrix:
     input:
         unpack(embedding_inputs),
     output:
-        matrix=f"results/embeddings/{{emb}}/matrix.npy",
+        matrix="results/embeddings/{emb}/matrix.npy",
         coverage=report(
             "results/embeddings/{emb}/coverage.json",
             category="Embeddings",
             caption="../report/embeddings.rst",
         ),
     log:
-        "results/embeddings/{emb}/build.log",
+        "results/logs/embedding_matrix/{emb}.log",
     benchmark:
         "results/benchmarks/embedding_matrix/{emb}.tsv"
     params:
         spec=lambda wc: as_arg({**config["embeddings"][wc.emb], "name": wc.emb}),
         source=lambda wc, input: input.get("vectors") or input.get("train"),
+        out_dir=lambda wc, output: os.path.dirname(output.matrix),
     threads: lambda wc: config["embeddings"][wc.emb].get("workers", 1)
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
@@ -97,4 +80,4 @@ rule embedding_matrix:
         CONDA_ENV
     shell:
         "python -m meli.embeddings.matrix --vocab {input.vocab:q} --source {params.source:q}"
-        " --spec {params.spec} --out-dir results/embeddings/{wildcards.emb} > {log:q} 2>&1"
+        " --spec {params.spec} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -21,6 +21,8 @@ rule aggregate:
         "results/benchmarks/aggregate.tsv"
     params:
         runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
+    resources:
+        runtime=lambda wc, attempt: 10 * attempt,
     conda:
         CONDA_ENV
     shell:
@@ -35,7 +37,7 @@ rule evaluate_test:
         ids=f"{FEATURES}/test_ids.npy",
         y=f"{FEATURES}/test_labels.npy",
         labels=f"{FEATURES}/labels.json",
-        models=[f"{d}/model.{'joblib' if d.startswith('results/runs/tfidf/') else 'pt'}" for d in run_dirs()],
+        models=run_models(),
     output:
         test=report("results/tables/test.csv", category="Tables", caption="../report/test.rst"),
         details="results/tables/test_details.json",
@@ -46,15 +48,18 @@ rule evaluate_test:
     params:
         cfg=as_arg(config["report"]),
         device=config["train"]["device"],
+        data_dir=lambda wc, input: os.path.dirname(input.test),
+        features=lambda wc, input: os.path.dirname(input.labels),
     threads: lambda wc: family_resources("mlp")["threads"]
     resources:
         mem_mb=lambda wc, attempt: family_resources("mlp")["mem_mb"] * attempt,
+        runtime=lambda wc, attempt: family_resources("mlp")["runtime"] * attempt,
         gpu=lambda wc: family_resources("mlp")["gpu"],
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.report.evaluate --selection {input.selection:q} --data-dir {DATA}"
-        " --features {FEATURES} --config {params.cfg} --device {params.device}"
+        "python -m meli.report.evaluate --selection {input.selection:q} --data-dir {params.data_dir}"
+        " --features {params.features} --config {params.cfg} --device {params.device}"
         " --out-dir results/tables > {log:q} 2>&1"
 
 
@@ -74,9 +79,13 @@ rule report_html:
         report("results/report.html", category="Report", caption="../report/report.rst"),
     log:
         "results/logs/report_html.log",
+    benchmark:
+        "results/benchmarks/report_html.tsv"
     params:
         cfg=as_arg(config),
         configfiles=lambda wc: " ".join(shlex.quote(str(f)) for f in workflow.configfiles),
+    resources:
+        runtime=lambda wc, attempt: 10 * attempt,
     conda:
         CONDA_ENV
     shell:

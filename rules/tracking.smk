@@ -13,12 +13,16 @@ rule mlflow_import:
         "results/mlflow/imported.json",
     log:
         "results/logs/mlflow_import.log",
+    benchmark:
+        "results/benchmarks/mlflow_import.tsv"
     params:
         uri=config["mlflow"]["tracking_uri"] or "",
         experiment=config["mlflow"]["experiment"] or config["dataset"]["name"],
         dataset=config["dataset"]["name"],
         models="--log-models" if config["mlflow"]["log_models"] else "",
         runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
+    resources:
+        runtime=lambda wc, attempt: 30 * attempt,
     conda:
         CONDA_ENV
     shell:

@@ -2,21 +2,6 @@
 # a cluster). Every job writes its own records; MLflow gets them via rules/tracking.smk.
 
 
-def neural_inputs(wc):
-    params = COMBOS[wc.neural][wc.combo]
-    return {
-        "ids": expand(f"{FEATURES}/{{split}}_ids.npy", split=("train", "validation")),
-        "y": expand(f"{FEATURES}/{{split}}_labels.npy", split=("train", "validation")),
-        "labels": f"{FEATURES}/labels.json",
-        "matrix": f"results/embeddings/{params['embedding']}/matrix.npy",
-    }
-
-
-def gpu_model(res):
-    """'' unless GPUs are requested: the slurm plugin turns any gpu_model into --gpus=<model>:<gpu>, even gpu 0."""
-    return (res.get("gpu_model") or "") if res["gpu"] else ""
-
-
 rule train_neural:
     """One MLP or CNN combination: early stopping on validation bacc, resumable per epoch."""
     input:
@@ -33,6 +18,7 @@ rule train_neural:
     params:
         hp=lambda wc: as_arg(COMBOS[wc.neural][wc.combo]),
         device=config["train"]["device"],
+        features=lambda wc, input: os.path.dirname(input.labels),
         run_dir=lambda wc: f"results/runs/{wc.neural}/{wc.combo}",
         # Per-epoch resume state: not an output, so a failed job's checkpoint survives the cleanup.
         checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
@@ -46,6 +32,6 @@ rule train_neural:
         CONDA_ENV
     shell:
         "python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
-        " --features {FEATURES} --matrix {input.matrix:q} --out-dir {params.run_dir:q}"
+        " --features {params.features} --matrix {input.matrix:q} --out-dir {params.run_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"

@@ -265,7 +265,7 @@ def test_stage_end_to_end_in_the_workflow(workflow_dir: Path):
     assert matrix.shape == (vocab_size, 16) and (matrix[0] == 0).all()
     # min_count 1 everywhere: gensim trains every vocabulary word
     assert coverage["vocab_coverage"] == 1.0 and coverage["random_init"] == 1
-    assert "words found" in (emb / "build.log").read_text()
+    assert "words found" in (workflow_dir / "results" / "logs" / "embedding_matrix" / "w2v.log").read_text()
 
 
 @pytest.mark.parametrize("block", [1, 7, 1 << 22])

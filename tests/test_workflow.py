@@ -41,6 +41,13 @@ def test_dry_run_of_every_config(workflow_dir: Path, configfile: Path):
     assert counts["train_neural"] >= 2 and counts["train_tfidf"] >= 1
 
 
+def test_snakemake_lint_is_clean(workflow_dir: Path):
+    """`snakemake --lint` has no finding (envvars, functions outside rule files, globals in shell, paths by +)."""
+    proc = snakemake(workflow_dir, "--lint")
+    out = proc.stdout + proc.stderr
+    assert "Lints for" not in out and "Congratulations, your workflow is in a good condition" in out, out[-4000:]
+
+
 def test_full_config_fans_out_the_seeds_grids(workflow_dir: Path):
     """config/meli2019.yaml: 2×2×2×2 MLP + 2×2×2×2×2 CNN combinations, each its own job, no network."""
     proc = snakemake(workflow_dir, "-n", "--configfile", "config/meli2019.yaml")
@@ -163,6 +170,11 @@ def test_logs_and_benchmarks_for_every_job(tiny_run):
     assert len(logs) == len(benchmarks) == n_runs
     mlp_log = next(p for p in logs if p.parent.name == "mlp").read_text()
     assert "ETA" in mlp_log and "val_bacc" in mlp_log
+    results = wf / "results"
+    assert [p for p in results.rglob("*.log") if p.relative_to(results).parts[0] != "logs"] == []
+    for rule in ("demo_dataset", "prepare_data", "features", "embedding_matrix", "aggregate", "evaluate_test",
+                 "report_html", "mlflow_import"):
+        assert list((results / "benchmarks").glob(f"{rule}*")), f"no benchmark for rule {rule}"
 
 
 def test_report_opens_in_a_browser_and_snakemake_report_works(tiny_run, tmp_path):
