@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from meli.cli import entry_point
+from meli.cli import MeliError, entry_point
 from meli.io import atomic_path, read_json, setup_logging, write_json
 from meli.metrics import balanced_accuracy
 from meli.runs import resolve_run_dir
@@ -30,6 +30,10 @@ LOG = logging.getLogger("meli.report.evaluate")
 DEFAULTS = {"bootstrap": 1000, "worst_categories": 10, "top_confusions": 10, "seed": 0}
 # Indices drawn per bootstrap chunk: bounds memory (~16M int64 = 128 MB) whatever the test size.
 CHUNK_INDICES = 1 << 24
+
+
+class EvaluateError(MeliError, ValueError):
+    """Inputs that do not fit together (selection, test split, labels, a run's predictions)."""
 
 
 def bootstrap_bacc(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -80,17 +84,17 @@ def score(
     cfg = {**DEFAULTS, **(cfg or {})}
     y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     if y.shape != pred.shape:
-        raise ValueError(f"{len(y)} labels but {len(pred)} predictions")
+        raise EvaluateError(f"{len(y)} labels but {len(pred)} predictions")
     seen = y >= 0
     n_unseen = int((~seen).sum())
     y, pred = y[seen], pred[seen]
     if label_quality is not None:
         label_quality = np.asarray(label_quality, dtype=object)[seen]
     if len(y) == 0:
-        raise ValueError("no test row has a category seen in train")
+        raise EvaluateError("no test row has a category seen in train")
     k = len(categories)
     if y.max() >= k or pred.max() >= k or pred.min() < 0:
-        raise ValueError(f"label or prediction outside 0..{k - 1} (labels.json has {k} categories)")
+        raise EvaluateError(f"label or prediction outside 0..{k - 1} (labels.json has {k} categories)")
 
     support = np.bincount(y, minlength=k)
     predicted = np.bincount(pred, minlength=k)
@@ -157,12 +161,12 @@ def evaluate(
     selection_path, data_dir, features = Path(selection_path), Path(data_dir), Path(features)
     selection = read_json(selection_path)
     if not selection.get("families"):
-        raise ValueError(f"{selection_path}: no selected run under 'families'")
+        raise EvaluateError(f"{selection_path}: no selected run under 'families'")
     categories = read_json(features / "labels.json")["categories"]
     y = np.load(features / "test_labels.npy")
     test_file = pq.ParquetFile(data_dir / "test.parquet")
     if test_file.metadata.num_rows != len(y):
-        raise ValueError(f"{data_dir / 'test.parquet'} has {test_file.metadata.num_rows} rows but "
+        raise EvaluateError(f"{data_dir / 'test.parquet'} has {test_file.metadata.num_rows} rows but "
                          f"{features / 'test_labels.npy'} has {len(y)}")
     quality = None
     if "label_quality" in test_file.schema_arrow.names:
@@ -178,9 +182,9 @@ def evaluate(
         pred, _ = predictor.predict_split("test")
         load_s, predict_s = t1 - t0, time.perf_counter() - t1
         if np.shape(pred) != (len(y),):
-            raise ValueError(f"{run_dir}: {np.shape(pred)} test predictions, expected ({len(y)},) from {features}")
+            raise EvaluateError(f"{run_dir}: {np.shape(pred)} test predictions, expected ({len(y)},) from {features}")
         if list(getattr(predictor, "categories", categories)) != list(categories):
-            raise ValueError(f"{run_dir}: the model's categories differ from {features / 'labels.json'}")
+            raise EvaluateError(f"{run_dir}: the model's categories differ from {features / 'labels.json'}")
         result = score(y, pred, categories, quality, cfg)
         LOG.info("%s %s: test bacc %.4f [%.4f, %.4f] on %d rows (%d unseen-category rows excluded), "
                  "load %.1fs, predict %.1fs", family, chosen["combo"], result["bacc"],
