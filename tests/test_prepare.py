@@ -129,7 +129,7 @@ def test_bad_rows_are_counted_per_reason_and_the_threshold_stops_the_run(tmp_pat
     source = write_csv(tmp_path / "src.csv.gz", good[:200] + bad + good[200:], extra='"unclosed,reliable\n')
     cfg = sections(dataset={"label_quality": ["reliable"], "max_bad_row_fraction": 0.05})
     summary = prepare(source, tmp_path / "ok", cfg)
-    assert summary["dropped"] == {"unparsable": 1, "empty_title": 2, "missing_category": 1, "unknown_language": 1,
+    assert summary["dropped"] == {"unparsable": 1, "invalid_utf8": 0, "title_not_text": 0, "empty_title": 2, "missing_category": 1, "unknown_language": 1,
                                   "empty_text": 0, "language_not_selected": 1, "label_quality_not_selected": 2}
     assert summary["rows_read"] == 408 and summary["rows"]["total"] == 400 and summary["bad_rows"] == 5
     cfg_all = sections(dataset={"max_bad_row_fraction": 0.05})
@@ -143,13 +143,14 @@ def test_bad_rows_are_counted_per_reason_and_the_threshold_stops_the_run(tmp_pat
 
 def test_rare_category_policy_in_summary(tmp_path):
     records = [(f"Taladro Bosch {i}", "reliable", "spanish", "DRILLS") for i in range(60)]
+    records += [(f"Lijadora Orbital {i}", "reliable", "spanish", "SANDERS") for i in range(30)]
     records += [("Sierra Circular Makita", "reliable", "spanish", "CIRCULAR_SAWS")] * 2
     source = write_csv(tmp_path / "rare.csv.gz", records)
     kept = prepare(source, tmp_path / "kept", sections(split={"min_rows_per_category": 5}))
     assert kept["rare_categories"] == {"policy": "train_only", "applied": True, "min_rows": 5, "count": 1, "rows": 2}
     assert (load(tmp_path / "kept")["train"].category == "CIRCULAR_SAWS").sum() == 2
     gone = prepare(source, tmp_path / "gone", sections(split={"min_rows_per_category": 5, "rare_category_policy": "drop"}))
-    assert gone["dropped"]["rare_category"] == 2 and gone["rows"]["total"] == 60
+    assert gone["dropped"]["rare_category"] == 2 and gone["rows"]["total"] == 90
 
 
 def test_course_sample_with_a_single_source_split_is_split_here(course_sample, tmp_path):

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from meli.cli import MeliError
 from meli.data.fetch import FetchError, local_path, sha256_file
 from meli.io import atomic_path, format_seconds, peak_rss_mb, setup_logging
-from meli.data.readers import Chunk, SourceError, detect_format, read_chunks
+from meli.data.readers import READER_BAD_REASONS, Chunk, SourceError, detect_format, read_chunks
 from meli.data.text import clean_array, guess_language
 
 log = logging.getLogger("meli.data.prepare")
@@ -48,7 +48,20 @@ log = logging.getLogger("meli.data.prepare")
 SPLITS = ("train", "validation", "test")
 TRAIN, VALIDATION, TEST, DROPPED = 0, 1, 2, -1
 KNOWN_LANGUAGES = ("spanish", "portuguese")
-BAD_REASONS = ("unparsable", "empty_title", "missing_category", "unknown_language", "empty_text")
+BAD_REASONS = ("unparsable", *READER_BAD_REASONS, "empty_title", "missing_category", "unknown_language", "empty_text")
+MAX_EXAMPLES = 10  # bad lines quoted in the log, summary.json and error messages
+# Why a reason drops rows, for the message when no row is usable.
+EXPLAIN = {
+    "unparsable": "lines that do not parse as the format",
+    "invalid_utf8": "rows that are not UTF-8 (a latin-1 export? convert with: iconv -f latin1 -t utf-8)",
+    "title_not_text": "titles that are numbers or lists, not text",
+    "empty_title": "empty titles",
+    "missing_category": "rows without a category (is the category column empty?)",
+    "unknown_language": "languages other than spanish/portuguese",
+    "empty_text": "titles with no word left after cleaning (see preprocess)",
+    "language_not_selected": "rows of languages not in dataset.languages",
+    "label_quality_not_selected": "rows of label qualities not in dataset.label_quality",
+}
 FILTER_REASONS = ("language_not_selected", "label_quality_not_selected")
 OUTPUT_COLUMNS = ("title", "text", "category", "label_quality", "language")
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
@@ -122,8 +135,9 @@ def _processed(chunks: Iterator[Chunk], dataset: Mapping, preprocess: Mapping,
             yield (done, *future.result())
 
 
-def read_source(source: Path, cfg: Mapping, threads: int = 1) -> tuple[pa.Table, dict[str, int], int, str]:
-    """All kept rows of ``source`` (chunked Arrow table), drop counts, rows read, format."""
+def read_source(source: Path, cfg: Mapping, threads: int = 1) -> tuple[pa.Table, dict[str, int], int, str, list[str]]:
+    """All kept rows of ``source`` (chunked Arrow table), drop counts, rows read, format, and
+    where the first bad lines are (file, line, why)."""
     dataset, preprocess = cfg["dataset"], cfg["preprocess"]
     fmt = detect_format(source) if dataset.get("format", "auto") == "auto" else dataset["format"]
     chunk_rows = preprocess.get("chunk_rows", 500_000)
@@ -133,11 +147,15 @@ def read_source(source: Path, cfg: Mapping, threads: int = 1) -> tuple[pa.Table,
     rows_read = kept = 0
     start = time.monotonic()
     chunks = read_chunks(source, fmt, chunk_rows, tuple(dataset["languages"]))
+    examples: list[str] = []
     for chunk, table, counts in _processed(chunks, dataset, preprocess, threads):
-        rows_read += len(chunk.table) + chunk.unparsable
+        rows_read += chunk.rows_read
         dropped["unparsable"] += chunk.unparsable
-        for reason, n in counts.items():
+        for reason, n in [*chunk.bad.items(), *counts.items()]:
             dropped[reason] += n
+        for example in chunk.examples[:MAX_EXAMPLES - len(examples)]:
+            log.warning("skipped %s", example)
+            examples.append(example)
         if len(table):
             parts.append(table)
         kept += len(table)
@@ -147,23 +165,49 @@ def read_source(source: Path, cfg: Mapping, threads: int = 1) -> tuple[pa.Table,
                  f"{rows_read:,}", f"{kept:,}", f"{100 * chunk.progress:.1f}%" if chunk.progress is not None else "?",
                  f"{rows_read / max(elapsed, 1e-9):,.0f}", format_seconds(elapsed), format_seconds(eta))
     if not parts:
-        raise PrepareError(f"{source}: no usable rows (read {rows_read:,}; dropped {_nonzero(dropped)})")
+        raise PrepareError(_no_usable_rows(source, fmt, dataset, rows_read, dropped, examples))
     table = pa.concat_tables(parts, promote_options="permissive").unify_dictionaries()
-    return table, dropped, rows_read, fmt
+    return table, dropped, rows_read, fmt, examples
+
+
+def _format_hint(source: Path, fmt: str, dataset: Mapping) -> str:
+    """' (dataset.format: X, but the file looks like Y ...)' when a forced format disagrees with the file."""
+    if dataset.get("format", "auto") == "auto":
+        return ""
+    try:
+        looks = detect_format(source)
+    except (SourceError, OSError):
+        return ""
+    return "" if looks == fmt else f"; dataset.format is {fmt}, but the file looks like {looks}: try format: auto"
+
+
+def _no_usable_rows(source: Path, fmt: str, dataset: Mapping, rows_read: int, dropped: Mapping[str, int],
+                    examples: list[str]) -> str:
+    """Why not a single row survived, in words: what was read, what dropped it, the first bad lines."""
+    if rows_read == 0:
+        why = "the file has no data rows (only a header?)"
+    else:
+        reasons = sorted(_nonzero(dropped).items(), key=lambda kv: -kv[1])
+        why = f"all {rows_read:,} rows read were dropped: " + "; ".join(
+            f"{n:,} {EXPLAIN.get(r, r)}" for r, n in reasons)
+    where = "".join(f"\n  {e}" for e in examples[:MAX_EXAMPLES])
+    return f"{source} (read as {fmt}): no usable rows: {why}{_format_hint(source, fmt, dataset)}{where}"
 
 
 def _nonzero(counts: Mapping[str, int]) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def check_bad_rows(dropped: Mapping[str, int], rows_read: int, max_fraction: float, source: object) -> float:
+def check_bad_rows(dropped: Mapping[str, int], rows_read: int, max_fraction: float, source: object,
+                   examples: list[str] | None = None) -> float:
     bad = sum(dropped[r] for r in BAD_REASONS)
     fraction = bad / max(rows_read, 1)
     if fraction > max_fraction:
+        where = "".join(f"\n  {e}" for e in (examples or [])[:MAX_EXAMPLES])
         raise PrepareError(
             f"{source}: {bad:,} of {rows_read:,} rows are bad ({100 * fraction:.2f}%: "
             f"{ {r: dropped[r] for r in BAD_REASONS if dropped[r]} }), over dataset.max_bad_row_fraction="
-            f"{max_fraction}; fix the source or raise the threshold"
+            f"{max_fraction}; fix the source or raise the threshold{where}"
         )
     return fraction
 
@@ -254,6 +298,48 @@ def source_assignment(column: pa.ChunkedArray) -> np.ndarray | None:
     return assign
 
 
+def check_label_sets(codes: np.ndarray, categories: list[str], assign: np.ndarray, rare: np.ndarray,
+                     split_cfg: Mapping, splits_from: str, source: object) -> None:
+    """Stop here, in the data stage, when the splits cannot train or evaluate a classifier: one
+    category only (every model is trivially "perfect", TF-IDF fails), or an empty split (every
+    category too rare to stratify); the message says which setting would help."""
+    present = np.unique(codes)
+    if len(present) == 1:
+        raise PrepareError(
+            f"{source}: every usable row has the same category ({categories[present[0]]!r}, {len(codes):,} rows): "
+            "there is nothing to classify. Is the category column the right one? dataset.languages and "
+            "dataset.label_quality may also have filtered the other categories out.")
+    min_rows, policy = split_cfg["min_rows_per_category"], split_cfg["rare_category_policy"]
+    train_categories = np.unique(codes[assign == TRAIN])
+    empty = [name for index, name in enumerate(SPLITS) if not (assign == index).any()]
+    if not empty and len(train_categories) >= 2:
+        return
+    if splits_from == "source":
+        raise PrepareError(
+            f"{source}: the source's own {'/'.join(empty) or 'train'} split is "
+            f"{'empty' if empty else 'a single category'} after filtering; set split.use_source_splits: false "
+            "to split the rows here instead")
+    sizes = np.bincount(codes, minlength=len(categories))[present]
+    if rare[present].all():
+        cause = (f"all {len(present)} categories have fewer than split.min_rows_per_category={min_rows} rows "
+                 f"(largest: {sizes.max()}), so rare_category_policy={policy} "
+                 f"{'puts all their rows in train' if policy == 'train_only' else 'drops them all'}")
+        fix = ("use more rows per category (a larger source, split.subsample: 1.0) or lower "
+               "split.min_rows_per_category (a category needs 3 rows to reach every split)")
+    elif policy == "drop" and len(train_categories) < 2:
+        cause = (f"rare_category_policy=drop removed the {int(rare.sum())} categories with fewer than "
+                 f"split.min_rows_per_category={min_rows} rows, leaving nothing to tell apart")
+        fix = "lower split.min_rows_per_category or use rare_category_policy: train_only"
+    else:
+        cause = (f"{len(present)} categories of at most {sizes.max()} rows each, with validation_fraction="
+                 f"{split_cfg['validation_fraction']}, test_fraction={split_cfg['test_fraction']} and "
+                 f"subsample={split_cfg['subsample']}")
+        fix = "raise split.validation_fraction / split.test_fraction or split.subsample, or use more rows"
+    what = f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty" if empty \
+        else f"train has {len(train_categories)} category"
+    raise PrepareError(f"{source}: {what}: {cause}. {fix[0].upper()}{fix[1:]}.")
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -290,8 +376,10 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
     if expected and not path.is_dir() and fingerprint["sha256"] != expected:
         raise PrepareError(f"{path}: sha256 {fingerprint['sha256']} does not match dataset.sha256 {expected}")
 
-    table, dropped, rows_read, fmt = read_source(path, cfg, threads)
-    bad_fraction = check_bad_rows(dropped, rows_read, dataset["max_bad_row_fraction"], path)
+    table, dropped, rows_read, fmt, examples = read_source(path, cfg, threads)
+    hint = _format_hint(path, fmt, dataset)
+    bad_fraction = check_bad_rows(dropped, rows_read, dataset["max_bad_row_fraction"], path,
+                                  examples + ([hint.lstrip("; ")] if hint else []))
     codes, categories = codes_of(table["category"])
 
     assign = source_assignment(table["split"]) if split_cfg["use_source_splits"] else None
@@ -309,6 +397,8 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
     log.info("splits from %s; %s rows before subsample, %s after", splits_from,
              f"{before_subsample:,}", f"{int((assign != DROPPED).sum()):,}")
 
+    check_label_sets(codes, categories, assign, rare, split_cfg, splits_from, path)
+
     n_tokens = np.concatenate([c.to_numpy() for c in table["n_tokens"].chunks])
     summary: dict[str, Any] = {
         "source": {**fingerprint, "format": fmt},
@@ -325,6 +415,7 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
         "dropped": dropped,
         "bad_rows": sum(dropped[r] for r in BAD_REASONS),
         "bad_row_fraction": bad_fraction,
+        "bad_row_examples": examples,
         "rare_categories": {"policy": split_cfg["rare_category_policy"], "applied": splits_from == "stratified",
                             "min_rows": split_cfg["min_rows_per_category"], "count": int(rare.sum()),
                             "rows": rare_rows},

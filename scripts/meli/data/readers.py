@@ -18,9 +18,11 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import re
 import tarfile
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -40,6 +42,10 @@ COURSE_MEMBER = re.compile(r"(?:^|/)(spanish|portuguese)\.(train|validation|test
 BYTES_PER_ROW = 120  # rough size of one CSV/JSON-lines row, turns chunk_rows into read block sizes
 
 
+READER_BAD_REASONS = ("invalid_utf8", "title_not_text")  # rows a reader drops besides unparsable ones
+MAX_EXAMPLES = 5  # bad lines quoted per chunk (the log and the error messages show them)
+
+
 class SourceError(MeliError, ValueError):
     """The source cannot be read as the requested format (message names the file)."""
 
@@ -49,6 +55,17 @@ class Chunk:
     table: pa.Table  # columns COLUMNS, all strings
     unparsable: int  # lines of this chunk that could not be parsed (skipped)
     progress: float | None  # share of the source consumed so far (0..1), when known
+    bad: dict[str, int] = field(default_factory=dict)  # other skipped rows per READER_BAD_REASONS reason
+    examples: list[str] = field(default_factory=list)  # where the first skipped rows are, and why
+
+    @property
+    def rows_read(self) -> int:
+        return len(self.table) + self.unparsable + sum(self.bad.values())
+
+
+def _sample(data: bytes | str, width: int = 80) -> str:
+    text = data if isinstance(data, str) else data.decode("utf-8", "backslashreplace")
+    return repr(text if len(text) <= width else text[:width] + "...")
 
 
 def detect_format(path: str | Path) -> str:
@@ -69,6 +86,8 @@ def detect_format(path: str | Path) -> str:
         magic = f.read(4)
     if magic == b"PAR1":
         return "parquet"
+    if not magic:
+        raise SourceError(f"{path}: the file is empty (0 bytes)")
     if tarfile.is_tarfile(path):
         return "course_archive"
     with _open_text_bytes(path) as f:
@@ -85,6 +104,7 @@ def read_chunks(path: str | Path, fmt: str = "auto", chunk_rows: int = 500_000,
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
+    _refuse_foreign(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "raw_csv":
         return read_raw_csv(path, chunk_rows)
@@ -97,6 +117,31 @@ def read_chunks(path: str | Path, fmt: str = "auto", chunk_rows: int = 500_000,
     raise SourceError(f"{path}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
+def _refuse_foreign(path: Path) -> None:
+    """Stop early on files that are none of the formats, with what to do instead."""
+    if path.is_dir():
+        return
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path}: the file is empty (0 bytes)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    with open(path, "rb") as f:
+        start = f.read(512).lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html")):
+        raise SourceError(f"{path}: this is an HTML page, not data (a download link that needs a login or a "
+                          "confirmation page?); download the file itself")
+    if magic == b"PK\x03\x04":
+        what = "an Excel workbook; save it as CSV UTF-8" if path.suffix.lower() in (".xlsx", ".xlsm") \
+            else "a zip archive; unzip it and point dataset.source at the CSV/JSON-lines file inside"
+        raise SourceError(f"{path}: this is {what}")
+    if magic[:2] == b"\x1f\x8b" and not path.name.lower().endswith((".tar.gz", ".tgz")):
+        try:  # a gzip whose member is cut short or damaged fails here, not 10 minutes into the read
+            with gzip.open(path, "rb") as f:
+                f.read(1 << 16)
+        except (OSError, EOFError, zlib.error) as err:
+            raise SourceError(f"{path}: corrupt or truncated gzip file ({err}); download it again") from None
+
+
 def _compression(path: Path) -> str | None:
     with open(path, "rb") as f:
         magic = f.read(3)
@@ -107,16 +152,55 @@ def _open_text_bytes(path: Path) -> BinaryIO:
     return pa.input_stream(str(path), compression=_compression(path))
 
 
-def _conform(table: pa.Table, path: object) -> pa.Table:
-    """Exactly COLUMNS as strings, in order; a missing title/category column is an error."""
-    missing = [c for c in ("title", "category") if c not in table.column_names]
+def _conform(table: pa.Table, path: object, first_row: int = 1, what: str = "row") -> tuple[pa.Table, dict[str, int], list[str]]:
+    """Exactly COLUMNS as strings, in order, plus rows dropped as not UTF-8 (count, examples).
+
+    Column names match case-insensitively ("Title" is title); a missing title/category column
+    or a title column of numbers is an error. ``first_row`` numbers the table's first row in
+    the examples ("line 41" / "data row 41").
+    """
+    by_lower = {name.strip().lower(): name for name in reversed(table.column_names)}
+    missing = [c for c in ("title", "category") if c not in by_lower]
     if missing:
-        raise SourceError(f"{path}: no {' or '.join(missing)} column (has {', '.join(table.column_names)})")
-    columns = [
-        table[name].cast(pa.string()) if name in table.column_names else pa.nulls(len(table), pa.string())
-        for name in COLUMNS
-    ]
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
+        raise SourceError(
+            f"{path}: no {' or '.join(missing)} column (has {', '.join(table.column_names) or 'no columns'}); "
+            "the source needs `title` and `category` columns: rename them (e.g. pandas "
+            "df.rename(columns={...}).to_parquet(...))")
+    title_type = table[by_lower["title"]].type
+    if pa.types.is_dictionary(title_type):
+        title_type = title_type.value_type
+    if not (pa.types.is_string(title_type) or pa.types.is_large_string(title_type) or pa.types.is_binary(title_type)
+            or pa.types.is_large_binary(title_type) or pa.types.is_null(title_type)):
+        raise SourceError(f"{path}: the title column holds {title_type} values, not text "
+                          "(are the columns swapped, or is it a token-id column?)")
+    columns, valid, examples = [], None, []
+    for name in COLUMNS:
+        if name not in by_lower:
+            columns.append(pa.nulls(len(table), pa.string()))
+            continue
+        column = table[by_lower[name]]
+        try:
+            columns.append(column.cast(pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # invalid UTF-8 bytes: find the rows, in Python
+            values = column.cast(pa.binary()).to_pylist()
+            ok = [v is None or _is_utf8(v) for v in values]
+            for i in [i for i, good in enumerate(ok) if not good][:MAX_EXAMPLES - len(examples)]:
+                examples.append(f"{Path(str(path)).name}, {what} {first_row + i:,}: {name} is not UTF-8 {_sample(values[i])} "
+                                "(latin-1? convert with: iconv -f latin1 -t utf-8)")
+            valid = pa.array(ok) if valid is None else pc.and_(valid, pa.array(ok))
+            columns.append(pa.array([v if good else None for v, good in zip(values, ok)], pa.binary()).cast(pa.string()))
+    out = pa.Table.from_arrays(columns, schema=SCHEMA)
+    if valid is None:
+        return out, {}, []
+    return out.filter(valid), {"invalid_utf8": len(out) - pc.sum(valid).as_py()}, examples
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 class _Position:
@@ -133,16 +217,47 @@ class _Position:
             return 1.0
 
 
-def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
-    """The official CSV, with or without header, streamed in blocks of about ``chunk_rows``."""
+def _csv_header(path: Path) -> tuple[list[str], bool]:
+    """The first line's fields (lowercased, BOM and quotes stripped) and whether it is a header."""
     with _open_text_bytes(path) as f:
-        first_line = f.read(4096).split(b"\n", 1)[0].decode("utf-8", "replace").strip().lower()
-    header = [h.strip().strip('"') for h in first_line.split(",")]
-    has_header = "title" in header and "category" in header
-    bad = [0]
+        first_line = f.read(4096).split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip().lower()
+    fields = [h.strip().strip('"').strip() for h in first_line.split(",")]
+    if "title" in fields and "category" in fields:
+        duplicated = sorted({h for h in fields if fields.count(h) > 1 and h in RAW_HEADER})
+        if duplicated:
+            raise SourceError(f"{path}, line 1: the header names {', '.join(duplicated)} more than once "
+                              f"(found {', '.join(fields)})")
+        return fields, True
+    if "title" in fields or "category" in fields:  # a header, but not ours: reading it as data would be silent
+        raise SourceError(
+            f"{path}, line 1: header not recognised (found {', '.join(fields)}): it needs both a `title` and a "
+            f"`category` column ({','.join(RAW_HEADER)}), or no header and two columns title,category")
+    return fields, False
+
+
+def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
+    """The official CSV, with or without header, streamed in blocks of about ``chunk_rows``.
+
+    A spreadsheet's "CSV UTF-8" (byte-order mark, CRLF) reads like any other. Rows with the
+    wrong number of fields are skipped and counted (unparsable); rows that are not UTF-8 are
+    skipped and counted (invalid_utf8); the first few of each are quoted in ``Chunk.examples``.
+    """
+    header, has_header = _csv_header(path)
+    names = header if has_header else ["title", "category"]
+    bad: list[int] = [0]
+    examples: list[str] = []
+    noted = [False]
 
     def skip(row: pcsv.InvalidRow) -> str:
         bad[0] += 1
+        if len(examples) < MAX_EXAMPLES:
+            note = ""
+            if not has_header and not noted[0]:  # say once why the file is read as header-less
+                noted[0] = True
+                note = (f" (title,category without a header; the first line was not recognised as the header "
+                        f"{','.join(RAW_HEADER)}: found {','.join(header)})")
+            examples.append(f"{path.name}: a row has {row.actual_columns} field(s), expected {row.expected_columns}"
+                            f"{note}: {_sample(row.text)}")
         return "skip"
 
     position = _Position(path)
@@ -150,18 +265,27 @@ def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
     stream = pa.CompressedInputStream(position.raw, compression) if compression else pa.PythonFile(position.raw)
     read = pcsv.ReadOptions(
         block_size=max(chunk_rows * BYTES_PER_ROW, 1 << 20),
-        column_names=None if has_header else ["title", "category"],
+        column_names=None if has_header else names,
     )
-    names = header if has_header else ["title", "category"]
-    convert = pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
+    # binary, not string: one latin-1 row must be a counted bad row, not a failed read (see _conform)
+    convert = pcsv.ConvertOptions(column_types={n: pa.binary() for n in names}, strings_can_be_null=True,
                                   quoted_strings_can_be_null=False)
+    first_row = 1
     try:
         reader = pcsv.open_csv(stream, read_options=read, parse_options=pcsv.ParseOptions(invalid_row_handler=skip),
                                convert_options=convert)
         for batch in reader:
+            table, dropped, utf8_examples = _conform(pa.Table.from_batches([batch]), path, first_row, "data row")
             counted, bad[0] = bad[0], 0
-            yield Chunk(_conform(pa.Table.from_batches([batch]), path), counted, position.fraction())
+            first_row += batch.num_rows + counted
+            yield Chunk(table, counted, position.fraction(), dropped, examples + utf8_examples)
+            examples.clear()
+        if bad[0]:  # rows skipped after the last batch
+            yield Chunk(_conform(pa.table({"title": pa.array([], pa.string()), "category": pa.array([], pa.string())}),
+                                 path)[0], bad[0], 1.0, {}, list(examples))
     except (pa.ArrowInvalid, OSError, EOFError) as err:
+        if "Empty CSV file" in str(err):
+            raise SourceError(f"{path}: no rows (the file holds no data, not even a header)") from err
         raise SourceError(f"{path}: cannot read as CSV: {err}") from err
     finally:
         position.raw.close()
@@ -170,29 +294,63 @@ def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
 _JSON_PARSE = pjson.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore")
 
 
-def _parse_json_lines(block: bytes, defaults: dict[str, str]) -> tuple[pa.Table, int]:
-    """Parse a block of whole lines; on a malformed line, fall back to line by line and skip it."""
+def _parse_json_lines(block: bytes, defaults: dict[str, str], first_line: int = 1,
+                      name: str = "") -> tuple[pa.Table, int, dict[str, int], list[str]]:
+    """Parse a block of whole lines; on a bad line, fall back to line by line and skip it.
+
+    Returns the table, the unparsable count, other bad rows per reason (invalid_utf8,
+    title_not_text) and where the first bad lines are (``first_line`` numbers the block's first).
+    """
     try:
         table = pjson.read_json(io.BytesIO(block), parse_options=_JSON_PARSE)
-        unparsable = 0
+        table.validate(full=True)  # Arrow's JSON reader lets invalid UTF-8 through; this finds it
+        unparsable, bad, examples = 0, {}, []
     except pa.ArrowInvalid:
-        rows, unparsable = [], 0
-        for line in block.splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                unparsable += 1
-                continue
-            rows.append({k: (None if record.get(k) is None else str(record[k])) for k in COLUMNS})
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    for name, value in defaults.items():  # fields the file name implies, where the record lacks them
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, pc.fill_null(table[name], value))
-    return table, unparsable
+        table, unparsable, bad, examples = _parse_json_lines_slowly(block, first_line, name)
+    for column, value in defaults.items():  # fields the file name implies, where the record lacks them
+        i = table.schema.get_field_index(column)
+        table = table.set_column(i, column, pc.fill_null(table[column], value))
+    return table, unparsable, bad, examples
+
+
+def _json_value(value: object) -> str | None:
+    """A record's field as text: null, NaN and infinities are missing, numbers become text."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _parse_json_lines_slowly(block: bytes, first_line: int, name: str) -> tuple[pa.Table, int, dict[str, int], list[str]]:
+    rows, unparsable, bad, examples = [], 0, {"invalid_utf8": 0, "title_not_text": 0}, []
+
+    def note(lineno: int, why: str) -> None:
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(f"{name}, line {lineno:,}: {why}")
+
+    for lineno, line in enumerate(block.split(b"\n"), first_line):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad["invalid_utf8"] += 1
+            note(lineno, f"not UTF-8 {_sample(line)} (latin-1? convert with: iconv -f latin1 -t utf-8)")
+            continue
+        try:
+            record = json.loads(text)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as err:
+            unparsable += 1
+            note(lineno, f"not a JSON object ({str(err)[:80]}): {_sample(text)}")
+            continue
+        title = record.get("title")
+        if title is not None and not isinstance(title, str) and _json_value(title) is not None:
+            bad["title_not_text"] += 1
+            note(lineno, f"the title is a {type(title).__name__}, not text: {_sample(text)}")
+            continue
+        rows.append({k: _json_value(record.get(k)) for k in COLUMNS})
+    return pa.Table.from_pylist(rows, schema=SCHEMA), unparsable, {k: v for k, v in bad.items() if v}, examples
 
 
 def _course_defaults(name: str) -> dict[str, str]:
@@ -204,6 +362,7 @@ def _jsonl_chunks(stream: BinaryIO, name: str, chunk_rows: int, fraction: Callab
     defaults = _course_defaults(name)
     block_bytes = max(chunk_rows * BYTES_PER_ROW * 3, 1 << 20)  # course lines also carry token ids
     rest = b""
+    first_line = 1
     while True:
         data = stream.read(block_bytes)
         block = rest + data
@@ -213,8 +372,12 @@ def _jsonl_chunks(stream: BinaryIO, name: str, chunk_rows: int, fraction: Callab
             cut = block.rfind(b"\n") + 1
             block, rest = block[:cut], block[cut:]
         if block.strip():
-            table, unparsable = _parse_json_lines(block, defaults)
-            yield Chunk(_conform(table, name), unparsable, fraction())
+            table, unparsable, bad, examples = _parse_json_lines(block, defaults, first_line, name)
+            table, invalid, more = _conform(table, name, first_line, "line")
+            for reason, n in invalid.items():
+                bad[reason] = bad.get(reason, 0) + n
+            yield Chunk(table, unparsable, fraction(), bad, examples + more)
+        first_line += block.count(b"\n")
         if not data:
             return
 
@@ -270,8 +433,11 @@ def read_parquet(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
         file = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise SourceError(f"{path}: cannot read as Parquet: {err}") from err
-    columns = [c for c in COLUMNS if c in file.schema_arrow.names]
+    wanted = {c for c in COLUMNS}
+    columns = [c for c in file.schema_arrow.names if c.strip().lower() in wanted]
+    _conform(file.schema_arrow.empty_table(), path)  # a missing or numeric title column fails before any read
     rows, done = max(file.metadata.num_rows, 1), 0
     for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
+        table, bad, examples = _conform(pa.Table.from_batches([batch]), path, done + 1)
         done += batch.num_rows
-        yield Chunk(_conform(pa.Table.from_batches([batch]), path), 0, done / rows)
+        yield Chunk(table, 0, done / rows, bad, examples)
