@@ -225,6 +225,7 @@ def grid_config(combos: int) -> dict:
     grid = cfg["train"]["mlp"]["grid"]
     grid.update(lr=[round(1e-4 * (i + 1), 6) for i in range(a)], dropout=[round(0.05 * i, 2) for i in range(a)],
                 seed=list(range(a)), hidden=[[256, 128]], freeze_embeddings=[True], batch_size=[256])
+    cfg["train"]["max_combinations"] = combos + 100  # meant: the guard against a mistyped grid would stop it
     return cfg
 
 

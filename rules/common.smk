@@ -10,9 +10,6 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# Stops the run before any job, naming the offending key, and fills defaults from the schema.
-validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
-
 # Rules are thin shell calls to `python -m meli.<stage>.<module>`; the package lives in scripts/.
 # The Snakefile imports it at parse time (sys.path); every job's shell gets it on PYTHONPATH
 # through the shell prefix (kept: "set -euo pipefail;"), not through this process's
@@ -22,8 +19,23 @@ sys.path.insert(0, SCRIPTS)
 # (Snakemake formats the prefix like a shell command: {{ }} stands for a literal brace.)
 shell.prefix("set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % shlex.quote(SCRIPTS))
 
+import yaml  # noqa: E402
+
 from meli import models  # noqa: E402
-from meli.grid import FAMILIES, NEURAL_FAMILIES, expand_family  # noqa: E402
+from meli.config import ConfigError, check_after_defaults, check_config  # noqa: E402
+from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family  # noqa: E402
+
+# Stops the run before any job, naming the offending key (one line; snakemake's validate would
+# print the whole schema after it), then fills defaults from the schema.
+SCHEMA_FILE = os.path.join(workflow.basedir, "config", "schema.yaml")
+with open(SCHEMA_FILE) as _schema:
+    SCHEMA = yaml.safe_load(_schema)
+try:
+    check_config(config, SCHEMA)
+    validate(config, SCHEMA_FILE)
+    check_after_defaults(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 # `--sdm conda`: every rule runs in this environment (relative to rules/); otherwise in the
 # current Python (the venv that `make run` builds).
@@ -50,6 +62,10 @@ def _family_grid(family):
 
 
 COMBOS = {family: _family_grid(family) for family in FAMILIES}
+try:
+    check_job_count(COMBOS, config["train"], config["train"]["max_combinations"])
+except ValueError as err:
+    raise WorkflowError(f"config train: {err}") from None
 # Only embeddings some combination trains with are built (a configured but unused one costs nothing).
 EMBEDDINGS_USED = sorted({p["embedding"] for f in NEURAL_FAMILIES for p in COMBOS[f].values()})
 

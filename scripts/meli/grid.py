@@ -97,3 +97,22 @@ def expand_family(
             )
         out.setdefault(combo_id(params), params)
     return out
+
+
+def check_job_count(combos: dict[str, dict[str, Any]], train_cfg: dict[str, Any], limit: int) -> None:
+    """Stop before submitting more than ``limit`` training jobs: thousands are more often a
+    mistyped grid (``lr: [0.0001, 0.0002, ...]`` instead of two values) than a plan."""
+    total = sum(len(c) for c in combos.values())
+    if total <= limit:
+        return
+    parts = []
+    for family, family_combos in combos.items():
+        grid = (train_cfg.get(family) or {}).get("grid") or {}
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items() if isinstance(v, list) and len(v) > 1)
+        extra = len((train_cfg.get(family) or {}).get("combinations") or [])
+        parts.append(f"{family} {len(family_combos):,}" + (f" ({sizes}{f' + {extra} explicit' if extra else ''})"
+                                                          if sizes or extra else ""))
+    raise ValueError(
+        f"{total:,} training jobs ({'; '.join(parts)}), over train.max_combinations={limit:,}. Each combination is "
+        "its own (GPU) job: check the grids for a typo, train a random sample with train.<family>.sample: N, "
+        "or raise train.max_combinations if you mean it")
