@@ -50,10 +50,16 @@ CHECKPOINT_VERSION = 1
 KILL_ENV = "MELI_KILL_AFTER_EPOCH"
 NAN_CHECK_EVERY = 256  # batches between loss finiteness checks (each one is a device sync)
 EVAL_BATCH = 4096
+# Divergence without NaN (Adam with a huge lr: losses of 1e19, chance accuracy): an epoch whose
+# mean train loss is over DIVERGE_FACTOR x max(loss before training, log(classes), 1) is a
+# diverged epoch; DIVERGE_EPOCHS of them in a row (or every epoch of a shorter run) fail the job.
+# A model that is learning stays below log(classes), what guessing uniformly costs.
+DIVERGE_FACTOR = 3.0
+DIVERGE_EPOCHS = 2
 
 
 class NonFiniteLoss(MeliError, RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or diverged without becoming NaN."""
 
 
 def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +251,32 @@ def _check_finite(total_loss: torch.Tensor, where: str) -> None:
         )
 
 
+def initial_loss(model: nn.Module, split: Split, device: torch.device, class_weights: torch.Tensor | None = None,
+                 rows: int = EVAL_BATCH) -> float:
+    """Mean loss of the untrained model on the first ``rows`` train rows: where training starts."""
+    if len(split.labels) == 0:
+        return float("nan")
+    (_, logits), = list(iter_logits(model, split.ids[:rows], device, rows))
+    return float(F.cross_entropy(logits, split.labels[:rows].to(device), weight=class_weights))
+
+
+def check_divergence(state: dict[str, Any], train_loss: float, epoch: int, n_classes: int, params: dict[str, Any],
+                     family: str, last_epoch: bool) -> None:
+    """Count diverged epochs in ``state``; raise NonFiniteLoss once they are DIVERGE_EPOCHS in a row."""
+    start = state.get("initial_loss")
+    start = start if start is not None and math.isfinite(start) else math.log(max(n_classes, 2))
+    limit = DIVERGE_FACTOR * max(start, math.log(max(n_classes, 2)), 1.0)
+    state["diverged_epochs"] = state.get("diverged_epochs", 0) + 1 if train_loss > limit else 0
+    if state["diverged_epochs"] >= min(DIVERGE_EPOCHS, epoch) and (state["diverged_epochs"] >= DIVERGE_EPOCHS
+                                                                    or last_epoch):
+        raise NonFiniteLoss(
+            f"training diverged: mean train loss {train_loss:.3g} at epoch {epoch}, over {limit:.3g} for "
+            f"{state['diverged_epochs']} epoch(s) in a row (loss before training {start:.3g}; guessing uniformly "
+            f"costs log({n_classes}) = {math.log(max(n_classes, 2)):.2f}): the model is worse than guessing. "
+            f"Lower the learning rate (this combination has lr={params['lr']}, optimizer={params['optimizer']}; "
+            f"set in train.{family}.grid.lr or train.{family}.combinations); no outputs were written.")
+
+
 def iter_logits(model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH):
     """``(start, float32 logits of rows start..start+len)`` batch by batch, in eval mode (dropout off).
 
@@ -399,6 +431,8 @@ def run(
         resumed_from = state["epoch"]
         log.info("resuming from %s after epoch %d", ckpt_path, resumed_from)
     elapsed_before = state["elapsed_s"]
+    if state["epoch"] == 0:
+        state["initial_loss"] = initial_loss(model, train, device, weights)
 
     max_epochs, batch_size = int(params["epochs"]), int(params["batch_size"])
     n_train = len(train.labels)
@@ -413,6 +447,7 @@ def run(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_s = time.monotonic() - t0
+        check_divergence(state, train_loss, epoch, n_classes, params, family, last_epoch=epoch >= max_epochs)
         val_loss, val_bacc = evaluate(model, val, n_classes, device)
         state["train_time_s"] += train_s
         state["train_samples"] += n_train
