@@ -292,6 +292,12 @@ def _parse_rows(chunk: list[tuple[int, int, bytes]], collector: _Collector, path
             except ValueError as err:
                 raise EmbeddingError(f"{path}, line {lineno}: not a number ({err})") from None
         values = np.stack(rows)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():  # Arrow and NumPy both parse "nan" and "inf": one such row poisons every model
+        _, lineno, rest = chunk[int(np.flatnonzero(~finite)[0])]
+        bad = [v for v in rest.split() if not np.isfinite(np.float32(v))][:3]
+        raise EmbeddingError(f"{path}, line {lineno}: value(s) {b' '.join(bad).decode(errors='replace')} are not "
+                             "finite numbers; fix or drop this line (every vocabulary word's vector must be finite)")
     collector.matrix[[row for row, _, _ in chunk]] = values
 
 
@@ -359,7 +365,11 @@ def read_binary_vectors(path: Path, collector: _Collector, dim: int, logger: log
             for i, (word, raw) in enumerate(_binary_records(fh, path, dim, count), 1):
                 row = collector.claim(word)
                 if row >= 0:
-                    collector.matrix[row] = np.frombuffer(raw, "<f4")
+                    vector = np.frombuffer(raw, "<f4")
+                    if not np.isfinite(vector).all():
+                        raise EmbeddingError(f"{path}, vector {i} ({word.decode(errors='replace')!r}): "
+                                             "values that are not finite numbers (nan/inf)")
+                    collector.matrix[row] = vector
                 if i % 100_000 == 0:
                     progress.update(100_000)
         except (EOFError, OSError, zlib.error) as err:
@@ -380,8 +390,35 @@ def read_keyed_vectors(path: Path, collector: _Collector, dim: int):
     for i, key in enumerate(kv.index_to_key):
         row = collector.claim(str(key).encode("utf-8"))
         if row >= 0:
+            if not np.isfinite(kv.vectors[i]).all():
+                raise EmbeddingError(f"{path}: the vector of {key!r} (index {i}) has values that are not finite (nan/inf)")
             collector.matrix[row] = kv.vectors[i]
     return kv
+
+
+TEXT_BYTES = frozenset(b"0123456789.eE+-naifNAIF \t\r\n")
+
+
+def sniff_binary(path: Path, dim: int) -> bool | None:
+    """True for the word2vec C binary format, False for text, None when unsure.
+
+    Both start with the text header 'count dim'; after the first word, a text line is ``dim``
+    numbers (digits, signs, dots, spaces), while 4-byte floats are raw bytes that almost never
+    stay in that set.
+    """
+    try:
+        with _open(path) as fh:
+            fh.readline()
+            sample = fh.read(max(1 << 12, 64 * dim))
+    except (EOFError, OSError, zlib.error):  # corrupt or truncated: the reader says so properly
+        return None
+    _, space, rest = sample.partition(b" ")
+    values = rest.split(b"\n", 1)[0].rstrip(b"\r")
+    if not space or not values:
+        return None
+    if set(values) <= TEXT_BYTES and len(values.split()) == dim:
+        return False
+    return not set(values) <= TEXT_BYTES or None
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,6 +468,18 @@ def train_vectors(path: Path, spec: Mapping, collector: _Collector, logger: logg
 # The matrix
 
 
+def _binary(source: Path, spec: Mapping, logger: logging.Logger) -> bool:
+    """Whether to read ``source`` as word2vec C binary: what the file is, whatever `binary` says
+    (a `.bin` read as text fails on line 2; text read as binary would be silent garbage)."""
+    looks_binary = sniff_binary(source, spec["dim"])
+    if looks_binary is None or looks_binary == spec["binary"]:
+        return spec["binary"]
+    logger.warning("%s looks like the word2vec %s format but embeddings.%s.binary is %s: reading it as %s "
+                   "(set binary: %s to silence this)", source, "binary" if looks_binary else "text", spec["name"],
+                   str(spec["binary"]).lower(), "binary" if looks_binary else "text", str(looks_binary).lower())
+    return looks_binary
+
+
 def build(vocab_path: str | os.PathLike, source: str | os.PathLike, spec: Mapping, logger: logging.Logger):
     """(matrix, coverage dict) for one embedding spec; nothing is written."""
     started = time.monotonic()
@@ -452,7 +501,7 @@ def build(vocab_path: str | os.PathLike, source: str | os.PathLike, spec: Mappin
     elif source.suffix == ".kv":
         kv = read_keyed_vectors(source, collector, dim)
         source_vectors = len(kv.index_to_key)
-    elif spec["binary"]:
+    elif _binary(source, spec, logger):
         source_vectors = read_binary_vectors(source, collector, dim, logger)
     else:
         source_vectors = read_text_vectors(source, collector, dim, logger)
