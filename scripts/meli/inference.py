@@ -57,9 +57,9 @@ class NeuralPredictor:
         return predict_labels(self.model, torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int32)), self.device,
                               batch_size)
 
-    def predict_proba_texts(self, titles: list[str]) -> np.ndarray:
-        from meli.embeddings.features import encode, load_vocab  # written by the embedding stage; lazy on purpose
+    def _encode_titles(self, titles: list[str]) -> np.ndarray:
         from meli.data.text import clean_titles, cleaning_for
+        from meli.embeddings.features import encode, load_vocab  # written by the embedding stage; lazy on purpose
 
         if self._vocab is None:
             self._vocab = load_vocab(self.features_dir / "vocab.tsv")
@@ -67,7 +67,17 @@ class NeuralPredictor:
             self._cleaning = cleaning_for(read_json(summary) if summary.exists() else None)
         preprocess, language = self._cleaning
         texts = list(clean_titles(list(titles), preprocess, language))
-        return self.predict_proba_ids(encode(texts, self._vocab, self.max_len))
+        return encode(texts, self._vocab, self.max_len)
+
+    def predict_proba_texts(self, titles: list[str]) -> np.ndarray:
+        return self.predict_proba_ids(self._encode_titles(titles))
+
+    def known_words(self, titles: list[str]) -> np.ndarray:
+        """Per title, how many of its (cleaned, truncated) tokens the model has a word for: 0 means
+        it sees only [UNK]/padding, and its probabilities are a prior, not a reading of the title."""
+        from meli.embeddings.features import UNK_ID
+
+        return (self._encode_titles(titles) > UNK_ID).sum(axis=1)
 
 
 def load_predictor(

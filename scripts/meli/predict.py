@@ -6,6 +6,11 @@
 
 ``--family`` uses the run selected on validation (results/tables/selection.json). Titles are
 cleaned exactly like the training data (the data stage's recorded preprocess config).
+
+A title with no word the model knows (empty, or only words unseen in training) still gets its
+top-k, flagged: the model saw only [UNK]/padding, so the probabilities are its prior over the
+categories, not a reading of the title. The text output says so under the title; the JSON has
+``known_words: 0`` and a ``warning``.
 """
 from __future__ import annotations
 
@@ -62,12 +67,20 @@ def top_k(proba: np.ndarray, categories: list[str], k: int) -> list[list[tuple[s
     return [[(categories[j], float(row[j])) for j in idx] for row, idx in zip(proba, order)]
 
 
-def format_text(titles: Iterable[str], ranked: list[list[tuple[str, float]]]) -> str:
-    """Each title, then its categories and probabilities in aligned columns."""
+NO_KNOWN_WORD = ("no known word: the model has seen none of this title's words, so these probabilities are "
+                 "its prior over the categories, not a prediction")
+
+
+def format_text(titles: Iterable[str], ranked: list[list[tuple[str, float]]],
+                warnings: Iterable[str | None] | None = None) -> str:
+    """Each title, then its categories and probabilities in aligned columns (and a flag line
+    for a title whose prediction is only the prior)."""
     width = max((len(c) for row in ranked for c, _ in row), default=0)
     lines = []
-    for title, row in zip(titles, ranked):
-        lines.append(title)
+    for title, row, warning in zip(titles, ranked, warnings or [None] * len(ranked)):
+        lines.append(title if title.strip() else repr(title))
+        if warning:
+            lines.append(f"  ({warning})")
         lines += [f"  {i}. {c:<{width}}  {100 * p:6.2f}%" for i, (c, p) in enumerate(row, start=1)]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -79,7 +92,16 @@ def predict(run_dir: Path, titles: list[str], k: int, data_dir: Path, features: 
         from meli.inference import load_predictor  # torch only when really predicting
     predictor = load_predictor(run_dir, data_dir, features, device)
     ranked = top_k(predictor.predict_proba_texts(titles), list(predictor.categories), k)
-    return [{"title": t, "top": [{"category": c, "probability": p} for c, p in row]} for t, row in zip(titles, ranked)]
+    known = predictor.known_words(titles) if hasattr(predictor, "known_words") else [None] * len(titles)
+    out = []
+    for title, row, n in zip(titles, ranked, known):
+        result: dict[str, Any] = {"title": title, "top": [{"category": c, "probability": p} for c, p in row]}
+        if n is not None:
+            result["known_words"] = int(n)
+            if n == 0:
+                result["warning"] = NO_KNOWN_WORD
+        out.append(result)
+    return out
 
 
 class PredictError(MeliError):
@@ -116,7 +138,8 @@ def main(argv: list[str] | None = None, load_predictor=None) -> int:
         print(json.dumps({"run": str(run_dir), "predictions": out}, ensure_ascii=False, indent=2))
     else:
         print(f"# {run_dir}")
-        print(format_text(titles, [[(t["category"], t["probability"]) for t in o["top"]] for o in out]), end="")
+        print(format_text(titles, [[(t["category"], t["probability"]) for t in o["top"]] for o in out],
+                          [o.get("warning") for o in out]), end="")
     return 0
 
 

@@ -179,6 +179,15 @@ class TfidfPredictor:
         cleaned = clean_titles(list(titles), self.preprocess, self.language)
         return self.predict_proba_cleaned(list(cleaned), "titles")
 
+    def known_words(self, titles: Sequence[str]) -> np.ndarray:
+        """Per title, how many of the vectorizer's n-grams it contains (0: the output is the prior)."""
+        from meli.data.text import clean_titles
+
+        if self.preprocess is None:
+            raise ValueError("predictor was loaded without the data stage's summary.json (preprocess)")
+        cleaned = clean_titles(list(titles), self.preprocess, self.language)
+        return np.asarray(self.vectorizer.transform(list(cleaned)).getnnz(axis=1))
+
 
 def load_predictor(run_dir: str | Path, data_dir: str | Path, features_dir: str | Path) -> TfidfPredictor:
     """The run's model.joblib, checked against ``features_dir/labels.json``."""
