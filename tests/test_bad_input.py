@@ -483,6 +483,15 @@ def test_predict_flags_empty_titles_and_titles_without_a_known_word(trained_run,
     assert text.index("zzzz qqqq") < text.index("(no known word:")
 
 
+def test_predict_titles_file_in_latin1_names_the_file(tmp_path, capsys):
+    from meli import predict
+
+    path = tmp_path / "titles.txt"
+    path.write_bytes("Taladro percutor\nCafé leña\n".encode("latin-1"))
+    assert predict.main(["--run", str(tmp_path), "--file", str(path)]) == 2
+    assert f"{path}: not UTF-8" in capsys.readouterr().err
+
+
 def test_tfidf_predictor_counts_known_ngrams(tmp_path):
     from sklearn.linear_model import SGDClassifier
 

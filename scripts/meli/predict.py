@@ -51,7 +51,11 @@ def read_titles(args_titles: list[str], file: str | None) -> list[str]:
     titles = list(args_titles)
     if file:
         with contextlib.nullcontext(sys.stdin) if file == "-" else open(file, encoding="utf-8") as fh:
-            titles += [line.strip() for line in fh if line.strip()]
+            try:
+                titles += [line.strip() for line in fh if line.strip()]
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{'stdin' if file == '-' else file}: not UTF-8 ({err.reason} at byte {err.start}); "
+                                 "convert it with: iconv -f latin1 -t utf-8") from None
     if not titles:
         raise ValueError("no titles: give them as arguments or with --file (one per line, - for stdin)")
     return titles
