@@ -6,9 +6,12 @@ JSON holds the `dataset`, `preprocess` and `split` config sections (defaults fil
 schema). Writes `{train,validation,test}.parquet` (title, text, category, label_quality,
 language) and `summary.json`, all or nothing.
 
-- Bad rows (empty title, missing category, unparsable line, unknown language, no token left
-  after cleaning) are dropped and counted per reason; above `dataset.max_bad_row_fraction` of
-  all rows read the run stops and writes nothing. Rows of languages or label qualities the
+- Bad rows (empty title, missing category, unparsable line, not UTF-8, title not text, unknown
+  language, no token left after cleaning) are dropped and counted per reason, the first ones
+  quoted with file and line (`bad_row_examples`); above `dataset.max_bad_row_fraction` of all
+  rows read the run stops and writes nothing. When no row is usable the message says why.
+- Splits that cannot train or evaluate a classifier (one category, an empty validation/test
+  split) stop here, naming the setting that would help (`check_label_sets`). Rows of languages or label qualities the
   config does not select are filtered (counted separately, not bad).
 - A source without a language column (the header-less `title,category` CSV) takes the single
   configured language, or, with several, a rough per-title guess (`meli.data.text.guess_language`).
