@@ -129,7 +129,14 @@ def test_header_without_a_category_column_or_duplicated(tmp_path, header, patter
 
 def test_header_is_matched_case_insensitively(tmp_path):
     path = tmp_path / "caps.csv"
-    path.write_text(HEADER.upper() + csv_rows(60))
+    path.write_text('"TITLE", Label_Quality,LANGUAGE,Category\n' + csv_rows(60).replace("CAT_", ""))
+    summary = run_prepare(path, tmp_path)
+    assert summary["rows"]["total"] == 60 and summary["label_quality"]["train"] == {"reliable": 48}
+
+
+def test_numeric_titles_in_a_csv_are_text(tmp_path):
+    path = tmp_path / "numbers.csv"
+    path.write_text(HEADER.upper() + "".join(f"{1000 + i},reliable,spanish,C{i % 3}\n" for i in range(60)))
     assert run_prepare(path, tmp_path)["rows"]["total"] == 60
 
 

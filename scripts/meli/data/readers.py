@@ -263,9 +263,8 @@ def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
     position = _Position(path)
     compression = _compression(path)
     stream = pa.CompressedInputStream(position.raw, compression) if compression else pa.PythonFile(position.raw)
-    read = pcsv.ReadOptions(
-        block_size=max(chunk_rows * BYTES_PER_ROW, 1 << 20),
-        column_names=None if has_header else names,
+    read = pcsv.ReadOptions(  # the header's own names, cleaned (BOM, case, quotes), so column_types match
+        block_size=max(chunk_rows * BYTES_PER_ROW, 1 << 20), column_names=names, skip_rows=int(has_header),
     )
     # binary, not string: one latin-1 row must be a counted bad row, not a failed read (see _conform)
     convert = pcsv.ConvertOptions(column_types={n: pa.binary() for n in names}, strings_can_be_null=True,
