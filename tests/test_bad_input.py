@@ -7,7 +7,6 @@ checks are wired into the Snakefile.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import math
 import zipfile
@@ -44,7 +43,8 @@ def sections(dataset=None, split=None) -> dict:
 
 
 def csv_rows(n: int = 60, categories: int = 3, start: int = 0) -> str:
-    return "".join(f"Taladro percutor modelo {i},reliable,spanish,CAT_{i % categories}\n" for i in range(start, start + n))
+    return "".join(f"Taladro percutor modelo {i},reliable,spanish,CAT_{i % categories}\n"
+                   for i in range(start, start + n))
 
 
 def jsonl_rows(n: int = 60, categories: int = 3) -> str:
@@ -163,7 +163,8 @@ def test_plain_text_named_gz_reads_fine(tmp_path):
 
 
 def test_zip_and_excel_workbook_say_what_to_do(tmp_path):
-    for name, pattern in (("train.zip", "a zip archive; unzip it"), ("train.xlsx", "an Excel workbook; save it as CSV UTF-8")):
+    for name, pattern in (("train.zip", "a zip archive; unzip it"),
+                          ("train.xlsx", "an Excel workbook; save it as CSV UTF-8")):
         path = tmp_path / name
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("train.csv", HEADER + csv_rows(5))
@@ -198,8 +199,8 @@ def test_json_title_that_is_a_number_is_a_bad_row_and_numeric_categories_are_tex
     path = tmp_path / "x.jsonl"
     path.write_text(jsonl_rows(60) + '{"title": 12345, "category": "CAT_1", "language": "spanish"}\n'
                     '{"title": [3, 4], "category": "CAT_1", "language": "spanish"}\n'
-                    + "".join(json.dumps({"title": f"Lijadora orbital {i}", "category": 7, "language": "spanish"}) + "\n"
-                              for i in range(5)))
+                    + "".join(json.dumps({"title": f"Lijadora orbital {i}", "category": 7,
+                                          "language": "spanish"}) + "\n" for i in range(5)))
     summary = run_prepare(path, tmp_path)
     assert summary["dropped"]["title_not_text"] == 2 and summary["categories"]["count"] == 4
     assert any("line 61: the title is a int, not text" in e for e in summary["bad_row_examples"])
@@ -224,8 +225,8 @@ def test_parquet_title_of_integers_and_integer_categories(tmp_path):
     pq.write_table(pa.table({"title": list(range(60)), "category": [f"C{i % 3}" for i in range(60)]}), path)
     fails(path, tmp_path, r"the title column holds int64 values, not text", error=SourceError)
     numeric = tmp_path / "numeric_labels.parquet"
-    pq.write_table(pa.table({"title": [f"Taladro percutor {i}" for i in range(60)], "category": [i % 3 for i in range(60)]}),
-                   numeric)
+    pq.write_table(pa.table({"title": [f"Taladro percutor {i}" for i in range(60)],
+                             "category": [i % 3 for i in range(60)]}), numeric)
     summary = run_prepare(numeric, tmp_path)
     assert summary["categories"]["count"] == 3
 
@@ -233,7 +234,8 @@ def test_parquet_title_of_integers_and_integer_categories(tmp_path):
 def test_parquet_binary_title_with_latin1_is_counted(tmp_path):
     titles = [f"Taladro percutor modelo {i}".encode() for i in range(60)] + ["Café".encode("latin-1")]
     path = tmp_path / "bin.parquet"
-    pq.write_table(pa.table({"title": pa.array(titles, pa.binary()), "category": [f"C{i % 3}" for i in range(61)]}), path)
+    categories = [f"C{i % 3}" for i in range(61)]
+    pq.write_table(pa.table({"title": pa.array(titles, pa.binary()), "category": categories}), path)
     chunks = list(read_chunks(path))
     assert sum(c.bad.get("invalid_utf8", 0) for c in chunks) == 1 and sum(len(c.table) for c in chunks) == 60
     assert "row 61: title is not UTF-8" in chunks[0].examples[0]
@@ -376,8 +378,9 @@ def test_silent_divergence_fails_naming_lr(toy, tmp_path):
 
     features, matrix = toy
     out = tmp_path / "runs" / "mlp" / "huge-lr"
-    with pytest.raises(NonFiniteLoss, match=r"training diverged: mean train loss .* at epoch 2, over .* for 2 epoch\(s\) "
-                                            r"in a row .*lr=10.0, optimizer=adam; set in train.mlp.grid.lr"):
+    with pytest.raises(NonFiniteLoss, match=r"training diverged: mean train loss .* at epoch 2, over .* for "
+                                            r"2 epoch\(s\) in a row .*lr=10.0, optimizer=adam; "
+                                            r"set in train.mlp.grid.lr"):
         run("mlp", {**MLP, "lr": 10.0, "epochs": 4}, features, matrix, out, "cpu", 1)
     assert not out.exists() or not any(out.iterdir())
 
@@ -413,7 +416,8 @@ def build_matrix(vocab: Path, source: Path, out: Path, **spec):
 
     from meli.embeddings.matrix import run
 
-    return run(vocab, source, {"name": "v", "kind": "pretrained", "dim": 3, **spec}, out, logging.getLogger("meli.test"))
+    spec = {"name": "v", "kind": "pretrained", "dim": 3, **spec}
+    return run(vocab, source, spec, out, logging.getLogger("meli.test"))
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])

@@ -129,7 +129,8 @@ def test_bad_rows_are_counted_per_reason_and_the_threshold_stops_the_run(tmp_pat
     source = write_csv(tmp_path / "src.csv.gz", good[:200] + bad + good[200:], extra='"unclosed,reliable\n')
     cfg = sections(dataset={"label_quality": ["reliable"], "max_bad_row_fraction": 0.05})
     summary = prepare(source, tmp_path / "ok", cfg)
-    assert summary["dropped"] == {"unparsable": 1, "invalid_utf8": 0, "title_not_text": 0, "empty_title": 2, "missing_category": 1, "unknown_language": 1,
+    assert summary["dropped"] == {"unparsable": 1, "invalid_utf8": 0, "title_not_text": 0, "empty_title": 2,
+                                  "missing_category": 1, "unknown_language": 1,
                                   "empty_text": 0, "language_not_selected": 1, "label_quality_not_selected": 2}
     assert summary["rows_read"] == 408 and summary["rows"]["total"] == 400 and summary["bad_rows"] == 5
     cfg_all = sections(dataset={"max_bad_row_fraction": 0.05})

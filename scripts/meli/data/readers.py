@@ -124,10 +124,9 @@ def _refuse_foreign(path: Path) -> None:
     if path.stat().st_size == 0:
         raise SourceError(f"{path}: the file is empty (0 bytes)")
     with open(path, "rb") as f:
-        magic = f.read(4)
-    with open(path, "rb") as f:
-        start = f.read(512).lstrip().lower()
-    if start.startswith((b"<!doctype html", b"<html")):
+        start = f.read(512)
+    magic = start[:4]
+    if start.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         raise SourceError(f"{path}: this is an HTML page, not data (a download link that needs a login or a "
                           "confirmation page?); download the file itself")
     if magic == b"PK\x03\x04":
@@ -152,7 +151,8 @@ def _open_text_bytes(path: Path) -> BinaryIO:
     return pa.input_stream(str(path), compression=_compression(path))
 
 
-def _conform(table: pa.Table, path: object, first_row: int = 1, what: str = "row") -> tuple[pa.Table, dict[str, int], list[str]]:
+def _conform(table: pa.Table, path: object, first_row: int = 1,
+             what: str = "row") -> tuple[pa.Table, dict[str, int], list[str]]:
     """Exactly COLUMNS as strings, in order, plus rows dropped as not UTF-8 (count, examples).
 
     Column names match case-insensitively ("Title" is title); a missing title/category column
@@ -185,10 +185,11 @@ def _conform(table: pa.Table, path: object, first_row: int = 1, what: str = "row
             values = column.cast(pa.binary()).to_pylist()
             ok = [v is None or _is_utf8(v) for v in values]
             for i in [i for i, good in enumerate(ok) if not good][:MAX_EXAMPLES - len(examples)]:
-                examples.append(f"{Path(str(path)).name}, {what} {first_row + i:,}: {name} is not UTF-8 {_sample(values[i])} "
-                                "(latin-1? convert with: iconv -f latin1 -t utf-8)")
+                examples.append(f"{Path(str(path)).name}, {what} {first_row + i:,}: {name} is not UTF-8 "
+                                f"{_sample(values[i])} (latin-1? convert with: iconv -f latin1 -t utf-8)")
             valid = pa.array(ok) if valid is None else pc.and_(valid, pa.array(ok))
-            columns.append(pa.array([v if good else None for v, good in zip(values, ok)], pa.binary()).cast(pa.string()))
+            kept = pa.array([v if good else None for v, good in zip(values, ok)], pa.binary())
+            columns.append(kept.cast(pa.string()))
     out = pa.Table.from_arrays(columns, schema=SCHEMA)
     if valid is None:
         return out, {}, []
@@ -319,7 +320,8 @@ def _json_value(value: object) -> str | None:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _parse_json_lines_slowly(block: bytes, first_line: int, name: str) -> tuple[pa.Table, int, dict[str, int], list[str]]:
+def _parse_json_lines_slowly(block: bytes, first_line: int,
+                             name: str) -> tuple[pa.Table, int, dict[str, int], list[str]]:
     rows, unparsable, bad, examples = [], 0, {"invalid_utf8": 0, "title_not_text": 0}, []
 
     def note(lineno: int, why: str) -> None:

@@ -391,7 +391,8 @@ def read_keyed_vectors(path: Path, collector: _Collector, dim: int):
         row = collector.claim(str(key).encode("utf-8"))
         if row >= 0:
             if not np.isfinite(kv.vectors[i]).all():
-                raise EmbeddingError(f"{path}: the vector of {key!r} (index {i}) has values that are not finite (nan/inf)")
+                raise EmbeddingError(f"{path}: the vector of {key!r} (index {i}) has values that are not finite "
+                                     "(nan/inf)")
             collector.matrix[row] = kv.vectors[i]
     return kv
 
