@@ -130,3 +130,56 @@ def test_evaluate_checks_shapes(tmp_path, monkeypatch):
         evaluate.evaluate("results/tables/selection.json", "results/data", "results/features", {}, "cpu",
                           "results/tables", load_predictor=StreamingPredictor)
     assert not (results / "tables" / "test.csv").exists()
+
+
+def test_paired_bootstrap_difference():
+    rng = np.random.default_rng(7)
+    n, k = 2000, 5
+    y = rng.integers(0, k, n)
+    good = np.where(rng.random(n) < 0.9, y, (y + 1) % k)
+    # b: the same errors as a plus 1% more rows wrong: strongly correlated, a tiny true gap.
+    extra = (good == y) & (rng.random(n) < 0.01)
+    close = np.where(extra, (y + 1) % k, good)
+    bad = np.where(rng.random(n) < 0.5, y, (y + 2) % k)
+    samples = evaluate.bootstrap_baccs(y, [good, close, bad], 300, seed=3)
+    # Each model's row is exactly its own bootstrap (same indices): per-model CIs are unchanged.
+    np.testing.assert_allclose(samples[2], evaluate.bootstrap_bacc(y, bad, 300, seed=3))
+    # Against the obvious loop on the same resamples.
+    loop = _loop_bootstrap(y, good, 300, 3) - _loop_bootstrap(y, close, 300, 3)
+    np.testing.assert_allclose(samples[0] - samples[1], loop, rtol=1e-12)
+
+    bacc = {name: balanced_accuracy_score(y, p) for name, p in (("good", good), ("close", close), ("bad", bad))}
+    better = evaluate.paired_difference(samples[0], samples[2], bacc["good"], bacc["bad"])
+    assert better["verdict"] == "better" and better["ci_low"] > 0 and better["diff"] == pytest.approx(
+        bacc["good"] - bacc["bad"])
+    assert evaluate.paired_difference(samples[2], samples[0], bacc["bad"], bacc["good"])["verdict"] == "worse"
+    same = evaluate.paired_difference(samples[0], samples[0], bacc["good"], bacc["good"])
+    assert same["verdict"] == "not distinguishable" and same["ci_low"] == same["ci_high"] == 0.0
+    # Pairing: the 1% gap is resolved although the two unpaired intervals overlap.
+    paired = evaluate.paired_difference(samples[0], samples[1], bacc["good"], bacc["close"])
+    lo_a, hi_a = evaluate.confidence_interval(samples[0])
+    lo_b, hi_b = evaluate.confidence_interval(samples[1])
+    assert lo_a < hi_b and paired["verdict"] == "better"
+    assert evaluate.paired_difference(np.empty(0), np.empty(0), 0.5, 0.5)["verdict"] == "not distinguishable"
+
+
+def test_evaluate_compares_the_selected_models_on_the_same_rows(tmp_path, monkeypatch):
+    results = make_results(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    aggregate.aggregate(sorted(str(p.relative_to(tmp_path)) for p in (results / "runs").glob("*/*")), "results/tables")
+    evaluate.evaluate("results/tables/selection.json", "results/data", "results/features", {"bootstrap": 200}, "cpu",
+                      "results/tables", load_predictor=StreamingPredictor)
+    out = json.loads((results / "tables" / "test_details.json").read_text())
+    comparisons = out["comparisons"]
+    # Headline first: the best neural model on validation (MLP, 0.80) against the baseline.
+    assert [(c["a"], c["b"]) for c in comparisons] == [("mlp", "tfidf"), ("mlp", "cnn"), ("cnn", "tfidf")]
+    fams = out["families"]
+    for c in comparisons:
+        assert c["diff"] == pytest.approx(fams[c["a"]]["bacc"] - fams[c["b"]]["bacc"])
+        assert c["n_rows"] == N_TEST - N_UNSEEN and c["resamples"] == 200
+        assert c["ci_low"] <= c["diff"] <= c["ci_high"]
+        expected = "better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "not distinguishable"
+        assert c["verdict"] == expected
+    by_pair = {(c["a"], c["b"]): c for c in comparisons}
+    assert by_pair[("cnn", "tfidf")]["verdict"] == "better"  # test accuracy 0.75 vs 0.61
+    assert by_pair[("mlp", "cnn")]["verdict"] == "worse"  # 0.60 vs 0.75: selection on validation can lose

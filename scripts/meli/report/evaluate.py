@@ -6,7 +6,10 @@
 Per selected run: balanced accuracy with a bootstrap 95% CI, accuracy, macro F1, recall of every
 category (the worst listed), the most confused category pairs, and bacc per ``label_quality``.
 Test rows whose category never occurs in train (label -1) cannot be predicted by any model: they
-are counted and excluded. Writes ``test.csv`` (one row per family) and ``test_details.json``.
+are counted and excluded. Pairs of selected models are compared on the same test rows: the
+difference of their balanced accuracies with a paired bootstrap interval and a verdict (better,
+worse, not distinguishable). Writes ``test.csv`` (one row per family) and ``test_details.json``
+(``families``: the details; ``comparisons``: the pairs, the headline one first).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from meli import models
 from meli.cli import MeliError, entry_point
 from meli.io import atomic_path, read_json, setup_logging, write_json
 from meli.metrics import balanced_accuracy
@@ -37,31 +41,39 @@ class EvaluateError(MeliError, ValueError):
 
 
 def bootstrap_bacc(y: np.ndarray, pred: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
-    """Balanced accuracy of ``n_boot`` resamples (rows drawn with replacement), vectorized.
+    """Balanced accuracy of ``n_boot`` resamples (rows drawn with replacement), vectorized."""
+    return bootstrap_baccs(y, [pred], n_boot, seed)[0]
 
-    Each resample's per-class support and hits come from one ``bincount`` over
-    ``resample * n_classes + class``; classes absent from a resample are left out of its mean,
-    as they would be by computing bacc on that resample directly.
+
+def bootstrap_baccs(y: np.ndarray, preds: list[np.ndarray], n_boot: int, seed: int = 0) -> np.ndarray:
+    """``[models, n_boot]`` balanced accuracies, every model scored on the same resampled rows.
+
+    Scoring several models on identical resamples is what makes their difference *paired*: the
+    per-resample differences cancel the luck of the draw shared by both models. Each resample's
+    per-class support and hits come from one ``bincount`` over ``resample * n_classes + class``;
+    classes absent from a resample are left out of its mean, as they would be by computing bacc
+    on that resample directly.
     """
-    y, pred = np.asarray(y), np.asarray(pred)
+    y = np.asarray(y)
     n = len(y)
     if n == 0 or n_boot <= 0:
-        return np.empty(0)
+        return np.empty((len(preds), 0))
     _, yi = np.unique(y, return_inverse=True)
     k = int(yi.max()) + 1
-    correct = (y == pred).astype(np.float64)
+    correct = [(y == np.asarray(p)).astype(np.float64) for p in preds]
     rng = np.random.default_rng(seed)
     per_chunk = max(1, CHUNK_INDICES // n)
-    out = np.empty(n_boot)
+    out = np.empty((len(preds), n_boot))
     for start in range(0, n_boot, per_chunk):
         b = min(per_chunk, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
         cell = (yi[idx] + (np.arange(b) * k)[:, None]).ravel()
         support = np.bincount(cell, minlength=b * k).reshape(b, k)
-        hits = np.bincount(cell, weights=correct[idx].ravel(), minlength=b * k).reshape(b, k)
         present = support > 0
-        recall = np.divide(hits, support, out=np.zeros_like(hits), where=present)
-        out[start : start + b] = recall.sum(axis=1) / present.sum(axis=1)
+        for m, c in enumerate(correct):
+            hits = np.bincount(cell, weights=c[idx].ravel(), minlength=b * k).reshape(b, k)
+            recall = np.divide(hits, support, out=np.zeros_like(hits), where=present)
+            out[m, start : start + b] = recall.sum(axis=1) / present.sum(axis=1)
     return out
 
 
@@ -79,8 +91,14 @@ def score(
     categories: list[str],
     label_quality: np.ndarray | None = None,
     cfg: dict[str, Any] | None = None,
+    samples: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Every test metric of one model. ``y`` may hold -1 (category unseen in train): excluded."""
+    """Every test metric of one model. ``y`` may hold -1 (category unseen in train): excluded.
+
+    ``samples``: this model's bootstrap baccs when already drawn with the other models'
+    (:func:`bootstrap_baccs` on the scored rows), so that its interval and the paired
+    differences come from the same resamples.
+    """
     cfg = {**DEFAULTS, **(cfg or {})}
     y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     if y.shape != pred.shape:
@@ -107,7 +125,8 @@ def score(
     f1 = np.divide(2 * hits, denom, out=np.zeros(k), where=denom > 0)
     macro_f1 = float(f1[denom > 0].mean())
 
-    samples = bootstrap_bacc(y, pred, cfg["bootstrap"], cfg["seed"])
+    if samples is None:
+        samples = bootstrap_bacc(y, pred, cfg["bootstrap"], cfg["seed"])
     ci_low, ci_high = confidence_interval(samples)
 
     per_category = pd.DataFrame({
@@ -146,6 +165,42 @@ def score(
     }
 
 
+def paired_difference(samples_a: np.ndarray, samples_b: np.ndarray, bacc_a: float, bacc_b: float,
+                      level: float = 0.95) -> dict[str, Any]:
+    """bacc(a) - bacc(b) on the same test rows, with the percentile interval of the paired
+    bootstrap differences (both models scored on each resample) and a verdict: ``better`` or
+    ``worse`` when the interval excludes 0, else ``not distinguishable``."""
+    diff = np.asarray(samples_a) - np.asarray(samples_b)
+    low, high = confidence_interval(diff, level)
+    if low is None or high is None:
+        verdict = "not distinguishable"
+    else:
+        verdict = "better" if low > 0 else "worse" if high < 0 else "not distinguishable"
+    return {"diff": float(bacc_a - bacc_b), "ci_low": low, "ci_high": high, "level": level, "verdict": verdict,
+            "share_a_higher": float((diff > 0).mean()) if len(diff) else None}
+
+
+def comparison_pairs(selection: dict[str, Any]) -> list[tuple[str, str]]:
+    """Which selected models to compare, ``(a, b)`` with ``a`` the one expected to be stronger.
+
+    Families are ordered neural first, then by validation bacc (the order selection would rank
+    them in); every pair is compared. The first pair whose ``b`` is a baseline (not neural) has
+    ``a`` = the best neural model on validation: the headline comparison of the report.
+    """
+    fams = selection["families"]
+    order = sorted(fams, key=lambda f: (not _is_neural(f), -(fams[f].get("val_bacc") or 0.0)))
+    pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
+    head = next(((a, b) for a, b in pairs if a == order[0] and not _is_neural(b) and _is_neural(a)), None)
+    return ([head] if head else []) + [p for p in pairs if p != head]
+
+
+def _is_neural(family: str) -> bool:
+    try:
+        return models.get(family).neural
+    except (KeyError, ValueError):
+        return False
+
+
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
             for row in json.loads(df.to_json(orient="records"))]
@@ -172,7 +227,7 @@ def evaluate(
     if "label_quality" in test_file.schema_arrow.names:
         quality = test_file.read(columns=["label_quality"]).column(0).to_numpy(zero_copy_only=False)
 
-    rows, details = [], {}
+    preds, timings = {}, {}
     for family, chosen in selection["families"].items():
         run_dir = resolve_run_dir(chosen["run_dir"], selection_path)
         t0 = time.perf_counter()
@@ -180,12 +235,23 @@ def evaluate(
         t1 = time.perf_counter()
         # Streamed: only the argmax is scored, so never hold test rows x classes probabilities.
         pred, _ = predictor.predict_split("test")
-        load_s, predict_s = t1 - t0, time.perf_counter() - t1
+        timings[family] = (t1 - t0, time.perf_counter() - t1)
         if np.shape(pred) != (len(y),):
             raise EvaluateError(f"{run_dir}: {np.shape(pred)} test predictions, expected ({len(y)},) from {features}")
         if list(getattr(predictor, "categories", categories)) != list(categories):
             raise EvaluateError(f"{run_dir}: the model's categories differ from {features / 'labels.json'}")
-        result = score(y, pred, categories, quality, cfg)
+        preds[family] = np.asarray(pred, dtype=np.int64)
+
+    # One bootstrap for all models on the same resampled rows: each model's interval and every
+    # paired difference come from it (the indices are those a single model's bootstrap draws).
+    cfg = {**DEFAULTS, **cfg}
+    seen = y >= 0
+    samples = dict(zip(preds, bootstrap_baccs(y[seen], [p[seen] for p in preds.values()], cfg["bootstrap"],
+                                              cfg["seed"])))
+    rows, details = [], {}
+    for family, chosen in selection["families"].items():
+        result = score(y, preds[family], categories, quality, cfg, samples=samples[family])
+        load_s, predict_s = timings[family]
         LOG.info("%s %s: test bacc %.4f [%.4f, %.4f] on %d rows (%d unseen-category rows excluded), "
                  "load %.1fs, predict %.1fs", family, chosen["combo"], result["bacc"],
                  result["bacc_ci_low"] or float("nan"), result["bacc_ci_high"] or float("nan"), result["n_scored"],
@@ -198,13 +264,20 @@ def evaluate(
                **{k: result[k] for k in ("n_test", "n_scored", "n_unseen_category")}, "load_s": load_s,
                "predict_s": predict_s}
         rows.append(row)
+    comparisons = []
+    for a, b in comparison_pairs(selection):
+        c = {"a": a, "b": b, "n_rows": int(seen.sum()), "resamples": int(cfg["bootstrap"]),
+             **paired_difference(samples[a], samples[b], details[a]["bacc"], details[b]["bacc"])}
+        LOG.info("%s - %s: %+.4f [%+.4f, %+.4f] -> %s", a, b, c["diff"], c["ci_low"] or float("nan"),
+                 c["ci_high"] or float("nan"), c["verdict"])
+        comparisons.append(c)
 
     table = pd.DataFrame(rows).rename(columns={"bacc": "test_bacc"})
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "test.csv") as tmp:
         table.to_csv(tmp, index=False)
     write_json(out_dir / "test_details.json", {"selection_split": selection.get("split", "validation"),
-                                               "families": details})
+                                               "families": details, "comparisons": comparisons})
     return table
 
 
