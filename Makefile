@@ -8,7 +8,7 @@ CORES ?= 2
 # Rules call `python -m meli.<module>`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-unit lint dry-run bench predict clean
+.PHONY: run test test-unit lint dry-run bench predict report-shots clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ dry-run: $(VENV)/.installed
 
 predict: $(VENV)/.installed
 	$(BIN)/meli-predict $(ARGS)
+
+# Screenshots of the report at 1400 px and 390 px (headless Chromium) in bench-out/report-shots/:
+# a synthetic 20-run sweep, plus results/report.html when it exists. Fails on sideways overflow
+# or a console message.
+report-shots: $(VENV)/.installed
+	PYTHONPATH=scripts $(BIN)/python -m tests.report_pages --out bench-out/report-shots
+	@if [ -f results/report.html ]; then PYTHONPATH=scripts $(BIN)/python -m tests.report_pages \
+		--out bench-out/report-shots --report results/report.html; fi
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run_all.py $(ARGS)

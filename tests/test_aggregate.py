@@ -18,10 +18,16 @@ from meli.grid import combo_id
 CATEGORIES = ["AUDIO", "CELULARES", "HERRAMIENTAS", "JUGUETES", "LIBROS", "MOTOS"]
 
 
+# combo -> the test accuracy FakePredictor gives that run (filled by make_run)
+TEST_ACCURACY: dict[str, float] = {}
+
+
 def make_run(results: Path, family: str, params: dict, val_bacc: float, val_loss: float | None = 1.0,
-             epochs: int = 4, **extra) -> Path:
+             epochs: int = 4, test_accuracy: float | None = None, **extra) -> Path:
     """A finished run directory as the training stage writes it (metrics, history, val predictions)."""
     combo = combo_id(params)
+    if test_accuracy is not None:
+        TEST_ACCURACY[combo] = test_accuracy
     run_dir = results / "runs" / family / combo
     run_dir.mkdir(parents=True)
     metrics = {
@@ -61,7 +67,8 @@ RUNS = [
 
 
 def make_runs(results: Path) -> list[Path]:
-    return [make_run(results, f, p, vb, vl, epochs=1 if f == "tfidf" else 4) for f, p, vb, vl, _ in RUNS]
+    return [make_run(results, f, p, vb, vl, epochs=1 if f == "tfidf" else 4, test_accuracy=acc)
+            for f, p, vb, vl, acc in RUNS]
 
 
 def test_runs_table_sorted_with_every_hyperparameter(tmp_path):
@@ -138,15 +145,19 @@ N_TEST = 600
 N_UNSEEN = 12  # test rows whose category is absent from train (label -1)
 
 
-def make_results(root: Path) -> Path:
-    """results/ as the upstream stages leave it: data, features, embeddings, runs, benchmarks."""
+def make_results(root: Path, make: bool = True) -> Path:
+    """results/ as the upstream stages leave it: data, features, embeddings, runs, benchmarks.
+
+    ``make=False`` leaves the run directories to the caller (tests/report_pages.py's sweep).
+    """
     results = root / "results"
-    dirs = make_runs(results)
+    dirs = make_runs(results) if make else []
+    results.mkdir(parents=True, exist_ok=True)
     labels = np.arange(N_TEST) % len(CATEGORIES)
     labels[:N_UNSEEN] = -1
     category = np.array([CATEGORIES[i] if i >= 0 else "NUEVA" for i in labels])
     quality = np.where(np.arange(N_TEST) % 3 == 0, "reliable", "unreliable")
-    (results / "data").mkdir(parents=True)
+    (results / "data").mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"title": [f"titulo {i}" for i in range(N_TEST)], "text": [f"titulo {i}" for i in range(N_TEST)],
                   "category": category, "label_quality": quality, "language": "spanish"}
                  ).to_parquet(results / "data" / "test.parquet")
@@ -179,8 +190,9 @@ def make_results(root: Path) -> Path:
                                                    "token_coverage": 0.995,
                                                    "most_frequent_missing": [["xyz", 7], ["qqq", 2]]}))
     stage = results / "benchmarks" / "prepare_data.tsv"
+    stage.parent.mkdir(parents=True, exist_ok=True)
     stage.write_text("s\th:m:s\tmax_rss\tcpu_time\n3.5\t0:00:03\t250.0\t3.1\n")
-    assert len(dirs) == len(RUNS)
+    assert not make or len(dirs) == len(RUNS)
     return results
 
 
@@ -192,7 +204,7 @@ class FakePredictor:
         self.features_dir = Path(features_dir)
         self.categories = list(CATEGORIES)
         combo = self.run_dir.name
-        self.accuracy = next(acc for f, p, _, _, acc in RUNS if combo_id(p) == combo)
+        self.accuracy = TEST_ACCURACY[combo]
 
     def predict_proba_split(self, split: str) -> np.ndarray:
         y = np.load(self.features_dir / f"{split}_labels.npy")

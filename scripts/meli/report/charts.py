@@ -1,14 +1,16 @@
 """Small inline-SVG charts for the self-contained report (no JavaScript, no external files).
 
 Every chart is a string of ``<svg>`` markup with a ``viewBox``, so it scales with the page; each
-line or point carries a ``<title>``, which browsers show on hover.
+line or point carries a ``<title>``, which browsers show on hover. Nothing depends on hovering:
+the few runs that matter (the top ones of a family) are drawn in their own colours and labelled
+with their rank on the chart, everything else is thin and grey.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from html import escape
-from typing import Sequence
+from typing import Callable, Sequence
 
 WIDTH, HEIGHT = 420, 260
 MARGIN = {"left": 58, "right": 14, "top": 30, "bottom": 42}
@@ -16,6 +18,14 @@ MUTED = "#9aa5b1"
 ACCENT = "#d9480f"
 INK = "#1f2933"
 GRID = "#e4e7eb"
+# Rank 1 (the selected run) in the report's accent colour, then colours distinct from it and
+# from each other for colour-blind readers (Okabe-Ito blue, bluish green, reddish purple).
+TOP_COLOURS = (ACCENT, "#0072b2", "#009e73", "#cc79a7", "#56b4e9")
+TOP_K = 3
+
+
+def rank_colour(rank: int) -> str:
+    return TOP_COLOURS[(rank - 1) % len(TOP_COLOURS)]
 
 
 @dataclass
@@ -23,7 +33,7 @@ class Series:
     name: str
     x: Sequence[float]
     y: Sequence[float]
-    highlight: bool = False
+    rank: int | None = None  # 1 = the selected run; ranked series are coloured and labelled
     points: list[tuple[float, float]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,27 +131,168 @@ class _Frame:
         return out
 
 
+def _spread(ys: list[float], gap: float, lo: float, hi: float) -> list[float]:
+    """Label positions near ``ys`` (in order) at least ``gap`` apart, within [lo, hi]."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    out = [0.0] * len(ys)
+    prev = lo - gap
+    for i in order:
+        out[i] = prev = max(ys[i], prev + gap)
+    overflow = prev - hi
+    if overflow > 0:  # pushed past the bottom: shift the stack up
+        for i in order:
+            out[i] -= overflow
+    return out
+
+
+def _end_labels(ends: list[tuple[int, float, float]], x_max: float, top: float, bottom: float) -> list[str]:
+    """Rank numbers beside the last point of each ranked line, nudged apart so none overlap."""
+    if not ends:
+        return []
+    ys = _spread([y for _, _, y in ends], 12.0, top + 6, bottom)
+    out = []
+    for (rank, x, y), ly in zip(ends, ys):
+        out.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{x_max + 3:.1f}" y2="{ly:.1f}" stroke="{rank_colour(rank)}" '
+                   'stroke-width="0.8" stroke-dasharray="2 2"/>')
+        out.append(f'<text x="{x_max + 5:.1f}" y="{ly + 4:.1f}" font-weight="700" fill="{rank_colour(rank)}">'
+                   f"{rank}</text>")
+    return out
+
+
 def line_chart(series: list[Series], title: str, xlabel: str, ylabel: str) -> str:
-    """Every series as a thin muted line; highlighted ones drawn last, thick, in the accent colour."""
+    """Every series as a thin grey line; ranked ones drawn last, thick, in their colours and
+    labelled with their rank at their last point (readable with 50 runs, without hovering)."""
     xs = [p[0] for s in series for p in s.points]
     ys = [p[1] for s in series for p in s.points]
     if not ys:
         return empty_chart(title, "no data")
     frame = _Frame(xs, ys, title, xlabel, ylabel, x_integer=True)
+    frame.x1 -= 16  # room for the rank labels
     out = frame.open()
-    for s in sorted(series, key=lambda s: s.highlight):
-        colour, width, opacity = (ACCENT, 2.5, 1) if s.highlight else (MUTED, 1.2, 0.7)
+    muted_opacity = 0.7 if len(series) <= 10 else 0.45 if len(series) <= 30 else 0.3
+    ends = []
+    for s in sorted(series, key=lambda s: -(s.rank or 99)):  # best drawn last, on top
+        colour, width, opacity = ((rank_colour(s.rank), 2.4, 1) if s.rank else (MUTED, 1.0, muted_opacity))
         pts = " ".join(f"{frame.sx(x):.1f},{frame.sy(y):.1f}" for x, y in s.points)
-        tip = f"<title>{escape(s.name)}</title>"
+        tip = f"<title>{f'#{s.rank} ' if s.rank else ''}{escape(s.name)}</title>"
         if len(s.points) > 1:
             out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{width}" stroke-opacity="{opacity}" '
                        f'points="{pts}">{tip}</polyline>')
-        for x, y in s.points if len(s.points) == 1 or s.highlight else ():
-            out.append(f'<circle cx="{frame.sx(x):.1f}" cy="{frame.sy(y):.1f}" r="{3 if s.highlight else 2.5}" '
+        for x, y in s.points if len(s.points) == 1 or s.rank else ():
+            out.append(f'<circle cx="{frame.sx(x):.1f}" cy="{frame.sy(y):.1f}" r="{2.6 if s.rank else 2.5}" '
                        f'fill="{colour}" fill-opacity="{opacity}">{tip}</circle>')
+        if s.rank and s.points:
+            ends.append((s.rank, frame.sx(s.points[-1][0]), frame.sy(s.points[-1][1])))
+    out += _end_labels(sorted(ends), frame.x1, frame.y1, frame.y0)
     out += frame.x_axis()
     out.append("</svg>")
     return "\n".join(out)
+
+
+@dataclass
+class Axis:
+    """One vertical axis of a parallel-coordinates chart: a name and one value per run."""
+    name: str
+    values: Sequence[object]
+
+    def scale(self) -> tuple[str, list[tuple[float, str]], Callable[[object], float | None]]:
+        """(kind, ticks as (position 0..1, label), value -> position 0..1 or None)."""
+        given = [v for v in self.values if v is not None]
+        if given and all(_num(v) is not None for v in given):
+            present = sorted({_num(v) for v in given})
+            lo, hi = present[0], present[-1]
+            log = lo > 0 and hi / lo >= 10
+            f = (lambda v: math.log10(v)) if log else (lambda v: v)
+            span = (f(hi) - f(lo)) or 1.0
+
+            def pos(v: object) -> float | None:
+                n = _num(v)
+                return None if n is None else (0.5 if hi == lo else (f(n) - f(lo)) / span)
+
+            exact = [pos(v) for v in present]
+            crowded = len(present) > 6 or any(b - a < 0.08 for a, b in zip(exact, exact[1:]))
+            shown = [t for t in nice_ticks(lo, hi, 4) if lo <= t <= hi] or [lo, hi] if crowded else present
+            return ("log" if log else "linear"), [(pos(v), _fmt_tick(v)) for v in shown], pos
+        cats = sorted({str(v) for v in self.values if v is not None})
+        step = 1 / max(len(cats) - 1, 1)
+
+        def cat_pos(v: object) -> float | None:
+            return None if v is None else (0.5 if len(cats) == 1 else cats.index(str(v)) * step)
+
+        return "categorical", [(cat_pos(c), c) for c in cats], cat_pos
+
+
+def _num(v: object) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def parallel_coordinates(axes: list[Axis], names: Sequence[str], ranks: Sequence[int | None], title: str) -> str:
+    """One polyline per run across the axes (hyperparameters, then the metric last).
+
+    Numeric axes are linear, or logarithmic when they span a factor of 10 or more (learning
+    rates, C); other values (booleans, lists, embedding names) are evenly spaced categories.
+    Ranked runs are coloured and labelled at the metric axis; the others are grey.
+    """
+    if not axes or not names:
+        return empty_chart(title, "no runs")
+    gap = 118
+    width = max(WIDTH, 70 + gap * (len(axes) - 1) + 40)
+    height = 300
+    top, bottom = 58, height - 30
+    x0 = 60
+    xs = [x0 + gap * i for i in range(len(axes))]
+    scales = [a.scale() for a in axes]
+    # Drawn near its natural size (a wide page would blow the text up); scrolls on a phone.
+    out = [f'<svg class="chart wide" viewBox="0 0 {width} {height}" style="max-width:{round(width * 1.25)}px" '
+           f'role="img" aria-label="{escape(title)}" font-family="system-ui, sans-serif" font-size="11">',
+           f"<title>{escape(title)}</title>",
+           f'<text x="8" y="16" font-size="13" font-weight="600" fill="{INK}">{escape(title)}</text>']
+
+    def y_of(p: float) -> float:
+        return bottom - p * (bottom - top)
+
+    for i, (axis, (kind, ticks, _)) in enumerate(zip(axes, scales)):
+        x = xs[i]
+        out.append(f'<line x1="{x}" x2="{x}" y1="{top}" y2="{bottom}" stroke="{INK}" stroke-width="1"/>')
+        label = axis.name + (" (log)" if kind == "log" else "")
+        out.append(f'<text x="{x}" y="{top - 22 if i % 2 else top - 10}" text-anchor="middle" font-weight="600" '
+                   f'fill="{INK}">{escape(label)}</text>')
+        for p, text in ticks:
+            y = y_of(p)
+            out.append(f'<line x1="{x - 3}" x2="{x}" y1="{y:.1f}" y2="{y:.1f}" stroke="{INK}"/>')
+            out.append(f'<text x="{x - 5}" y="{y + 3.5:.1f}" text-anchor="end" fill="{INK}" font-size="10" '
+                       f'paint-order="stroke" stroke="#fff" stroke-width="3">{escape(text[:14])}</text>')
+    order = sorted(range(len(names)), key=lambda j: -(ranks[j] or 99))
+    muted_opacity = 0.6 if len(names) <= 10 else 0.4 if len(names) <= 30 else 0.28
+    ends = []
+    for j in order:
+        pts = []
+        for i, (_, _, pos) in enumerate(scales):
+            p = pos(axes[i].values[j])
+            if p is not None:
+                pts.append((xs[i], y_of(p)))
+        rank = ranks[j]
+        colour, width_, opacity = (rank_colour(rank), 2.4, 1) if rank else (MUTED, 1.0, muted_opacity)
+        metric = axes[-1].values[j]
+        tip = f"<title>{f'#{rank} ' if rank else ''}{escape(names[j])}: {escape(_fmt_value(metric))}</title>"
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{width_}" stroke-opacity="{opacity}" '
+                   f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)}">{tip}</polyline>')
+        if rank and pts:
+            ends.append((rank, pts[-1][0], pts[-1][1]))
+    out += _end_labels(sorted(ends), xs[-1] + 6, top, bottom)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _fmt_value(v: object) -> str:
+    n = _num(v)
+    return f"{n:.4f}" if n is not None else str(v)
 
 
 def strip_chart(groups: list[tuple[str, list[tuple[str, float]]]], title: str, xlabel: str, ylabel: str,

@@ -24,37 +24,110 @@ main { max-width:1180px; margin:0 auto; padding:1.5rem 1.25rem 4rem; }
 header h1 { font-size:1.6rem; margin:.2rem 0; }
 header p { color:var(--muted); margin:.2rem 0; }
 nav { position:sticky; top:0; background:rgba(255,255,255,.96); border-bottom:1px solid var(--line);
-      padding:.45rem 1.25rem; z-index:1; font-size:.9rem; overflow-x:auto; white-space:nowrap; }
+      padding:.45rem 1.25rem; z-index:3; font-size:.9rem; overflow-x:auto; white-space:nowrap; }
 nav a { color:var(--ink); text-decoration:none; margin-right:1rem; white-space:nowrap; }
 nav a:hover { color:var(--accent); }
 section { margin-top:2.2rem; }
 h2 { font-size:1.3rem; border-bottom:2px solid var(--line); padding-bottom:.25rem; }
 h3 { font-size:1.05rem; margin:1.4rem 0 .4rem; }
 p.note, .note { color:var(--muted); font-size:.88rem; }
-.table-wrap { overflow-x:auto; margin:.5rem 0 1rem; border:1px solid var(--line); border-radius:6px;
+p.verdict { font-size:1.05rem; }
+.table-wrap { overflow:auto; margin:.5rem 0 1rem; border:1px solid var(--line); border-radius:6px;
               width:fit-content; max-width:100%; }
-table { border-collapse:collapse; font-size:.86rem; font-variant-numeric:tabular-nums; }
-.pair { display:grid; grid-template-columns:repeat(auto-fit,minmax(440px,1fr)); gap:0 1.2rem; align-items:start; }
-.blocks { display:grid; grid-template-columns:repeat(auto-fit,minmax(260px,1fr)); gap:0 1.2rem; align-items:start; }
-th, td { padding:.35rem .6rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
-th { background:var(--soft); font-weight:600; position:sticky; top:0; }
+.table-wrap.tall { max-height:32rem; }
+table { border-collapse:separate; border-spacing:0; font-size:.86rem; font-variant-numeric:tabular-nums; }
+.pair { display:grid; grid-template-columns:repeat(auto-fit,minmax(min(440px,100%),1fr)); gap:0 1.2rem; align-items:start; }
+.blocks { display:grid; grid-template-columns:repeat(auto-fit,minmax(min(260px,100%),1fr)); gap:0 1.2rem; align-items:start; }
+.blocks > div, .pair > div { min-width:0; }
+th, td { padding:.35rem .6rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; background:#fff; }
+th { background:var(--soft); font-weight:600; position:sticky; top:0; z-index:1; }
+/* The first column (rank, family, name) stays in view while the rest scrolls sideways. */
+td:first-child, th:first-child { position:sticky; left:0; z-index:1; box-shadow:1px 0 0 var(--line); }
+th:first-child { z-index:2; }
 td.num, th.num { text-align:right; }
-td.wrap { white-space:normal; overflow-wrap:anywhere; min-width:20rem; max-width:30rem; }
+td.wrap { white-space:normal; overflow-wrap:anywhere; min-width:12rem; max-width:26rem; font-size:.8rem; color:var(--muted); }
+td.id { font-size:.78rem; color:var(--muted); font-family:ui-monospace,"DejaVu Sans Mono",monospace; }
 tr.selected td { background:#fff4e6; font-weight:600; }
 tr:last-child td { border-bottom:none; }
-.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(250px,1fr)); gap:.8rem; }
-.card { border:1px solid var(--line); border-radius:8px; padding:.8rem 1rem; background:var(--soft); }
+table.sortable th { cursor:pointer; user-select:none; }
+table.sortable th[aria-sort=ascending]::after { content:" ▲"; font-size:.7em; }
+table.sortable th[aria-sort=descending]::after { content:" ▼"; font-size:.7em; }
+input.filter { font:inherit; font-size:.9rem; padding:.3rem .5rem; border:1px solid var(--line); border-radius:6px;
+               width:min(26rem,100%); margin:.3rem 0 0; }
+.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(min(300px,100%),1fr)); gap:.8rem; }
+.card { border:1px solid var(--line); border-radius:8px; padding:.8rem 1rem; background:var(--soft); min-width:0; }
 .card .big { font-size:1.5rem; font-weight:700; }
 .card .label { color:var(--muted); font-size:.85rem; }
-.charts { display:grid; grid-template-columns:repeat(auto-fill,minmax(320px,1fr)); gap:1rem; align-items:start; }
+dl.kv { display:grid; grid-template-columns:max-content minmax(0,1fr); gap:.05rem .8rem; margin:.5rem 0; font-size:.85rem; }
+dl.kv dt { color:var(--muted); }
+dl.kv dd { margin:0; overflow-wrap:anywhere; font-variant-numeric:tabular-nums; }
+.charts { display:grid; grid-template-columns:repeat(auto-fill,minmax(min(320px,100%),1fr)); gap:1rem; align-items:start; }
+.scroll-x { overflow-x:auto; max-width:100%; }
+.scroll-x svg.chart.wide { min-width:480px; }
 svg.chart { width:100%; height:auto; background:#fff; }
+ol.legend { margin:.2rem 0 .8rem; padding-left:0; list-style:none; font-size:.85rem; }
+ol.legend li { margin:.1rem 0; overflow-wrap:anywhere; }
+ol.legend .swatch { display:inline-block; min-width:1.4rem; text-align:center; font-weight:700; color:#fff;
+                    border-radius:3px; margin-right:.4rem; font-size:.8rem; }
 details { margin:.4rem 0 1rem; }
 summary { cursor:pointer; color:var(--accent); }
 pre { background:var(--soft); padding:.8rem; border-radius:6px; overflow-x:auto; font-size:.8rem; }
-code { font-size:.85em; }
+pre.cmd { white-space:pre-wrap; overflow-wrap:anywhere; margin:.4rem 0; padding:.5rem .7rem; background:#fff;
+          border:1px solid var(--line); }
+code { font-size:.85em; overflow-wrap:anywhere; }
 .legend-accent { color:var(--accent); font-weight:600; }
-@media (max-width:640px) { main { padding:1rem .6rem 3rem; } body { font-size:14px; } }
-@media print { nav { display:none; } }
+.slot { border:1px dashed var(--line); border-radius:6px; padding:.6rem .9rem; }
+@media (max-width:640px) { main { padding:1rem .6rem 3rem; } body { font-size:14px; } nav { padding:.45rem .6rem; } }
+@media print { nav { display:none; } input.filter { display:none; } }
+"""
+
+# Progressive enhancement: without it the tables are complete, in validation order. With it, a
+# click on a header sorts (numbers by their data-v value) and a box above each sortable table
+# filters its rows ("lr=0.01 cnn": every word must appear in the row). No network, no globals.
+SCRIPT = """
+(function () {
+  function key(td) { var v = td.getAttribute('data-v'); return v === null ? td.textContent.trim().toLowerCase() : parseFloat(v); }
+  document.querySelectorAll('table.sortable').forEach(function (table) {
+    var tbody = table.tBodies[0];
+    table.querySelectorAll('thead th').forEach(function (th, col) {
+      th.setAttribute('tabindex', '0');
+      th.title = 'sort';
+      function sort() {
+        var down = th.getAttribute('aria-sort') !== 'descending';
+        table.querySelectorAll('thead th').forEach(function (h) { h.removeAttribute('aria-sort'); });
+        th.setAttribute('aria-sort', down ? 'descending' : 'ascending');
+        var rows = Array.prototype.slice.call(tbody.rows);
+        rows.sort(function (a, b) {
+          var x = key(a.cells[col]), y = key(b.cells[col]);
+          var bad = (typeof x === 'number' && isNaN(x)) - (typeof y === 'number' && isNaN(y));
+          if (bad) { return bad; }
+          return (x < y ? -1 : x > y ? 1 : 0) * (down ? -1 : 1);
+        });
+        rows.forEach(function (r) { tbody.appendChild(r); });
+      }
+      th.addEventListener('click', sort);
+      th.addEventListener('keydown', function (e) { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sort(); } });
+    });
+    var wrap = table.parentNode, box = document.createElement('input');
+    box.type = 'search'; box.className = 'filter';
+    var example = table.getAttribute('data-example');
+    box.placeholder = 'Filter ' + tbody.rows.length + ' runs' + (example ? ', e.g. ' + example : '');
+    box.setAttribute('aria-label', 'filter the runs of this table');
+    var count = document.createElement('span');
+    count.className = 'note';
+    wrap.parentNode.insertBefore(box, wrap);
+    wrap.parentNode.insertBefore(count, wrap);
+    box.addEventListener('input', function () {
+      var words = box.value.toLowerCase().split(/\\s+/).filter(Boolean), shown = 0;
+      Array.prototype.forEach.call(tbody.rows, function (r) {
+        var text = (r.getAttribute('data-filter') || '') + ' ' + r.textContent.toLowerCase();
+        var ok = words.every(function (w) { return text.indexOf(w) >= 0; });
+        r.hidden = !ok; shown += ok;
+      });
+      count.textContent = words.length ? ' ' + shown + ' shown' : '';
+    });
+  });
+})();
 """
 
 
@@ -68,8 +141,25 @@ def _missing(v: Any) -> bool:
         return False
 
 
-def fmt(v: Any, digits: int = 4) -> str:
-    """A cell: numbers rounded for reading, missing values as a dash."""
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) or hasattr(v, "dtype")) and not isinstance(v, bool) and not _missing(v)
+
+
+def decimals(values: Iterable[Any]) -> int:
+    """Decimals that show every number of a column alike: the fewest that lose nothing against a
+    cap (4 below 10, 1 below 1,000, else 0), so 8.2 beside 8 reads ``8.2``/``8.0``, counts read
+    ``64`` (not ``64.0``) and balanced accuracies ``0.8123``."""
+    nums = [float(v) for v in values if _is_number(v) and math.isfinite(float(v))]
+    if not nums:
+        return 0
+    top = max(abs(v) for v in nums)
+    cap = 4 if top < 10 else 1 if top < 1000 else 0
+    return next(d for d in range(cap + 1) if all(round(v, d) == round(v, cap) for v in nums))
+
+
+def fmt(v: Any, digits: int | None = None) -> str:
+    """A value on its own: integers with separators, other numbers to ``digits`` decimals (by
+    default as :func:`decimals` would for this value alone), missing values as a dash."""
     if _missing(v):
         return DASH
     if isinstance(v, bool):
@@ -78,10 +168,15 @@ def fmt(v: Any, digits: int = 4) -> str:
         return f"{int(v):,}"
     if isinstance(v, float) or hasattr(v, "dtype"):
         v = float(v)
-        if abs(v) >= 1000 or v.is_integer():
-            return f"{v:,.0f}"
-        return f"{v:,.{digits}f}" if abs(v) < 10 else f"{v:,.1f}"
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:,.{decimals([v]) if digits is None else digits}f}"
     return str(v)
+
+
+def signed(v: Any, digits: int = 4) -> str:
+    """A difference: always signed (+0.0123, −0.0040)."""
+    return DASH if _missing(v) else f"{float(v):+.{digits}f}".replace("-", "−")
 
 
 def pct(v: Any) -> str:
@@ -94,33 +189,62 @@ def _is_num(v: Any) -> bool:
     return not isinstance(v, (bool, str)) and isinstance(v, (int, float)) or hasattr(v, "dtype")
 
 
-def _cell_class(value: Any, numeric: bool) -> str:
+RUN_COLUMNS = ("run", "selected run")  # combination ids: kept on one line, last, in small print
+
+
+def _cell_class(value: Any, numeric: bool, column: str = "") -> str:
     if numeric:
         return " class=num"
+    if column in RUN_COLUMNS:
+        return " class=id"
     # Long ids (combination names, hashes) wrap instead of pushing the numbers off screen.
-    return " class=wrap" if isinstance(value, str) and len(value) > 40 else ""
+    return " class=wrap" if isinstance(value, str) and len(value) > 32 else ""
 
 
 def table(header: list[str], rows: Iterable[list[Any]], selected: Iterable[bool] | None = None,
-          raw: bool = False) -> str:
-    """An HTML table in a horizontally scrolling wrapper; ``raw`` cells are trusted HTML."""
+          raw: bool = False, sortable: bool = False, row_filters: Iterable[str] | None = None,
+          tall: bool = False, example: str = "") -> str:
+    """An HTML table in a scrolling wrapper (first column sticky); ``raw`` cells are trusted HTML.
+
+    Numbers in a column share one number of decimals (:func:`decimals`). ``sortable`` tables
+    carry each number's value in ``data-v`` for the inline script, and ``row_filters`` (one
+    string per row, e.g. ``"lr=0.01 dropout=0.3"``) lets its filter box match ``key=value``.
+    """
     rows = list(rows)
     flags = list(selected) if selected is not None else [False] * len(rows)
+    filters = list(row_filters) if row_filters is not None else [None] * len(rows)
     numeric = [bool(rows) and all(_is_num(r[i]) or _missing(r[i]) for r in rows) and
                any(_is_num(r[i]) for r in rows) for i in range(len(header))]
+    digits = [decimals(r[i] for r in rows) if numeric[i] else None for i in range(len(header))]
     head = "".join(f'<th{" class=num" if numeric[i] else ""}>{escape(h)}</th>' for i, h in enumerate(header))
     body = []
-    for row, flag in zip(rows, flags):
-        cells = "".join(
-            f"<td{_cell_class(c, numeric[i])}>{c if raw and isinstance(c, str) else escape(fmt(c))}</td>"
-            for i, c in enumerate(row)
-        )
-        body.append(f'<tr{" class=selected" if flag else ""}>{cells}</tr>')
-    return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    for row, flag, filt in zip(rows, flags, filters):
+        cells = []
+        for i, c in enumerate(row):
+            text = c if raw and isinstance(c, str) else escape(fmt(c, digits[i]))
+            key = f' data-v="{float(c)!r}"' if sortable and numeric[i] and _is_number(c) else ""
+            if sortable and numeric[i] and _missing(c):
+                key = ' data-v="NaN"'
+            cells.append(f"<td{_cell_class(c, numeric[i], header[i])}{key}>{text}</td>")
+        attrs = (" class=selected" if flag else "") + (f' data-filter="{escape(filt)}"' if filt else "")
+        body.append(f"<tr{attrs}>{''.join(cells)}</tr>")
+    cls = ' class="sortable"' if sortable else ""
+    if sortable and example:
+        cls += f' data-example="{escape(example)}"'
+    wrap = "table-wrap tall" if tall else "table-wrap"
+    return (f'<div class="{wrap}"><table{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            "</table></div>")
 
 
 def kv_table(items: dict[str, Any]) -> str:
-    return table(["", "value"], [[k, scalar(v, k)] for k, v in items.items()])
+    """Keys and values of different kinds: each value formatted on its own."""
+    return table(["", "value"], [[k, fmt(scalar(v, k))] for k, v in items.items()])
+
+
+def kv_list(items: dict[str, Any]) -> str:
+    """A compact key/value block (hyperparameters of a run)."""
+    return '<dl class="kv">' + "".join(
+        f"<dt>{escape(str(k))}</dt><dd>{escape(fmt_param(v))}</dd>" for k, v in items.items()) + "</dl>"
 
 
 SHARE_SUFFIXES = ("_share", "coverage", "_fraction")
@@ -146,6 +270,10 @@ def fmt_param(v: Any) -> str:
     """A hyperparameter value as written in a config (0.3, 64, 10, true): no padding digits."""
     if _missing(v):
         return DASH
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_param(x) for x in v) + "]"
     if isinstance(v, float) or hasattr(v, "dtype"):
         return format(float(v), "g")
     return str(v)

@@ -1,13 +1,16 @@
-"""results/report.html: one self-contained page (inline CSS and SVG, no script, no external URL).
+"""results/report.html: one self-contained page (inline CSS, SVG and one small script; no external URL).
 
     python -m meli.report.render --results results --config '<full config JSON>' \\
         --configfiles config/config.yaml --out results/report.html
 
-Answers "which model and which hyperparameters, how sure are we, and why": dataset, embedding
-coverage, comparison tables, learning curves, hyperparameter effects, the selected models' test
-scores with confidence intervals, cost per run, and provenance. Optional inputs (benchmarks,
-coverage, stats) may be missing; they show as "—". The page is assembled here from
-sections.py (one function per section) and html.py (styles, formatting, tables).
+Answers "which model and which hyperparameters, how sure are we, and why", in that order: the
+answer (selected runs, their hyperparameters and predict commands, paired test differences), the
+sweep (per-family parallel coordinates and sortable, filterable run tables), learning curves,
+hyperparameter effects, the selected models' test scores, then the dataset, embedding coverage,
+cost per run and provenance. Optional inputs (benchmarks, coverage, stats) may be missing; they
+show as "—". The script only sorts and filters tables: without it the page is complete. The
+page is assembled here from sections.py (one function per section) and html.py (styles,
+formatting, tables, the script).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import Any
 
 from meli.cli import entry_point
 from meli.io import atomic_path, setup_logging
-from meli.report.html import CSS, plural
+from meli.report.html import CSS, SCRIPT, plural
 from meli.report.sections import (
     Results,
     section_comparison,
@@ -35,21 +38,28 @@ from meli.report.sections import (
 )
 
 LOG = logging.getLogger("meli.report.render")
+# Page order: the answer, then what supports it (the sweep, test details), then the inputs.
 SECTIONS = (
     ("summary", "Answer"),
-    ("dataset", "Dataset"),
-    ("embeddings", "Embedding coverage"),
     ("comparison", "Comparison"),
     ("curves", "Learning curves"),
     ("effects", "Hyperparameter effects"),
     ("test", "Test results"),
+    ("dataset", "Dataset"),
+    ("embeddings", "Embedding coverage"),
     ("cost", "Cost"),
     ("provenance", "Provenance"),
 )
+# A partial sweep (some combinations failed or unfinished) gets its own section right after the
+# answer, whose conclusions it qualifies; its HTML comes from the sweep's state (``status``).
+SWEEP_SECTION = ("sweep", "Failed and unfinished")
 
 
 # --------------------------------------------------------------------------------------- page
-def render(results: str | Path, config: dict[str, Any], configfiles: list[str], workdir: str | Path = ".") -> str:
+def render(results: str | Path, config: dict[str, Any], configfiles: list[str], workdir: str | Path = ".",
+           status: dict[str, str] | None = None) -> str:
+    """The page; ``status`` (``banner``, ``section``: HTML describing a partial sweep) adds a
+    banner under the title and the failed-and-unfinished section after the answer."""
     r = Results(results)
     workdir = Path(workdir)
     name = (config.get("dataset") or {}).get("name") or "MeLi"
@@ -64,9 +74,13 @@ def render(results: str | Path, config: dict[str, Any], configfiles: list[str], 
         "cost": section_cost(r),
         "provenance": section_provenance(r, config, configfiles, workdir),
     }
-    nav = "".join(f'<a href="#{sid}">{escape(title)}</a>' for sid, title in SECTIONS)
+    shown = SECTIONS
+    if status:
+        bodies[SWEEP_SECTION[0]] = status["section"]
+        shown = (SECTIONS[0], SWEEP_SECTION, *SECTIONS[1:])
+    nav = "".join(f'<a href="#{sid}">{escape(title)}</a>' for sid, title in shown)
     sections = "\n".join(f'<section id="{sid}"><h2>{escape(title)}</h2>\n{bodies[sid]}\n</section>'
-                         for sid, title in SECTIONS)
+                         for sid, title in shown)
     n_runs = len(r.runs)
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -80,9 +94,11 @@ def render(results: str | Path, config: dict[str, Any], configfiles: list[str], 
 <nav>{nav}</nav>
 <main>
 <header><h1>{escape(name)}: which model, which hyperparameters, how sure</h1>
-<p>{plural(n_runs, "run")} in {plural(len(r.families()), "family", "families")} · metric: balanced accuracy · selection on validation only</p></header>
+<p>{plural(n_runs, "run")} in {plural(len(r.families()), "family", "families")} · metric: balanced accuracy · selection on validation only</p>
+{status["banner"] if status else ""}</header>
 {sections}
 </main>
+<script>{SCRIPT}</script>
 </body>
 </html>
 """

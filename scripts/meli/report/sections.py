@@ -9,8 +9,10 @@ import datetime as dt
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
+import shlex
 import socket
 import subprocess
 from html import escape
@@ -20,22 +22,23 @@ from typing import Any, Iterable
 import pandas as pd
 
 from meli.report import charts
-from meli.report.aggregate import METRIC_COLUMNS, hyperparameters, swept
+from meli.report.aggregate import hyperparameters, swept
 from meli.report.html import (
     COLUMN_LABELS,
     DASH,
     family_name,
     fmt,
     fmt_param,
+    kv_list,
     kv_table,
     pct,
     plural,
     scalar,
+    signed,
     table,
 )
 
 LOG = logging.getLogger("meli.report.sections")
-TOP_RUNS = 15  # rows of a family's runs table shown before "All N runs"
 PACKAGES = ("snakemake", "snakemake-executor-plugin-slurm", "torch", "numpy", "pandas", "pyarrow", "scipy",
             "scikit-learn", "gensim", "mlflow")
 
@@ -103,7 +106,9 @@ class Results:
         self.effects = pd.read_csv(effects_csv) if effects_csv.exists() and effects_csv.stat().st_size else None
         self.selection = read_json_or_none(tables / "selection.json") or {"families": {}}
         self.test = pd.read_csv(tables / "test.csv") if (tables / "test.csv").exists() else None
-        self.details = (read_json_or_none(tables / "test_details.json") or {}).get("families", {})
+        details = read_json_or_none(tables / "test_details.json") or {}
+        self.details = details.get("families", {})
+        self.comparisons = details.get("comparisons", [])
         self.summary = read_json_or_none(self.root / "data" / "summary.json") or {}
         self.stats = read_json_or_none(self.root / "features" / "stats.json") or {}
         self.coverage = [c for p in sorted((self.root / "embeddings").glob("*/coverage.json"))
@@ -137,28 +142,59 @@ class Results:
 
 
 # ------------------------------------------------------------------------------------ sections
+PREDICT_EXAMPLE = "Funda silicona para iPhone 13 pro negra"
+
+
+def predict_command(run_dir: str) -> str:
+    """The ready-to-run command that classifies new titles with one run's model."""
+    return f"meli-predict --run {shlex.quote(str(run_dir))} --top-k 3 {shlex.quote(PREDICT_EXAMPLE)}"
+
+
+def comparison_sentence(c: dict[str, Any]) -> str:
+    """One paired test comparison in words: better, worse or not distinguishable, and by how much."""
+    a, b = escape(family_name(c["a"])), escape(family_name(c["b"]))
+    head = {"better": f"<strong>{a} is better than {b}</strong> on test",
+            "worse": f"<strong>{a} is worse than {b}</strong> on test"}.get(
+        c.get("verdict"), f"<strong>{a} and {b} are not distinguishable</strong> on test")
+    level = round(100 * (c.get("level") or 0.95))
+    return (f"{head}: {signed(c.get('diff'))} balanced accuracy ({level}% CI {signed(c.get('ci_low'))} to "
+            f"{signed(c.get('ci_high'))}; paired bootstrap over the same {fmt(c.get('n_rows'))} test rows).")
+
+
 def section_summary(r: Results) -> str:
     cards = []
     families = r.selection.get("families", {})
     test = r.test.set_index("family") if r.test is not None else None
     for family, chosen in families.items():
         t = test.loc[family] if test is not None and family in test.index else None
-        ci = (f"95% CI [{fmt(t['bacc_ci_low'])}, {fmt(t['bacc_ci_high'])}]" if t is not None else "not evaluated")
+        ci = (f"95% CI [{fmt(t['bacc_ci_low'], 4)}, {fmt(t['bacc_ci_high'], 4)}]" if t is not None
+              else "not evaluated")
+        run_dir = chosen.get("run_dir") or f"results/runs/{family}/{chosen.get('combo', '')}"
         cards.append(
             f'<div class="card"><div class="label">{escape(family_name(family))} · best of '
             f'{escape(plural(chosen["n_runs"], "run")) if "n_runs" in chosen else DASH} on validation</div>'
-            f'<div class="big">{escape(fmt(t["test_bacc"]) if t is not None else DASH)}</div>'
-            f'<div class="label">test balanced accuracy, {escape(ci)}</div>'
-            f'<div class="label">validation {escape(fmt(chosen.get("val_bacc")))}</div>'
-            f'<div><code>{escape(chosen.get("combo", DASH))}</code></div></div>'
+            f'<div class="big">{escape(fmt(t["test_bacc"], 4) if t is not None else DASH)}</div>'
+            f'<div class="label">test balanced accuracy, {escape(ci)} · validation '
+            f'{escape(fmt(chosen.get("val_bacc"), 4))}</div>'
+            + kv_list(chosen.get("params") or {}) +
+            f'<div class="label">Classify new titles with it:</div><pre class="cmd">'
+            f"{escape(predict_command(run_dir))}</pre></div>"
         )
     best = max(families.items(), key=lambda kv: (kv[1].get("val_bacc") or -1), default=None)
-    lead = (f"<p>Best on validation overall: <strong>{escape(family_name(best[0]))}</strong> "
-            f"(<code>{escape(best[1]['combo'])}</code>, validation balanced accuracy {fmt(best[1]['val_bacc'])}).</p>"
-            if best else "<p>No run selected.</p>")
-    return (lead + f'<div class="cards">{"".join(cards)}</div>'
-            f'<p class="note">Selection: {escape(r.selection.get("criterion", "validation balanced accuracy"))}. '
-            "Test scores are computed once, for the selected run of each family only.</p>")
+    out = [f"<p>Best on validation overall: <strong>{escape(family_name(best[0]))}</strong> "
+           f"(validation balanced accuracy {fmt(best[1]['val_bacc'], 4)}).</p>" if best else "<p>No run selected.</p>"]
+    if r.comparisons:
+        head, *rest = r.comparisons
+        out.append(f'<p class="verdict">{comparison_sentence(head)}</p>')
+        if rest:
+            out.append('<ul class="note">' + "".join(f"<li>{comparison_sentence(c)}</li>" for c in rest) + "</ul>")
+    elif r.test is not None:
+        out.append('<p class="note">No paired comparison in test_details.json (rerun evaluate_test).</p>')
+    out.append(f'<div class="cards">{"".join(cards)}</div>')
+    out.append(f'<p class="note">Selection: {escape(r.selection.get("criterion", "validation balanced accuracy"))}. '
+               "Test scores are computed once, for the selected run of each family only; a difference is called "
+               "better or worse only when its 95% interval excludes zero.</p>")
+    return "\n".join(out)
 
 
 def _split_table(per_split: dict[str, Any], value_name: str) -> str:
@@ -239,35 +275,72 @@ def _family_runs(r: Results, family: str) -> pd.DataFrame:
     return r.runs[r.runs["family"] == family]
 
 
+def _value(v: Any) -> Any:
+    """A runs.csv cell as a plain value: NaN as None, compact JSON lists as lists."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, str) and v[:1] == "[":
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return v.item() if hasattr(v, "item") else v
+
+
+def _top_legend(sub: pd.DataFrame, varied: list[str], k: int = charts.TOP_K) -> str:
+    """Rank -> hyperparameters and validation bacc of a family's top runs (colours as on the charts)."""
+    items = []
+    for rank, (_, row) in enumerate(sub.head(k).iterrows(), start=1):
+        what = " · ".join(f"{p} {fmt_param(_value(row[p]))}" for p in varied) or row["combo"]
+        items.append(f'<li><span class="swatch" style="background:{charts.rank_colour(rank)}">{rank}</span>'
+                     f"{escape(what)} — val bacc {fmt(row['val_bacc'], 4)}"
+                     f"{' (selected)' if rank == 1 else ''}</li>")
+    return f'<ol class="legend">{"".join(items)}</ol>'
+
+
 def section_comparison(r: Results) -> str:
     out = []
-    rows, flags = [], []
+    rows = []
     for family in r.families():
         sub = _family_runs(r, family)
         b = sub["val_bacc"]
         rows.append([family_name(family), len(sub), b.max(), b.median(), b.min(), r.selected(family) or DASH])
-        flags.append(False)
     out.append("<h3>Per family</h3>" + table(
-        ["family", "runs", "best val bacc", "median", "worst", "selected (best on validation)"], rows, flags))
+        ["family", "runs", "best val bacc", "median", "worst", "selected run"], rows))
     params = hyperparameters(r.runs)
     for family in r.families():
         sub = _family_runs(r, family)
         varied = swept(r.runs, family)
-        fixed = {p: sub[p].iloc[0] for p in params if p not in varied and sub[p].notna().any()}
-        metric_cols = [c for c in METRIC_COLUMNS if sub[c].notna().any()]
-        header = ["#", "combination", *varied, *(COLUMN_LABELS.get(c, c) for c in metric_cols)]
-        body = [[i, row["combo"], *(fmt_param(row[p]) for p in varied), *(row[c] for c in metric_cols)]
-                for i, (_, row) in enumerate(sub.iterrows(), start=1)]
+        fixed = {p: _value(sub[p].iloc[0]) for p in params if p not in varied and sub[p].notna().any()}
+        # Cost columns (samples/s, memory, device) are in the cost section: this table stays narrow.
+        metric_cols = [c for c in ("val_loss", "best_epoch", "epochs_run", "stopped_early", "train_time_s")
+                       if sub[c].notna().any()]
+        # Key columns first (rank, the metric, what was swept); the long run id last, wrapped.
+        header = ["#", "val bacc", *varied, *(COLUMN_LABELS.get(c, c) for c in metric_cols), "run"]
+        body = [[i, row["val_bacc"], *(fmt_param(_value(row[p])) for p in varied), *(row[c] for c in metric_cols),
+                 row["combo"]] for i, (_, row) in enumerate(sub.iterrows(), start=1)]
         sel = [row["combo"] == r.selected(family) for _, row in sub.iterrows()]
+        filters = [" ".join([f"family={family}"] + [f"{p}={fmt_param(_value(row[p]))}".lower().replace(" ", "")
+                                                    for p in params if not pd.isna(row[p])])
+                   for _, row in sub.iterrows()]
         fixed_txt = ", ".join(f"{k} = {fmt_param(v)}" for k, v in fixed.items()) or DASH
-        top = TOP_RUNS if len(body) > TOP_RUNS + 10 else len(body)
-        listing = table(header, body[:top], sel[:top])
-        if top < len(body):
-            listing += (f"<details><summary>All {len(body)} {escape(family_name(family))} runs</summary>"
-                        f"{table(header, body, sel)}</details>")
-        out.append(f"<h3>{escape(family_name(family))}: {plural(len(sub), 'run')}, by validation balanced accuracy</h3>"
-                   f'<p class="note">Same in every run: {escape(fixed_txt)}'
-                   f'{f"; the best {top} shown" if top < len(body) else ""}</p>' + listing)
+        name = family_name(family)
+        out.append(f"<h3>{escape(name)}: {plural(len(sub), 'run')}</h3>"
+                   f'<p class="note">Same in every run: {escape(fixed_txt)}</p>')
+        if len(varied) > 1:  # one hyperparameter: the effects section's strip chart says it all
+            axes = [charts.Axis(p, [_value(v) for v in sub[p]]) for p in varied]
+            axes.append(charts.Axis("val bacc", list(sub["val_bacc"])))
+            ranks = [i if i <= charts.TOP_K else None for i in range(1, len(sub) + 1)]
+            out.append('<div class="scroll-x">' + charts.parallel_coordinates(
+                axes, list(sub["combo"]), ranks, f"{name}: hyperparameters → validation balanced accuracy") + "</div>")
+            out.append(_top_legend(sub, varied))
+        example = f"{varied[0]}={fmt_param(_value(sub[varied[0]].iloc[-1]))}" if varied else ""
+        out.append(table(header, body, sel, sortable=True, row_filters=filters, tall=len(body) > 15,
+                         example=example.replace(" ", "")))
+    out.append('<p class="note">Each family\'s runs, best on validation first (the selected run highlighted). '
+               "Click a column to sort; type in the box above a table to filter (words like <code>lr=0.01</code> "
+               "must all match). Parallel coordinates: one line per run from its hyperparameters to its validation "
+               "balanced accuracy; the top runs in colour, numbered by rank.</p>")
     return "\n".join(out)
 
 
@@ -276,24 +349,26 @@ def section_curves(r: Results) -> str:
     for family in r.families():
         sub = _family_runs(r, family)
         histories = [(row["combo"], r.histories.get(row["run_dir"])) for _, row in sub.iterrows()]
+        ranked = {c: i for i, (c, h) in enumerate(histories, start=1) if i <= charts.TOP_K}
         histories = [(c, h) for c, h in histories if h is not None and not h.empty]
+        name = family_name(family)
         if not histories:
-            out.append(f"<h3>{escape(family_name(family))}</h3><p>{DASH} (no history.csv)</p>")
+            out.append(f"<h3>{escape(name)}</h3><p>{DASH} (no history.csv)</p>")
             continue
         if max(len(h) for _, h in histories) < 2:
-            out.append(f"<h3>{escape(family_name(family))}</h3><p class=note>Trained in one pass (no epochs): "
+            out.append(f"<h3>{escape(name)}</h3><p class=note>Trained in one pass (no epochs): "
                        "see the comparison table.</p>")
             continue
-        best = r.selected(family)
         charts_html = []
         for col, title in (("val_bacc", "validation balanced accuracy"), ("train_loss", "train loss"),
                            ("val_loss", "validation loss")):
-            series = [charts.Series(c, h["epoch"], h[col], highlight=(c == best)) for c, h in histories if col in h]
-            charts_html.append(charts.line_chart(series, f"{family_name(family)}: {title}", "epoch", title))
-        out.append(f"<h3>{escape(family_name(family))}: {plural(len(histories), 'run')}</h3>"
+            series = [charts.Series(c, h["epoch"], h[col], rank=ranked.get(c)) for c, h in histories if col in h]
+            charts_html.append(charts.line_chart(series, f"{name}: {title}", "epoch", title))
+        more = len(histories) - len(ranked)
+        out.append(f"<h3>{escape(name)}: {plural(len(histories), 'run')}</h3>"
                    f'<div class="charts">{"".join(charts_html)}</div>'
-                   f'<p class="note"><span class="legend-accent">Orange</span>: the selected run '
-                   f"(<code>{escape(best or DASH)}</code>); grey: every other run (hover a line for its id).</p>")
+                   + _top_legend(sub, swept(r.runs, family))
+                   + (f'<p class="note">Grey: the other {plural(more, "run")}.</p>' if more > 0 else ""))
     return "\n".join(out)
 
 
@@ -335,18 +410,26 @@ def section_test(r: Results) -> str:
         return f"<p>{DASH} (results/tables/test.csv missing)</p>"
     t = r.test
     quality_cols = [c for c in t.columns if c.startswith("bacc_") and c not in ("bacc_ci_low", "bacc_ci_high")]
-    rows = [[family_name(row["family"]), row["combo"], row.get("val_bacc"), row["test_bacc"],
-             f"[{fmt(row['bacc_ci_low'])}, {fmt(row['bacc_ci_high'])}]", row.get("accuracy"), row.get("macro_f1"),
-             *(row[c] for c in quality_cols), row.get("n_scored"), row.get("n_unseen_category")]
+    rows = [[family_name(row["family"]), row["test_bacc"], f"[{fmt(row['bacc_ci_low'], 4)}, {fmt(row['bacc_ci_high'], 4)}]",
+             row.get("val_bacc"), row.get("accuracy"), row.get("macro_f1"), *(row[c] for c in quality_cols),
+             row.get("n_scored"), row.get("n_unseen_category"), row["combo"]]
             for _, row in t.iterrows()]
-    header = ["family", "combination", "val bacc", "test bacc", "95% CI", "accuracy", "macro F1",
-              *(f"bacc {c[5:]}" for c in quality_cols), "test rows scored", "unseen-category rows (excluded)"]
+    header = ["family", "test bacc", "95% CI", "val bacc", "accuracy", "macro F1",
+              *(f"bacc {c[5:]}" for c in quality_cols), "test rows scored", "unseen-category rows (excluded)", "run"]
     chart = charts.interval_chart(
         [(family_name(row["family"]), row["test_bacc"], row["bacc_ci_low"], row["bacc_ci_high"], row.get("val_bacc"))
          for _, row in t.iterrows()], "Test balanced accuracy, 95% bootstrap CI (◇ validation)", "balanced accuracy")
+    pairs = ""
+    if r.comparisons:
+        pairs = "<h3>Paired differences (same test rows)</h3>" + table(
+            ["model", "vs", "difference", "95% CI", "verdict", "resamples where the model is higher"],
+            [[family_name(c["a"]), family_name(c["b"]), signed(c.get("diff")),
+              f"[{signed(c.get('ci_low'))}, {signed(c.get('ci_high'))}]", c.get("verdict", DASH),
+              pct(c.get("share_a_higher"))] for c in r.comparisons])
     boot = next(iter(r.details.values()), {}).get("bootstrap", {})
-    out = [table(header, rows), f'<div class="charts">{chart}</div>',
-           f'<p class="note">CI: percentile bootstrap over test rows ({fmt(boot.get("resamples"))} resamples). '
+    out = [table(header, rows), f'<div class="charts">{chart}</div>', pairs,
+           f'<p class="note">CI: percentile bootstrap over test rows ({fmt(boot.get("resamples"))} resamples); a '
+           "paired difference scores both models on each resample, so luck shared by both cancels out. "
            "Test rows whose category never occurs in train cannot be predicted by any model; they are counted "
            "and excluded from every score.</p>"]
     for family, d in r.details.items():
@@ -381,12 +464,13 @@ def section_cost(r: Results) -> str:
     per_run = []
     for _, row in r.runs.iterrows():
         b = r.benchmarks.get(row["run_dir"]) or {}
-        per_run.append([family_name(row["family"]), row["combo"], row.get("device"), row.get("epochs_run"),
+        per_run.append([family_name(row["family"]), row.get("device"), row.get("epochs_run"),
                         row.get("train_time_s"), row.get("samples_per_s"), row.get("peak_mem_mb"), b.get("s"),
-                        b.get("max_rss"), b.get("cpu_time")])
+                        b.get("max_rss"), b.get("cpu_time"), row["combo"]])
     out.append(f"<details{' open' if len(per_run) <= 30 else ''}><summary>Every run ({len(per_run)})</summary>" + table(
-        ["family", "combination", "device", "epochs", "train time (s)", "samples/s", "peak memory (MB)",
-         "job wall time (s)", "job max RSS (MB)", "job CPU time (s)"], per_run) + "</details>")
+        ["family", "device", "epochs", "train time (s)", "samples/s", "peak memory (MB)",
+         "job wall time (s)", "job max RSS (MB)", "job CPU time (s)", "run"], per_run, sortable=True,
+        tall=len(per_run) > 15) + "</details>")
     out.append('<p class="note">Train time, samples/s and peak memory: measured by the training script; '
                "job columns: Snakemake's benchmark of the whole job (loading included).</p>")
     if r.stage_benchmarks:
