@@ -26,3 +26,4 @@ rule all:
     input:
         "results/report.html",
         "results/mlflow/imported.json",
+        "results/mlflow/selected.json",

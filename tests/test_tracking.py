@@ -179,3 +179,84 @@ def test_two_imports_racing_on_a_fresh_store(tmp_path):
     assert sorted(e.name for e in client.search_experiments()) == ["Default", EXPERIMENT]
     assert len(active_runs(store)) == 3
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+SUMMARY = {"source": {"path": "results/data/source/demo.csv.gz", "sha256": "ab" * 32},
+           "rows": {"train": 100, "validation": 20, "test": 20}, "categories": {"count": 4}}
+
+
+def test_experiment_opens_on_runs_with_dataset_and_commit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = tmp_path / "data" / "summary.json"
+    write_json(summary, SUMMARY)
+    runs = make_runs(tmp_path / "runs", n=2, epochs=2)
+    root_commit = tracking.git_commit(ROOT)
+    if (ROOT / ".git").exists() and root_commit:
+        assert len(root_commit.removesuffix("-dirty")) == 40
+    assert tracking.git_commit(tmp_path) is None  # a copied workflow: no tag rather than a wrong one
+    monkeypatch.setattr(tracking, "git_commit", lambda cwd=".": "f" * 40)
+    result = tracking.import_runs(runs, EXPERIMENT, "", tmp_path / "mlflow", tmp_path / "mlflow" / "i.json",
+                                  dataset="tiny", summary=summary)
+    client = client_for(tmp_path / "mlflow")
+    exp = client.get_experiment(result["experiment_id"])
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI landing page
+    for run_id in result["runs"].values():
+        run = client.get_run(run_id)
+        assert run.data.tags["mlflow.source.git.commit"] == "f" * 40
+        [inp] = run.inputs.dataset_inputs
+        assert inp.dataset.name == "tiny" and inp.dataset.digest == ("ab" * 32)[:32]
+        assert json.loads(inp.dataset.profile)["rows"] == SUMMARY["rows"]
+        assert {(t.key, t.value) for t in inp.tags} == {("mlflow.data.context", "training")}
+
+
+def test_mark_selected_is_idempotent_and_follows_the_selection(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = tmp_path / "data" / "summary.json"
+    write_json(summary, SUMMARY)
+    runs = make_runs(tmp_path / "runs", n=4, epochs=2)
+    store = tmp_path / "mlflow"
+    imported = tracking.import_runs(runs, EXPERIMENT, "", store, store / "imported.json", summary=summary)
+    mlp = [r for r in runs if "/mlp/" in r]
+    cnn = [r for r in runs if "/cnn/" in r]
+
+    def details(mlp_dir: str, cnn_dir: str, bacc: float = 0.8) -> Path:
+        path = tmp_path / "tables" / "test_details.json"
+        write_json(path, {"selection_split": "validation", "families": {
+            "mlp": {"run_dir": mlp_dir, "bacc": bacc, "bacc_ci_low": bacc - 0.05, "bacc_ci_high": bacc + 0.05,
+                    "accuracy": 0.9, "macro_f1": 0.7},
+            "cnn": {"run_dir": cnn_dir, "bacc": 0.6, "bacc_ci_low": 0.55, "bacc_ci_high": 0.65, "accuracy": 0.7,
+                    "macro_f1": 0.5}}})
+        return path
+
+    out = store / "selected.json"
+    first = tracking.mark_selected(store / "imported.json", details(mlp[0], cnn[0]), out, summary)
+    client = client_for(store)
+    chosen = imported["runs"][mlp[0]]
+    assert first["selected"]["mlp"]["run_id"] == chosen and json.loads(out.read_text()) == first
+    run = client.get_run(chosen)
+    assert run.data.tags["selected"] == "true"
+    assert run.data.metrics["test_bacc"] == 0.8 and run.data.metrics["test_bacc_ci_low"] == pytest.approx(0.75)
+    assert run.data.metrics["test_accuracy"] == 0.9 and run.data.metrics["test_macro_f1"] == 0.7
+    assert "model.pt" in {a.path for a in client.list_artifacts(chosen)}  # the selected model is downloadable
+    assert {t.value for i in run.inputs.dataset_inputs for t in i.tags} == {"training", "test"}
+    unselected = client.get_run(imported["runs"][mlp[1]])
+    assert "selected" not in unselected.data.tags and "model.pt" not in {
+        a.path for a in client.list_artifacts(unselected.info.run_id)}
+
+    # A rerun adds nothing: one metric point, one test input, one model file.
+    again = tracking.mark_selected(store / "imported.json", details(mlp[0], cnn[0]), out, summary)
+    assert again["selected"]["mlp"]["metrics"] == "unchanged" and again["unselected"] == []
+    assert len(client.get_metric_history(chosen, "test_bacc")) == 1
+    assert len(client.get_run(chosen).inputs.dataset_inputs) == 2
+
+    # Another selection (a grid change): the old run is unselected, the new one selected.
+    third = tracking.mark_selected(store / "imported.json", details(mlp[1], cnn[0], bacc=0.85), out, summary)
+    assert third["unselected"] == [chosen]
+    assert client.get_run(chosen).data.tags["selected"] == "false"
+    assert client.get_run(imported["runs"][mlp[1]]).data.tags["selected"] == "true"
+    selected = client.search_runs([imported["experiment_id"]], filter_string="tags.selected = 'true'")
+    assert sorted(r.info.run_id for r in selected) == sorted([imported["runs"][mlp[1]], imported["runs"][cnn[0]]])
+
+    # A selected run missing from the import is a clear error naming it.
+    with pytest.raises(KeyError, match="rerun the mlflow_import rule"):
+        tracking.mark_selected(store / "imported.json", details(str(tmp_path / "nope"), cnn[0]), out)

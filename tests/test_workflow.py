@@ -153,6 +153,8 @@ def test_end_to_end_tiny_run_produces_the_report(tiny_run):
     html = (res / "report.html").read_text()
     assert "<html" in html.lower() and len(html) > 5000
     assert json.loads((res / "mlflow" / "imported.json").read_text())
+    selected = json.loads((res / "mlflow" / "selected.json").read_text())["selected"]
+    assert set(selected) == {"mlp", "cnn", "tfidf"} and all(s["model"] for s in selected.values())
     assert not list(res.glob("checkpoints/*/*/*")), "checkpoints should be removed after a finished run"
 
 
@@ -173,7 +175,7 @@ def test_logs_and_benchmarks_for_every_job(tiny_run):
     results = wf / "results"
     assert [p for p in results.rglob("*.log") if p.relative_to(results).parts[0] != "logs"] == []
     for rule in ("demo_dataset", "prepare_data", "features", "embedding_matrix", "aggregate", "evaluate_test",
-                 "report_html", "mlflow_import"):
+                 "report_html", "mlflow_import", "mlflow_selected"):
         assert list((results / "benchmarks").glob(f"{rule}*")), f"no benchmark for rule {rule}"
 
 

@@ -11,7 +11,9 @@ importer, run by one local rule, turns each run directory into one MLflow run:
   ``<store_dir>/.lock``, so two workflows launched side by side serialise instead of racing
   (with an http(s) server the lock is harmless and a lost creation race is caught);
 * the experiment is looked up by name and created once, with its artifact location under
-  ``<store_dir>/artifacts`` (SQLite would otherwise pin it to the creating process's cwd);
+  ``<store_dir>/artifacts`` (SQLite would otherwise pin it to the creating process's cwd), and
+  tagged ``mlflow.experimentKind = custom_model_development`` so that MLflow 3's UI opens it on
+  its runs table rather than the GenAI overview;
 * a run is tagged ``family``, ``combo``, ``device``, ``dataset`` and, last of all,
   ``finished_at``: a run whose (family, combo) is present with the same ``finished_at`` is
   skipped; a re-trained run (other ``finished_at``) or one whose import was interrupted (no
@@ -20,12 +22,24 @@ importer, run by one local rule, turns each run directory into one MLflow run:
   summary metrics go in with ``log_batch``; artifacts are metrics.json, history.csv and
   val_predictions.parquet. Model files are only copied with ``--log-models``: they can be
   gigabytes (TF-IDF: classes x features floats) and already live in the run directory, whose
-  path is in the ``run_dir`` tag.
+  path is in the ``run_dir`` tag;
+* every run also gets the workflow's git commit (``mlflow.source.git.commit``, as MLflow's own
+  runs have it) and, with ``--summary``, the dataset as an MLflow input: its name, the source
+  file's sha256 as digest, rows per split as profile (nothing is read but summary.json).
+
+After the test scores, ``mark-selected`` updates the selected run of each family (one per
+family, chosen on validation): its test metrics (``test_bacc``, CI bounds, ``test_accuracy``,
+``test_macro_f1``), the tag ``selected = true`` (a run selected before and no longer is set to
+``false``), the test split as an input, and its model file as an artifact. Both commands are
+idempotent: rerunning them changes nothing.
 
 CLI (rules/tracking.smk)::
 
     python -m meli.tracking import --experiment NAME --tracking-uri URI|'' --store-dir results/mlflow \
-        --out results/mlflow/imported.json [--dataset NAME] [--log-models] RUN_DIR...
+        --out results/mlflow/imported.json [--dataset NAME] [--summary results/data/summary.json] \
+        [--log-models] RUN_DIR...
+    python -m meli.tracking mark-selected --imported results/mlflow/imported.json \
+        --test-details results/tables/test_details.json [--summary ...] --out results/mlflow/selected.json
 """
 from __future__ import annotations
 
@@ -34,6 +48,8 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +58,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 
 from meli import runs
-from meli.io import Progress, setup_logging, write_json
+from meli.io import Progress, read_json, setup_logging, write_json
 
 log = logging.getLogger("meli.tracking")
 
@@ -59,6 +75,11 @@ SUMMARY_METRICS = {
     "peak_mem_mb": "peak_mem_mb",
 }
 ARTIFACTS = ("metrics.json", "history.csv", "val_predictions.parquet")
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: show the runs
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+# test_details.json key -> MLflow metric of the selected run
+TEST_METRICS = {"bacc": "test_bacc", "bacc_ci_low": "test_bacc_ci_low", "bacc_ci_high": "test_bacc_ci_high",
+                "accuracy": "test_accuracy", "macro_f1": "test_macro_f1"}
 MODEL_FILES = ("model.pt", "model.joblib")
 METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits per call
 
@@ -132,6 +153,46 @@ def get_or_create_experiment(client: Any, name: str, artifact_location: str | No
     return exp.experiment_id
 
 
+def set_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Open on the runs table: MLflow 3 shows an untagged experiment as a GenAI one."""
+    exp = client.get_experiment(experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+
+
+def git_commit(cwd: str | Path = ".") -> str | None:
+    """The workflow checkout's commit (``-dirty`` appended when tracked files changed); None outside git."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def dataset_input(summary: dict[str, Any] | None, name: str, data_dir: Path, context: str) -> Any | None:
+    """The dataset as an MLflow input, from summary.json alone (nothing else is read)."""
+    if not summary:
+        return None
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source = summary.get("source") if isinstance(summary.get("source"), dict) else {}
+    digest = str(source.get("sha256") or "")[:32] or "unknown"
+    profile = {"rows": summary.get("rows"), "categories": (summary.get("categories") or {}).get("count")
+               if isinstance(summary.get("categories"), dict) else summary.get("categories"),
+               "source": source.get("path")}
+    # The test split is its own dataset: MLflow links a dataset to a run once, whatever the context.
+    uri = (data_dir / "test.parquet" if context == "test" else data_dir).resolve().as_uri()
+    dataset = Dataset(name=name if context != "test" else f"{name} (test split)", digest=digest,
+                      source_type="local", source=json.dumps({"uri": uri}), profile=json.dumps(profile))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+
+
 def existing_runs(client: Any, experiment_id: str) -> dict[tuple[str, str], list[Any]]:
     """Active runs of the experiment by (family, combo) tag."""
     by_key: dict[tuple[str, str], list[Any]] = {}
@@ -148,7 +209,7 @@ def existing_runs(client: Any, experiment_id: str) -> dict[tuple[str, str], list
 
 
 def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, Any], history: pd.DataFrame,
-            dataset: str, log_models: bool) -> str:
+            dataset: str, log_models: bool, commit: str | None = None, inputs: list[Any] = ()) -> str:
     """One run directory -> one finished MLflow run; returns its id."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -161,6 +222,8 @@ def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, A
         "dataset": dataset,
         "run_dir": str(run_dir.resolve()),
     }
+    if commit:
+        tags[GIT_COMMIT_TAG] = commit
     run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=metrics["combo"])
     run_id = run.info.run_id
     entries = [
@@ -179,6 +242,8 @@ def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, A
         client.log_batch(run_id, params=params[i : i + PARAM_BATCH])
     for i in range(0, len(entries), METRIC_BATCH):
         client.log_batch(run_id, metrics=entries[i : i + METRIC_BATCH])
+    if inputs:
+        client.log_inputs(run_id, datasets=list(inputs))
     for name in ARTIFACTS + (MODEL_FILES if log_models else ()):
         if (run_dir / name).exists():
             client.log_artifact(run_id, str(run_dir / name))
@@ -189,21 +254,27 @@ def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, A
 
 
 def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: str, store_dir: str | Path,
-                out: str | Path, dataset: str | None = None, log_models: bool = False) -> dict[str, Any]:
+                out: str | Path, dataset: str | None = None, log_models: bool = False,
+                summary: str | Path | None = None) -> dict[str, Any]:
     """Import every run directory (idempotently); writes and returns imported.json's content."""
     from mlflow.tracking import MlflowClient
 
     store_dir = Path(store_dir)
     runs = {str(d): read_run(Path(d)) for d in run_dirs}  # fail on a bad record before touching the store
+    inputs = [i for i in [dataset_input(read_json(summary) if summary else None, dataset or experiment,
+                                        Path(summary).parent if summary else Path("."), "training")] if i]
+    commit = git_commit()
     uri = tracking_uri or default_uri(store_dir)
     artifact_location = None if is_remote(uri) else (store_dir / "artifacts").resolve().as_uri()
     with store_lock(store_dir):
         client = MlflowClient(tracking_uri=uri)  # a new SQLite store is created (migrated) here, under the lock
         experiment_id = get_or_create_experiment(client, experiment, artifact_location)
+        set_experiment_kind(client, experiment_id)
         present = existing_runs(client, experiment_id)
         result: dict[str, Any] = {
             "experiment": experiment,
             "experiment_id": experiment_id,
+            "dataset": dataset or experiment,
             "tracking_uri": uri,
             "ui": ui_hint(uri),
             "runs": {},
@@ -225,13 +296,76 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
                 result["skipped"].append(run_dir)
             else:
                 result["runs"][run_dir] = log_run(client, experiment_id, Path(run_dir), metrics, history,
-                                                  dataset or experiment, log_models)
+                                                  dataset or experiment, log_models, commit, inputs)
                 result["imported"].append(run_dir)
             progress.update()
         write_json(out, result)
     log.info("experiment %r (id %s) at %s: %d imported, %d already there, %d old runs deleted",
              experiment, experiment_id, uri, len(result["imported"]), len(result["skipped"]),
              len(result["replaced"]))
+    log.info("browse the runs with: %s", result["ui"])
+    return result
+
+
+def mark_selected(imported: str | Path, test_details: str | Path, out: str | Path,
+                  summary: str | Path | None = None) -> dict[str, Any]:
+    """Test metrics, ``selected`` tag, test input and model artifact onto each family's selected run.
+
+    The runs are found through imported.json (written by :func:`import_runs` for the same run
+    directories); metrics are logged at the run's end time, so a rerun writes nothing new.
+    """
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    imported_path = Path(imported)
+    record = read_json(imported_path)
+    details = read_json(test_details)
+    by_dir = {os.path.normpath(d): run_id for d, run_id in record["runs"].items()}
+    summary_json = read_json(summary) if summary else None
+    test_input = dataset_input(summary_json, record.get("dataset") or record["experiment"],
+                               Path(summary).parent if summary else Path("."), "test")
+    with store_lock(imported_path.parent):
+        client = MlflowClient(tracking_uri=record["tracking_uri"])
+        result: dict[str, Any] = {"experiment": record["experiment"], "tracking_uri": record["tracking_uri"],
+                                  "ui": record.get("ui"), "selected": {}, "unselected": []}
+        chosen_ids = set()
+        for family, d in details["families"].items():
+            run_dir = os.path.normpath(d["run_dir"])
+            run_id = by_dir.get(run_dir)
+            if run_id is None:
+                raise KeyError(f"{imported_path}: no MLflow run for {d['run_dir']} (selected {family}); "
+                               "rerun the mlflow_import rule")
+            chosen_ids.add(run_id)
+            run = client.get_run(run_id)
+            when = run.info.end_time or run.info.start_time or 0
+            metrics = [Metric(name, float(d[key]), when, 0) for key, name in TEST_METRICS.items()
+                       if isinstance(d.get(key), (int, float)) and run.data.metrics.get(name) != float(d[key])]
+            tags = [RunTag("selected", "true"), RunTag("selected_on", details.get("selection_split", "validation"))]
+            client.log_batch(run_id, metrics=metrics, tags=tags)
+            if test_input is not None and not any(
+                    any(t.key == "mlflow.data.context" and t.value == "test" for t in i.tags)
+                    for i in (run.inputs.dataset_inputs if run.inputs else [])):
+                client.log_inputs(run_id, datasets=[test_input])
+            present = {a.path for a in client.list_artifacts(run_id)}
+            logged = []
+            for name in MODEL_FILES:
+                model = Path(run.data.tags.get("run_dir", d["run_dir"])) / name
+                if model.exists() and name not in present:
+                    client.log_artifact(run_id, str(model))
+                if model.exists():
+                    logged.append(name)
+            result["selected"][family] = {"run_id": run_id, "run_dir": d["run_dir"], "model": logged,
+                                          "metrics": {m.key: m.value for m in metrics} or "unchanged"}
+        # A run selected by an earlier sweep (before a grid change) is selected no longer.
+        for run in client.search_runs([record["experiment_id"]], filter_string="tags.selected = 'true'",
+                                      max_results=1000):
+            if run.info.run_id not in chosen_ids:
+                client.set_tag(run.info.run_id, "selected", "false")
+                result["unselected"].append(run.info.run_id)
+        write_json(out, result)
+    for family, sel in result["selected"].items():
+        log.info("selected %s: run %s, test metrics %s, model %s", family, sel["run_id"],
+                 "unchanged" if sel["metrics"] == "unchanged" else "logged", ", ".join(sel["model"]) or "none")
     log.info("browse the runs with: %s", result["ui"])
     return result
 
@@ -246,12 +380,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     imp.add_argument("--out", required=True, type=Path, help="imported.json")
     imp.add_argument("--dataset", default=None, help="the dataset tag (default: the experiment name)")
     imp.add_argument("--log-models", action="store_true", help="also copy model files into the artifact store")
+    imp.add_argument("--summary", type=Path, help="results/data/summary.json: logs the dataset as an input")
     imp.add_argument("run_dirs", nargs="*", type=Path)
+    sel = sub.add_parser("mark-selected", help="test metrics, selected tag and model artifact of the selected runs")
+    sel.add_argument("--imported", required=True, type=Path, help="imported.json of the import command")
+    sel.add_argument("--test-details", required=True, type=Path, help="test_details.json of meli.report.evaluate")
+    sel.add_argument("--summary", type=Path, help="results/data/summary.json: logs the test split as an input")
+    sel.add_argument("--out", required=True, type=Path, help="selected.json")
     args = ap.parse_args(argv)
     setup_logging()
     start = time.monotonic()
-    import_runs(args.run_dirs, args.experiment, args.tracking_uri, args.store_dir, args.out, args.dataset,
-                args.log_models)
+    if args.command == "import":
+        import_runs(args.run_dirs, args.experiment, args.tracking_uri, args.store_dir, args.out, args.dataset,
+                    args.log_models, args.summary)
+    else:
+        mark_selected(args.imported, args.test_details, args.out, args.summary)
     log.info("done in %.1fs", time.monotonic() - start)
 
 
