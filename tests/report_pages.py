@@ -273,7 +273,10 @@ def inspect(tools: DevTools, html_path: Path, width: int, screenshot_to: Path | 
     data = tools.call("Runtime.evaluate", expression=f"{PROBE}({width})", returnByValue=True)["result"]["value"]
     if screenshot_to is not None:
         height = min(int(data["scrollHeight"]), 16000) if full_page else 1000
-        shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=full_page,
+        if full_page:  # a viewport as tall as the page: capturing beyond it misplaces sticky cells
+            tools.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                       mobile=width < 500)
+        shot = tools.call("Page.captureScreenshot", format="png",
                           clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})
         screenshot_to.parent.mkdir(parents=True, exist_ok=True)
         screenshot_to.write_bytes(base64.b64decode(shot["data"]))

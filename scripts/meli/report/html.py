@@ -36,7 +36,9 @@ p.verdict { font-size:1.05rem; }
               width:fit-content; max-width:100%; }
 .table-wrap.tall { max-height:32rem; }
 table { border-collapse:separate; border-spacing:0; font-size:.86rem; font-variant-numeric:tabular-nums; }
-.pair { display:grid; grid-template-columns:repeat(auto-fit,minmax(min(440px,100%),1fr)); gap:0 1.2rem; align-items:start; }
+/* Side by side when both fit at their natural width, else one under the other. */
+.pair { display:flex; flex-wrap:wrap; gap:0 1.6rem; align-items:flex-start; }
+.pair > div { flex:0 1 auto; max-width:100%; }
 .blocks { display:grid; grid-template-columns:repeat(auto-fit,minmax(min(260px,100%),1fr)); gap:0 1.2rem; align-items:start; }
 .blocks > div, .pair > div { min-width:0; }
 th, td { padding:.35rem .6rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; background:#fff; }
