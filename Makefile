@@ -8,7 +8,7 @@ CORES ?= 2
 # Rules call `python -m meli.<module>`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-unit lint dry-run bench predict report-shots clean
+.PHONY: run test test-unit lint dry-run report bench predict report-shots clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(VENV)/.installed
 
 dry-run: $(VENV)/.installed
 	$(BIN)/snakemake -n --configfile config/meli2019.yaml
+
+# Progress of the sweep in this directory (done / running / failed / left, ETA) and the tables and
+# report from what has finished so far; safe while a sweep runs (see docs/design.md).
+report: $(VENV)/.installed
+	PYTHONPATH=$(CURDIR)/scripts $(BIN)/python -m meli.sweep report $(ARGS)
 
 predict: $(VENV)/.installed
 	$(BIN)/meli-predict $(ARGS)

@@ -27,3 +27,23 @@ rule all:
         "results/report.html",
         "results/mlflow/imported.json",
         "results/mlflow/selected.json",
+        # Every run's declared outputs, so that a deleted model.pt or run folder is retrained
+        # (Snakemake ignores a missing intermediate file while everything after it is up to date).
+        run_outputs(),
+
+
+onstart:
+    # What this sweep is meant to produce, for `make report` and the partial report on failure.
+    from meli.sweep import write_manifest
+
+    write_manifest("results", COMBOS, config, [str(f) for f in workflow.configfiles])
+
+
+onerror:
+    # Some job failed (with keep-going, after every other job ran): tables, report and MLflow
+    # import from the combinations that finished, marked partial and dated 1970 so that the next
+    # run rebuilds them. Snakemake still exits non-zero.
+    try:
+        shell("python -m meli.sweep report --final --mlflow")
+    except Exception as err:  # never hide the original failure behind this one
+        print(f"partial report failed: {err}", file=sys.stderr)

@@ -21,6 +21,7 @@ rule train_tfidf:
         run_dir=lambda wc: f"results/runs/tfidf/{wc.combo}",
         data_dir=lambda wc, input: os.path.dirname(input.train),
         features=lambda wc, input: os.path.dirname(input.labels),
+        status=lambda wc: f"results/sweep/jobs/tfidf/{wc.combo}.json",  # see rules/train.smk
     threads: lambda wc: family_resources("tfidf")["threads"]
     resources:
         mem_mb=lambda wc, attempt: family_resources("tfidf")["mem_mb"] * attempt,
@@ -28,5 +29,6 @@ rule train_tfidf:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.train.baseline --params {params.hp} --data-dir {params.data_dir} --features {params.features}"
+        "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
+        " python -m meli.train.baseline --params {params.hp} --data-dir {params.data_dir} --features {params.features}"
         " --out-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"

@@ -6,6 +6,8 @@ import shlex
 import sys
 from urllib.parse import unquote, urlparse
 
+import yaml
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,8 +18,25 @@ min_version("9.0")
 # environment, so no environment variable has to be declared with `envvars:`.
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
 sys.path.insert(0, SCRIPTS)
+# The jobs' `python` is the one running Snakemake (its bin directory first on PATH), so
+# `.venv/bin/snakemake` works without activating the venv; a `--sdm conda` job activates its own
+# environment after this prefix, which then comes first.
+_BIN = os.path.dirname(sys.executable)
+_PATH = "export PATH=%s:$PATH; " % shlex.quote(_BIN) if os.access(os.path.join(_BIN, "python"), os.X_OK) else ""
 # (Snakemake formats the prefix like a shell command: {{ }} stands for a literal brace.)
-shell.prefix("set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % shlex.quote(SCRIPTS))
+shell.prefix(
+    "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; %s" % (shlex.quote(SCRIPTS), _PATH)
+)
+
+from meli.overrides import coerce  # noqa: E402
+
+# Stops the run before any job, naming the offending key, and fills defaults from the schema.
+# `--config key='{a: 0.1}'` values arrive as strings (Snakemake parses them with YAML's
+# BaseLoader): typed by the schema first.
+SCHEMA = os.path.join(workflow.basedir, "config", "schema.yaml")
+with open(SCHEMA) as _fh:
+    config.update(coerce(dict(config), yaml.safe_load(_fh)))
+validate(config, SCHEMA)
 
 import yaml  # noqa: E402
 
@@ -87,6 +106,17 @@ def run_dirs(family=None):
 
 def run_metrics(family=None):
     return [f"{d}/metrics.json" for d in run_dirs(family)]
+
+
+def run_outputs():
+    """Every run's declared outputs (rules/train.smk, rules/baseline.smk): `rule all` asks for them,
+    so a deleted model or run folder is retrained (meli.sweep.run_files lists the same)."""
+    return [
+        f"results/runs/{f}/{c}/{name}"
+        for f in FAMILIES
+        for c in COMBOS[f]
+        for name in ("metrics.json", "history.csv", models.get(f).model_file, "val_predictions.parquet")
+    ]
 
 
 def run_models():

@@ -22,6 +22,9 @@ rule train_neural:
         run_dir=lambda wc: f"results/runs/{wc.neural}/{wc.combo}",
         # Per-epoch resume state: not an output, so a failed job's checkpoint survives the cleanup.
         checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
+        # Attempt record (running/failed/diverged/killed, attempts): outside the outputs, which
+        # Snakemake deletes when the job fails; read by meli.sweep for partial reports.
+        status=lambda wc: f"results/sweep/jobs/{wc.neural}/{wc.combo}.json",
     threads: lambda wc: family_resources(wc.neural)["threads"]
     resources:
         mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
@@ -31,7 +34,8 @@ rule train_neural:
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
+        "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
+        " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
         " --features {params.features} --matrix {input.matrix:q} --out-dir {params.run_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"

@@ -4,16 +4,19 @@ skips it).
 
 The cluster-free tests check what the users' one command would submit; the cluster test checks
 that it does: one SLURM job per training combination (with its GPU), a job killed for memory is
-retried with more, the report is built, and a failed job's SLURM log is where the docs say.
+retried with more, the baseline's combinations go as one job array (profiles/slurm/arrays), the
+report is built, and a failed job's SLURM log is where the docs say.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from conftest import ROOT, TINY_CONFIG, copy_workflow, snakemake
 
 PROFILE = ROOT / "profiles" / "slurm"
 TEST_PROFILE = ROOT / "tests" / "slurm" / "profile"
+ARRAYS_PROFILE = PROFILE / "arrays"
 CLUSTER = ROOT / "tests" / "slurm" / "local_cluster.sh"
 SLURM_LOGDIR = "results/logs/slurm"
 # scontrol is probed when Snakemake imports the plugin (every start); anything else would mean
@@ -52,7 +56,7 @@ def test_profile_keys_are_options_of_the_pinned_snakemake_and_plugin():
     from snakemake.cli import get_argument_parser
 
     options = {o for action in get_argument_parser()._actions for o in action.option_strings}
-    for profile in (PROFILE, TEST_PROFILE):
+    for profile in (PROFILE, TEST_PROFILE, ARRAYS_PROFILE):
         unknown = [k for k in _profile_keys(profile) if f"--{k}" not in options]
         assert not unknown, f"{profile}/config.yaml: not options of this snakemake/plugin: {unknown}"
     assert not (ROOT / "profiles" / "default").exists(), "profiles/default would be loaded implicitly"
@@ -176,11 +180,14 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     # the CNN's first attempt gets 400 MB, less than Snakemake + PyTorch need inside the job (~550 MB):
     # SLURM kills it and the retry asks for 2x
     config["train"]["cnn"]["resources"] = {"mem_mb": 400}
+    # two baseline combinations, submitted as one SLURM job array (profiles/slurm/arrays lists
+    # train_neural too; here the CNN's own memory must stay apart from the MLP's)
+    config["train"]["tfidf"]["grid"]["C"] = [1.0, 0.5]
     (wf / "slurm-test.yaml").write_text(yaml.safe_dump(config))
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
 
-    run = snakemake(wf, "--profile", str(PROFILE), "--profile", str(TEST_PROFILE),
-                    "--configfile", "slurm-test.yaml", timeout=600, check=False)
+    run = snakemake(wf, "--profile", str(PROFILE), "--profile", str(TEST_PROFILE), "--profile", str(ARRAYS_PROFILE),
+                    "--slurm-array-jobs", "train_tfidf", "--configfile", "slurm-test.yaml", timeout=600, check=False)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-6000:]
     assert (wf / "results" / "report.html").stat().st_size > 0
@@ -190,13 +197,24 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     training = [j for j in jobs if j["Comment"].startswith("rule_train_neural_wildcards_")]
     combos = {p.parent.name: p.parent.parent.name for p in (wf / "results" / "runs").glob("*/*/metrics.json")}
     neural = {c: f for c, f in combos.items() if f in ("mlp", "cnn")}
-    assert len(neural) == 2
+    assert len(neural) == 2 and len(combos) == 4
     for combo, family in neural.items():
         own = [j for j in training if j["Comment"] == f"rule_train_neural_wildcards_{family}_{combo}"]
         assert own and own[-1]["State"] == "COMPLETED", (combo, own)
         assert all("gres/gpu=1" in j["ReqTRES"] for j in own), own
+    # the baseline: one array of two tasks, each with its SLURM log and its ids in the attempt record
     tfidf = [j for j in jobs if j["Comment"].startswith("rule_train_tfidf_wildcards_")]
-    assert [j["State"] for j in tfidf] == ["COMPLETED"]
+    assert [j["State"] for j in tfidf] == ["COMPLETED", "COMPLETED"], tfidf
+    array_ids = {tuple(j["JobID"].split("_")) for j in tfidf}
+    assert len({a for a, _ in array_ids}) == 1 and {t for _, t in array_ids} == {"1", "2"}, array_ids
+    for array_id, task in array_ids:
+        assert (wf / SLURM_LOGDIR / "rule_train_tfidf" / f"{array_id}_{task}.log").exists()
+    records = [json.loads(p.read_text()) for p in (wf / "results" / "sweep" / "jobs" / "tfidf").glob("*.json")]
+    assert {(r["slurm_array_job_id"], r["slurm_array_task_id"]) for r in records} == array_ids
+    assert all(r["state"] == "finished" for r in records)
+    progress = subprocess.run([sys.executable, "-m", "meli.sweep", "report"], cwd=wf, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(wf / "scripts")}, timeout=120)
+    assert "done 4 · running 0 · failed 0 · left 0" in progress.stdout, progress.stdout + progress.stderr
     # aggregate, report and MLflow import are localrules: they ran on the submit host
     submitted = {j["Comment"].split("_wildcards_")[0] for j in jobs}
     assert not submitted & {"rule_aggregate", "rule_report_html", "rule_mlflow_import"}, submitted

@@ -218,3 +218,227 @@ def test_killed_training_job_resumes_and_matches_the_uninterrupted_run(tiny_run,
         pd.read_csv(wf / target.replace("metrics.json", "history.csv")).drop(columns=["samples_per_s", "elapsed_s"]),
         pd.read_csv(ref.with_name("history.csv")).drop(columns=["samples_per_s", "elapsed_s"]),
     )
+
+
+# ---- a sweep with a failing combination (issue 10) --------------------------------------------
+
+
+def _stat_mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+@pytest.fixture(scope="module")
+def failed_sweep(tiny_run, tmp_path_factory):
+    """The finished tiny run, then its grid extended by a learning rate that diverges: one of
+    four combinations fails (with keep-going, as profiles/slurm runs)."""
+    wf_ref, _ = tiny_run
+    wf = tmp_path_factory.mktemp("failed") / "wf"
+    shutil.copytree(wf_ref, wf, symlinks=True)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["train"]["mlp"]["grid"]["lr"] = [0.01, 1.0e30]
+    (wf / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(wf, "--cores", "2", "--keep-going", "--configfile", "grid.yaml", check=False)
+    diverged = next(p.name for p in (wf / "results" / "sweep" / "jobs" / "mlp").glob("*lr-1e+30*.json"))[:-5]
+    return wf, proc, diverged
+
+
+def test_a_failed_combination_leaves_partial_tables_report_and_mlflow(failed_sweep):
+    from meli import mlflow_store
+
+    wf, proc, diverged = failed_sweep
+    out, res = proc.stdout + proc.stderr, wf / "results"
+    assert proc.returncode != 0 and "At least one job did not complete successfully" in out
+    assert "done 3 · running 0 · failed 1 · left 0" in out
+    runs = pd.read_csv(res / "tables" / "runs.csv")
+    assert len(runs) == 3 and diverged not in set(runs["combo"]) and set(runs["family"]) == {"mlp", "cnn", "tfidf"}
+    html = (res / "report.html").read_text()
+    assert "Partial: 1 of 4 combinations missing" in html and '<section id="sweep">' in html
+    row = re.search(rf"<tr><td>mlp</td><td><code>{re.escape(diverged)}</code></td>(.*?)</tr>", html).group(1)
+    assert "<td>diverged</td>" in row and '<td class="num">1</td>' in row and "Lower" in row  # the job's own advice
+    assert f"results/logs/train/mlp/{diverged}.log" in row
+    assert not (res / "tables" / "test.csv").exists(), "no test scores for a selection that may still change"
+    imported = json.loads((res / "mlflow" / "imported.json").read_text())
+    assert sorted(Path(d).name for d in imported["runs"]) == sorted(runs["combo"])
+    assert mlflow_store.problem(res / "mlflow" / "mlflow.db") is None
+    # dated 1970: never taken as up to date by the next run
+    for partial in ("tables/runs.csv", "tables/selection.json", "report.html", "mlflow/imported.json"):
+        assert _stat_mtime(res / partial) < 10**6, partial
+
+
+def test_the_next_run_retries_only_the_failed_combination(failed_sweep):
+    wf, _, diverged = failed_sweep
+    proc = snakemake(wf, "-n", "--configfile", "grid.yaml")
+    assert job_counts(proc.stdout) == {"train_neural": 1, "aggregate": 1, "mlflow_import": 1, "evaluate_test": 1,
+                                       "report_html": 1, "all": 1, "total": 6}
+    assert f"results/runs/mlp/{diverged}/metrics.json" in proc.stdout
+
+
+def _running_jobs(res: Path) -> list[int]:
+    """pids of the training commands whose attempt record says running (children of the wrapper)."""
+    pids = []
+    for status in res.glob("sweep/jobs/*/*.json"):
+        record = json.loads(status.read_text())
+        if record["state"] == "running":
+            children = Path(f"/proc/{record['pid']}/task/{record['pid']}/children")
+            if children.exists():
+                pids += [int(p) for p in children.read_text().split()]
+    return pids
+
+
+def test_lost_outputs_are_retrained_and_make_report_runs_beside_the_sweep(failed_sweep):
+    """Deleted model.pt and run folder are retrained; `make report` while the sweep holds the lock
+    prints progress and writes a partial report; the sweep still ends with the final report."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import BIN
+
+    wf, _, diverged = failed_sweep
+    res = wf / "results"
+    mlp = next(d for d in (res / "runs" / "mlp").iterdir() if d.name != diverged)
+    (mlp / "model.pt").unlink()
+    shutil.rmtree(next((res / "runs" / "tfidf").iterdir()))
+    # (the diverging value is dropped again: the partial tables must still be rebuilt)
+    sweep_proc = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(TINY_CONFIG)], cwd=wf,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    paused: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not paused and time.monotonic() < deadline and sweep_proc.poll() is None:
+            for pid in _running_jobs(res):
+                os.kill(pid, signal.SIGSTOP)  # hold the training job so that it is seen running
+                paused.append(pid)
+            time.sleep(0.05)
+        assert paused, "no training job was seen running"
+        assert list((wf / ".snakemake" / "locks").iterdir()), "the sweep holds its lock"
+        shutil.copy2(ROOT / "Makefile", wf / "Makefile")
+        (wf / ".venv").symlink_to(Path(sys.executable).parent.parent)
+        live = subprocess.run(["make", "-s", "-o", ".venv/.installed", "report"], cwd=wf, capture_output=True,
+                              text=True, timeout=300)
+        assert live.returncode == 0, live.stdout + live.stderr
+        assert re.search(r"done \d · running [12] · failed 0 · left [01] · ETA ~", live.stdout), live.stdout
+        html = (res / "report.html").read_text()
+        assert re.search(r"Partial: [12] of 3 combinations missing", html) and "<td>running</td>" in html
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+        out = sweep_proc.communicate(timeout=600)[0]
+    assert sweep_proc.returncode == 0, out[-4000:]
+    assert (mlp / "model.pt").exists() and len(list((res / "runs" / "tfidf").glob("*/model.joblib"))) == 1
+    html = (res / "report.html").read_text()
+    assert "Partial:" not in html and '<section id="sweep">' not in html
+    assert len(pd.read_csv(res / "tables" / "runs.csv")) == 3 and (res / "tables" / "test.csv").exists()
+    assert _stat_mtime(res / "report.html") > 10**6
+    # after full success a rerun is a no-op
+    again = snakemake(wf, "--cores", "2", "--configfile", str(TINY_CONFIG))
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# ---- the README as a user meets it -------------------------------------------------------------
+
+README = ROOT / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's bash blocks (comments dropped)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for line in block.splitlines():
+            line = re.split(r"\s+#\s", line.strip(), maxsplit=1)[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_works(tiny_run, tmp_path):
+    """Each command of README.md, for real where it is quick (predict, report, the MLflow store's
+    URI) and as a dry run where a real run is the slow part (snakemake, make run/test)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import BIN, copy_workflow
+
+    wf_ref, _ = tiny_run
+    wf = tmp_path / "done"  # a finished workflow, for the commands that read results
+    shutil.copytree(wf_ref, wf, symlinks=True)
+    shutil.copy2(ROOT / "Makefile", wf / "Makefile")
+    (wf / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    fresh = copy_workflow(tmp_path / "fresh")  # for dry runs from scratch
+    shutil.copytree(ROOT / "profiles", fresh / "profiles")
+    (wf / "titles.txt").write_text("Funda silicona para iPhone 13 pro negra\ncuchillo de cocina 20cm\n")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(wf / "scripts")}
+    mlp_combo = next((wf / "results" / "runs" / "mlp").iterdir()).name
+
+    def sh(cmd: str, cwd: Path) -> str:
+        proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout + proc.stderr
+
+    checked = []
+    for cmd in readme_commands():
+        words = shlex.split(cmd)
+        if words[0] == "make" and words[1] in ("run", "test"):
+            out = sh(f"make -n -o .venv/.installed {words[1]}", wf)  # prints what it would run
+            assert ("snakemake --cores" if words[1] == "run" else "pytest") in out
+        elif words[0] == "make":  # predict, report: for real, on the finished tiny run
+            out = sh(cmd.replace("make ", "make -s -o .venv/.installed ", 1), wf)
+            if words[1] == "predict":
+                assert "%" in out, out
+            else:  # a finished sweep: progress only, the final report is left alone
+                assert "done 3 · running 0 · failed 0 · left 0" in out and "every combination has finished" in out
+                assert "Partial" not in (wf / "results" / "report.html").read_text()
+        elif words[0] == "meli-predict":
+            out = sh(cmd.replace("<combination>", mlp_combo), wf)
+            assert "%" in out
+        elif words[0] == "mlflow":  # `mlflow ui` serves this store: it must open and hold every run
+            from mlflow.tracking import MlflowClient
+
+            uri = words[words.index("--backend-store-uri") + 1]
+            client = MlflowClient(tracking_uri=uri.replace("sqlite:///", f"sqlite:///{wf}/"))
+            exp = client.get_experiment_by_name("tiny")
+            assert len(client.search_runs([exp.experiment_id])) == 3
+        elif words[0] == "source":
+            continue  # activates the venv for the next line
+        elif words[0].endswith("snakemake"):
+            if "--profile" in words and "-n" not in words:
+                continue  # a real cluster run: tests/test_slurm.py
+            dry = [w for w in words if w != "--keep-going"] + ([] if "-n" in words else ["-n"])
+            dry[0] = str(BIN / "snakemake")
+            out = sh(shlex.join(dry), fresh)
+            assert "Job stats" in out
+        else:
+            raise AssertionError(f"README command without a check here: {cmd}")
+        checked.append(cmd)
+    assert len(checked) >= 10, checked
+
+
+def test_numeric_command_line_overrides_are_typed_by_the_schema(workflow_dir):
+    ok = snakemake(workflow_dir, "-n", "--configfile", "config/meli2019.yaml",
+                   "--config", "split={subsample: 0.1, seed: 3}", "train={mlp: {grid: {lr: [0.5, 1e-3]}}}")
+    assert "subsample" not in ok.stderr
+    # the typed values reach the jobs: the grid's learning rates name the MLP combinations
+    assert re.search(r"results/runs/mlp/[^/\s]*_lr-0\.5_", ok.stdout) and re.search(r"_lr-0\.001_", ok.stdout)
+    bad = snakemake(workflow_dir, "-n", "--config", "split={subsample: lots}", check=False)
+    assert bad.returncode != 0 and "subsample" in bad.stdout + bad.stderr and "'lots'" in bad.stdout + bad.stderr
+
+
+def test_the_venvs_snakemake_works_without_activating_the_venv(workflow_dir):
+    """`.venv/bin/snakemake` with the venv NOT on PATH: the job's `python` is still the venv's."""
+    import os
+    import subprocess
+
+    from conftest import BIN
+
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"
+    proc = subprocess.run([str(BIN / "snakemake"), "results/data/source/demo.csv.gz", "--cores", "1",
+                           "--configfile", str(TINY_CONFIG)], cwd=workflow_dir, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:] + (workflow_dir / "results/logs/demo_dataset.log").read_text()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -44,10 +45,60 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        full = disk_full_error(err, path)
+        if full is not None:
+            raise full from err
         raise
+
+
+# Full disk and exceeded quota (common on clusters) look alike to the user: both stop writes.
+_NO_SPACE = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+LOW_SPACE_BYTES = 1 << 20
+
+
+def disk_full_error(err: BaseException, path: Path) -> OSError | None:
+    """An OSError naming ``path`` if ``err`` came from a full disk or quota, else None.
+
+    Writers such as torch.save report a full disk as an opaque RuntimeError ("file write
+    failed"); when the target's filesystem has (almost) no space left, that is the cause.
+    """
+    code = getattr(err, "errno", None)
+    if code not in _NO_SPACE:
+        if not isinstance(err, (OSError, RuntimeError)):
+            return None
+        try:
+            st = os.statvfs(path.parent)
+        except OSError:
+            return None
+        if st.f_bavail * st.f_frsize >= LOW_SPACE_BYTES:
+            return None
+        code = errno.ENOSPC
+    try:
+        free = os.statvfs(path.parent)
+        free_text = f"{free.f_bavail * free.f_frsize:,} bytes free there"
+    except OSError:
+        free_text = "free space unknown"
+    return OSError(code, f"{_NO_SPACE[code]}: could not write {path} ({free_text}; the write failed with: {err})")
+
+
+@contextlib.contextmanager
+def dir_lock(directory: str | os.PathLike) -> Iterator[None]:
+    """Exclusive ``fcntl`` lock for writers of ``directory``, on the hidden sibling file
+    ``.<name>.lock`` (the directory itself holds only its outputs)."""
+    import fcntl
+
+    directory = Path(directory)
+    path = directory.parent / f".{directory.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

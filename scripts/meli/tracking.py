@@ -10,6 +10,8 @@ importer, run by one local rule, turns each run directory into one MLflow run:
 * the store is opened and the experiment created under an exclusive ``fcntl`` lock on
   ``<store_dir>/.lock``, so two workflows launched side by side serialise instead of racing
   (with an http(s) server the lock is harmless and a lost creation race is caught);
+* the workflow's own SQLite store is built atomically and checked first, and a broken one is
+  moved aside and rebuilt from the run folders (:mod:`meli.mlflow_store`);
 * the experiment is looked up by name and created once, with its artifact location under
   ``<store_dir>/artifacts`` (SQLite would otherwise pin it to the creating process's cwd), and
   tagged ``mlflow.experimentKind = custom_model_development`` so that MLflow 3's UI opens it on
@@ -57,7 +59,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from meli import runs
+from meli import mlflow_store, runs
 from meli.io import Progress, read_json, setup_logging, write_json
 
 log = logging.getLogger("meli.tracking")
@@ -267,7 +269,9 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
     uri = tracking_uri or default_uri(store_dir)
     artifact_location = None if is_remote(uri) else (store_dir / "artifacts").resolve().as_uri()
     with store_lock(store_dir):
-        client = MlflowClient(tracking_uri=uri)  # a new SQLite store is created (migrated) here, under the lock
+        if not tracking_uri:  # our own SQLite store: built atomically, rebuilt from the run folders if broken
+            mlflow_store.ensure(store_dir, artifact_location)
+        client = MlflowClient(tracking_uri=uri)
         experiment_id = get_or_create_experiment(client, experiment, artifact_location)
         set_experiment_kind(client, experiment_id)
         present = existing_runs(client, experiment_id)

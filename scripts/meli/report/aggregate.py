@@ -19,7 +19,7 @@ import pandas as pd
 
 from meli.cli import entry_point
 from meli.grid import FAMILIES, KEY_ORDER
-from meli.io import atomic_path, setup_logging, write_json
+from meli.io import atomic_path, dir_lock, setup_logging, write_json
 from meli.runs import TABLE_KEYS, RunError, read_metrics
 
 # The run-level columns of runs.csv, after family/combo and the hyperparameters.
@@ -208,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", help="run directories (results/runs/{family}/{combo})")
     args = ap.parse_args(argv)
     log = setup_logging("meli.report.aggregate")
-    selection = aggregate(args.runs, args.out_dir)
+    # meli.sweep writes partial tables under the same lock: a `make report` started before the
+    # last run finished can never overwrite these final tables.
+    with dir_lock(args.out_dir):
+        selection = aggregate(args.runs, args.out_dir)
     log.info("aggregated %d runs into %s", len(args.runs), args.out_dir)
     for family, best in selection["families"].items():
         log.info("selected %s: %s (val bacc %.4f, %d runs)", family, best["combo"], best["val_bacc"], best["n_runs"])

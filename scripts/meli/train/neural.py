@@ -38,6 +38,7 @@ from meli.grid import combo_id
 from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging
 from meli.metrics import balanced_accuracy
 from meli.models.nets import build_model
+from meli.jobstatus import DIVERGED_EXIT
 
 log = logging.getLogger("meli.train.neural")
 
@@ -60,6 +61,8 @@ DIVERGE_EPOCHS = 2
 
 class NonFiniteLoss(MeliError, RuntimeError):
     """The training loss became NaN or infinite, or diverged without becoming NaN."""
+
+    exit_code = DIVERGED_EXIT  # meli.jobstatus records the combination as diverged
 
 
 def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -558,7 +561,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(params, dict):
             raise ValueError("--params must be a JSON object")
         run(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads, args.checkpoint_dir)
-    except (NonFiniteLoss, ValueError, FileNotFoundError, RuntimeError) as err:
+    except NonFiniteLoss as err:
+        log.error("%s", err)
+        return err.exit_code
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         log.error("%s", err)
         return 1
     return 0

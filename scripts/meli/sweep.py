@@ -1,0 +1,423 @@
+"""The state of a sweep, and partial results from whatever has finished.
+
+    python -m meli.sweep report                  # `make report`: progress + partial tables/report, any time
+    python -m meli.sweep report --final --mlflow # the Snakefile's onerror: the sweep ended with failures
+
+Snakemake only builds the tables, the report and the MLflow import once every combination has
+finished (they depend on all runs), and deletes a failed job's outputs. This module works
+beside the DAG, reading only files:
+
+* ``results/sweep/manifest.json`` -- written by the Snakefile's ``onstart``: every configured
+  combination (family, id, params), the effective config and config files;
+* ``results/runs/{family}/{combo}/`` -- a combination is **done** when all its declared outputs
+  exist and metrics.json is valid;
+* ``results/sweep/jobs/{family}/{combo}.json`` -- the attempt record :mod:`meli.jobstatus` keeps
+  outside the declared outputs (attempts, running/failed/diverged/killed, host, SLURM ids);
+* SLURM's job logs under ``results/logs/slurm/`` -- why SLURM killed a job (memory, time limit,
+  preemption, node failure).
+
+Every other combination is classified (running, failed, diverged, killed for memory, timed out,
+killed, outputs missing, not run yet) with its attempts and the path of its log. From the
+finished runs it writes the tables (``meli.report.aggregate``), ``results/report.html`` with a
+"partial: k of n missing" banner and a section listing the others, and (``--mlflow``) the MLflow
+import. Test scores are left out until every combination has finished: the selection on
+validation may still change.
+
+These partial outputs are the workflow's own output paths, dated 1970-01-02: older
+than any input, so the next ``snakemake`` always rebuilds them -- a partial report is never taken
+as up to date -- while the finished runs are not retrained. The writing happens under
+``results/.tables.lock``, which the workflow's aggregate job takes too, so a ``make report``
+during a running sweep never overwrites the final tables; and it never touches ``.snakemake/``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from meli import models, runs
+from meli.cli import MeliError, entry_point
+from meli.jobstatus import read_status
+
+log = logging.getLogger("meli.sweep")
+
+# Written by the partial render only; the workflow's aggregate/report/import rules overwrite them.
+TABLES = ("runs.csv", "runs.md", "effects.csv", "selection.json")
+TEST_TABLES = ("test.csv", "test_details.json")
+# 1970-01-02: older than every input, so Snakemake rebuilds the file (an mtime of 0 would read as
+# "no output" to Snakemake and be ignored)
+PARTIAL_MTIME = 86_400
+
+DONE, RUNNING, NOT_RUN, LOST = "done", "running", "not run yet", "outputs missing"
+FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED = (
+    "failed", "diverged", "killed for memory", "timed out", "killed", "cancelled")
+FAILED_STATES = (FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED)
+
+# SLURM's words in a job's log (slurmstepd / the batch script's stderr) -> state
+SLURM_VERDICTS = (
+    (re.compile(r"oom[-_ ]kill|exceeded (job )?memory limit|out of memory", re.I), OOM, "SLURM: memory limit"),
+    (re.compile(r"DUE TO TIME LIMIT"), TIMEOUT, "SLURM: time limit"),
+    (re.compile(r"DUE TO PREEMPTION"), KILLED, "SLURM: preempted"),
+    (re.compile(r"DUE TO NODE FAIL"), KILLED, "SLURM: node failure"),
+    (re.compile(r"CANCELLED AT"), CANCELLED, "SLURM: cancelled"),
+)
+ERROR_LINE = re.compile(r"error|exception|no space left|quota|killed|diverged|traceback", re.I)
+
+
+class SweepError(MeliError):
+    """No sweep to report on."""
+
+
+def sweep_dir(results: Path) -> Path:
+    return results / "sweep"
+
+
+def manifest_path(results: Path) -> Path:
+    return sweep_dir(results) / "manifest.json"
+
+
+def status_path(results: Path, family: str, combo: str) -> Path:
+    return sweep_dir(results) / "jobs" / family / f"{combo}.json"
+
+
+def train_log(results: Path, family: str, combo: str) -> Path:
+    return results / "logs" / "train" / family / f"{combo}.log"
+
+
+def write_manifest(results: str | os.PathLike, combos: dict[str, dict[str, dict[str, Any]]],
+                   config: dict[str, Any], configfiles: list[str]) -> Path:
+    """What this sweep is meant to produce (the Snakefile's onstart)."""
+    from meli.io import write_json
+
+    path = manifest_path(Path(results))
+    write_json(path, {
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "configfiles": [str(f) for f in configfiles],
+        "config": config,
+        "combinations": {family: {c: p for c, p in sorted(per.items())} for family, per in combos.items()},
+    })
+    return path
+
+
+# ---------------------------------------------------------------------------------- classifying
+@dataclass
+class Combination:
+    family: str
+    combo: str
+    state: str
+    attempts: int = 0
+    detail: str = ""
+    log: str = ""
+    run_dir: str = ""
+    duration_s: float | None = None  # of the finished attempt
+    running_for_s: float | None = None
+    slurm_logs: list[str] = field(default_factory=list)
+
+
+def run_files(family: str) -> tuple[str, ...]:
+    """The files a finished run of ``family`` holds (its training rule's declared outputs)."""
+    return (runs.METRICS, runs.HISTORY, models.get(family).model_file, runs.VAL_PREDICTIONS)
+
+
+def incomplete(run_dir: Path, family: str) -> str | None:
+    """Why ``run_dir`` is not a finished run (missing files, bad metrics.json), or None."""
+    missing = [f for f in run_files(family) if not (run_dir / f).exists()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        runs.read_metrics(run_dir, runs.TABLE_KEYS)
+    except (runs.RunError, OSError) as err:
+        return str(err)
+    return None
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def slurm_logs(results: Path, family: str, combo: str, record: dict[str, Any] | None) -> list[Path]:
+    """SLURM logs of this combination's jobs, oldest first: by the wildcards directory the
+    plugin names (``rule_<rule>/<family>_<combo>/<jobid>.log``) and, for array tasks, by the ids
+    the attempt record holds (``rule_<rule>/<arrayjob>_<task>.log``)."""
+    root = results / "logs" / "slurm"
+    if not root.is_dir():
+        return []
+    wildcards = combo if family == "tfidf" else f"{family}_{combo}"  # the rule's wildcard values joined by "_"
+    found = set(root.glob(f"rule_train_*/{wildcards}/*.log"))
+    record = record or {}
+    if record.get("slurm_array_job_id") and record.get("slurm_array_task_id"):
+        found.update(root.glob(f"rule_train_*/{record['slurm_array_job_id']}_{record['slurm_array_task_id']}.log"))
+    elif record.get("slurm_job_id"):
+        found.update(root.glob(f"rule_train_*/**/{record['slurm_job_id']}.log"))
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def slurm_verdict(text: str) -> tuple[str, str] | None:
+    for pattern, state, why in SLURM_VERDICTS:
+        if pattern.search(text):
+            return state, why
+    return None
+
+
+def last_error(log_path: Path, limit: int = 300) -> str:
+    """The last line of a job's log that says what went wrong ('' if none)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(log_path) - 64_000))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if ERROR_LINE.search(line) and "meli.jobstatus" not in line:
+            line = line.strip()
+            return line if len(line) <= limit else line[: limit - 1] + "…"
+    return ""
+
+
+def _alive_here(record: dict[str, Any]) -> bool:
+    """The recording wrapper still runs on this machine (pid checked against its command line)."""
+    if record.get("host") != socket.gethostname() or not record.get("pid"):
+        return False
+    try:
+        return b"meli.jobstatus" in Path(f"/proc/{int(record['pid'])}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+def classify(results: Path, family: str, combo: str, final: bool = False) -> Combination:
+    """One configured combination's state. ``final``: the sweep is over, so nothing is running."""
+    run_dir = results / "runs" / family / combo
+    log_path = train_log(results, family, combo)
+    record = read_status(status_path(results, family, combo))
+    c = Combination(family, combo, NOT_RUN, log=str(log_path), run_dir=str(run_dir))
+    if record:
+        c.attempts = int(record.get("attempt") or 0)
+        c.log = record.get("log") or c.log
+    problem = incomplete(run_dir, family)
+    if problem is None:
+        c.state = DONE
+        if record and record.get("state") == "finished":
+            c.duration_s = _seconds_between(record.get("started_at"), record.get("ended_at"))
+        if c.duration_s is None:  # finished before attempt records existed, or record lost
+            with contextlib.suppress(OSError, ValueError):
+                c.duration_s = float(json.loads((run_dir / "metrics.json").read_text()).get("elapsed_s") or 0) or None
+        return c
+
+    slurm = slurm_logs(results, family, combo, record)
+    c.slurm_logs = [str(p) for p in slurm]
+    verdict = None
+    if slurm:
+        with contextlib.suppress(OSError):
+            verdict = slurm_verdict(slurm[-1].read_text(errors="replace"))
+    state = (record or {}).get("state")
+    if record is None:
+        if verdict:  # killed before the wrapper could write (e.g. the job's own Snakemake ran out of memory)
+            c.state, c.detail, c.attempts = verdict[0], verdict[1], len(slurm)
+            c.log = c.slurm_logs[-1]
+        return c
+    if state == "finished":
+        c.state, c.detail = LOST, f"finished at {record.get('ended_at')}, then {problem}: the next snakemake retrains it"
+        return c
+    if state == "running":
+        elsewhere = record.get("host") != socket.gethostname()
+        if verdict:
+            c.state, c.detail = verdict
+        elif not final and (_alive_here(record) or elsewhere):
+            c.state = RUNNING
+            started = record.get("started_at")
+            with contextlib.suppress(TypeError, ValueError):
+                c.running_for_s = (datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds()
+            c.detail = f"attempt {c.attempts} on {record.get('host')} since {started}"
+        else:
+            c.state = KILLED
+            c.detail = "stopped without a record of its end (killed together with its job: node crash, kill -9)"
+    else:
+        c.state = state if state in FAILED_STATES else FAILED
+        c.detail = record.get("detail") or ""
+        if verdict and c.state in (KILLED, FAILED):
+            c.state, c.detail = verdict[0], f"{verdict[1]}; {c.detail}"
+    if c.state != RUNNING:
+        why = last_error(Path(c.log))
+        if why and why not in c.detail:
+            c.detail = f"{c.detail}: {why}" if c.detail else why
+        if c.slurm_logs:
+            c.detail += f" (SLURM log {c.slurm_logs[-1]})"
+    return c
+
+
+@dataclass
+class Sweep:
+    manifest: dict[str, Any]
+    combinations: list[Combination]
+
+    def by_state(self, *states: str) -> list[Combination]:
+        return [c for c in self.combinations if c.state in states]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"done": len(self.by_state(DONE)), "running": len(self.by_state(RUNNING)),
+                "failed": len(self.by_state(*FAILED_STATES)), "left": len(self.by_state(NOT_RUN, LOST))}
+
+    @property
+    def missing(self) -> list[Combination]:
+        return [c for c in self.combinations if c.state != DONE]
+
+    def eta_s(self) -> float | None:
+        """Seconds until the running and not-yet-run combinations finish, from the finished ones'
+        mean duration and the number running at once (None when nothing has finished yet)."""
+        durations = [c.duration_s for c in self.by_state(DONE) if c.duration_s]
+        running, left = self.by_state(RUNNING), self.by_state(NOT_RUN, LOST)
+        if not running and not left:
+            return 0.0
+        if not durations:
+            return None
+        mean = sum(durations) / len(durations)
+        work = sum(max(mean - (c.running_for_s or 0.0), 0.0) for c in running) + mean * len(left)
+        return work / max(len(running), 1)
+
+
+def scan(results: str | os.PathLike = "results", final: bool = False) -> Sweep:
+    results = Path(results)
+    path = manifest_path(results)
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path} not found: no sweep has started here yet (run snakemake first)") from None
+    combos = [classify(results, family, combo, final)
+              for family, per in manifest.get("combinations", {}).items() for combo in per]
+    return Sweep(manifest, combos)
+
+
+# ------------------------------------------------------------------------------------ rendering
+def progress_text(sweep: Sweep) -> str:
+    from meli.io import format_seconds
+
+    n, counts = len(sweep.combinations), sweep.counts
+    eta = sweep.eta_s()
+    eta_text = ("—" if eta == 0 else "unknown until a combination finishes" if eta is None
+                else f"~{format_seconds(eta)} (mean of {counts['done']} finished, {max(counts['running'], 1)} at once)")
+    lines = [f"sweep started {sweep.manifest.get('started_at', '?')} ({', '.join(sweep.manifest.get('configfiles') or ['default config'])}): "
+             f"{n} combinations",
+             f"  done {counts['done']} · running {counts['running']} · failed {counts['failed']} · left {counts['left']}"
+             f" · ETA {eta_text}"]
+    for c in sweep.missing:
+        attempts = f", {c.attempts} attempt{'s' if c.attempts != 1 else ''}" if c.attempts else ""
+        lines.append(f"  {c.state:<17} {c.family}/{c.combo}{attempts}: {c.detail or '-'}")
+        if c.state != NOT_RUN:
+            lines.append(f"  {'':<17} log: {c.log}")
+    return "\n".join(lines)
+
+
+def status_html(sweep: Sweep, final: bool) -> dict[str, str]:
+    """The report's banner and its section on failed and unfinished combinations."""
+    n, missing = len(sweep.combinations), sweep.missing
+    counts = sweep.counts
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    banner = (f'<p class="partial"><strong>Partial: {len(missing)} of {n} combinations missing</strong> '
+              f"({counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
+              f"{counts['left']} not run yet; {'the sweep ended' if final else 'rendered'} {escape(when)}). "
+              "Tables and selection cover the finished runs only; test scores are computed once every "
+              'combination has finished. <a href="#sweep">Which are missing and why</a>.</p>')
+    rows = "".join(
+        f"<tr><td>{escape(c.family)}</td><td><code>{escape(c.combo)}</code></td><td>{escape(c.state)}</td>"
+        f'<td class="num">{c.attempts}</td><td class="wrap">{escape(c.detail)}</td>'
+        f"<td><code>{escape(c.log)}</code></td></tr>"
+        for c in missing)
+    section = ("<table><thead><tr><th>family</th><th>combination</th><th>state</th><th class=num>attempts</th>"
+               f"<th>detail</th><th>log</th></tr></thead><tbody>{rows}</tbody></table>"
+               '<p class="note">Rerun the same <code>snakemake</code> command: it retrains only these '
+               "combinations (with <code>--profile profiles/slurm</code>, up to 3 attempts each with more "
+               "memory and time), then rebuilds the tables, the test scores and this report.</p>")
+    return {"banner": banner, "section": f'<div class="table-wrap">{section}</div>'}
+
+
+def _backdate(paths: list[Path]) -> None:
+    for p in paths:
+        if p.exists():
+            os.utime(p, (PARTIAL_MTIME, PARTIAL_MTIME))
+
+
+def write_partial(results: str | os.PathLike, sweep: Sweep, final: bool, mlflow: bool) -> Path | None:
+    """Tables and report (and with ``mlflow`` the import) from the finished runs; backdated."""
+    from meli.io import atomic_path, dir_lock
+    from meli.report import aggregate, render
+
+    results = Path(results)
+    done = [c.run_dir for c in sweep.by_state(DONE)]
+    if not done:
+        log.info("no combination has finished yet: no tables or report to write")
+        return None
+    if not sweep.missing:
+        log.info("every combination has finished: snakemake builds the final tables and report")
+        return None
+    tables, out = results / "tables", results / "report.html"
+    config = sweep.manifest.get("config") or {}
+    with dir_lock(tables):
+        aggregate.aggregate(done, tables)
+        for name in TEST_TABLES:  # scores of an earlier selection would contradict this one
+            with contextlib.suppress(FileNotFoundError):
+                (tables / name).unlink()
+        html = render.render(results, config, sweep.manifest.get("configfiles") or [], workdir=results.parent,
+                             status=status_html(sweep, final))
+        with atomic_path(out) as tmp:
+            tmp.write_text(html, encoding="utf-8")
+        _backdate([tables / name for name in TABLES] + [out])
+    log.info("wrote %s and %s/ from %d finished runs (partial: %d of %d missing)",
+             out, tables, len(done), len(sweep.missing), len(sweep.combinations))
+    if mlflow:
+        from meli import tracking
+
+        ml = config.get("mlflow") or {}
+        dataset = (config.get("dataset") or {}).get("name")
+        imported = results / "mlflow" / "imported.json"
+        tracking.import_runs(done, ml.get("experiment") or dataset or "meli", ml.get("tracking_uri") or "",
+                             results / "mlflow", imported, dataset=dataset, log_models=bool(ml.get("log_models")))
+        _backdate([imported])
+        log.info("imported the %d finished runs into MLflow (%s)", len(done), imported)
+    return out
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("report", help="print progress; write partial tables and report from the finished runs")
+    rep.add_argument("--results", default="results")
+    rep.add_argument("--final", action="store_true", help="the sweep is over (Snakefile onerror): nothing runs")
+    rep.add_argument("--mlflow", action="store_true", help="also import the finished runs into MLflow")
+    rep.add_argument("--json", action="store_true", help="print the state as JSON instead of text")
+    args = ap.parse_args(argv)
+    from meli.io import setup_logging
+
+    setup_logging("meli.sweep")
+    sweep = scan(args.results, final=args.final)
+    if args.json:
+        print(json.dumps({"counts": sweep.counts, "eta_s": sweep.eta_s(),
+                          "combinations": [asdict(c) for c in sweep.combinations]}, indent=1))
+    else:
+        print(progress_text(sweep), flush=True)
+    t0 = time.monotonic()
+    out = write_partial(args.results, sweep, final=args.final, mlflow=args.mlflow)
+    if out is not None and not args.json:
+        print(f"report: {out} (partial: {len(sweep.missing)} of {len(sweep.combinations)} missing; "
+              f"{time.monotonic() - t0:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
