@@ -171,3 +171,15 @@ def test_an_incomplete_run_is_not_done(tmp_path):
     assert sweep.incomplete(run, "tfidf") is None
     (run / "model.joblib").unlink()
     assert sweep.incomplete(run, "tfidf") == "missing model.joblib"
+
+
+def test_slurm_verdict_is_about_the_recorded_attempt(tmp_path):
+    """Attempt 1 was killed for memory; attempt 2 (a new SLURM job) is running: not 'killed'."""
+    results = _results(tmp_path, {"cnn": ["c"]})
+    _slurm_log(results, "rule_train_neural/cnn_c/700.log", OOM)
+    _record(results, "cnn", "c", state="running", host="node2", slurm_job_id="701", attempt=2)
+    [c] = sweep.scan(results).combinations
+    assert c.state == "running" and c.attempts == 2
+    _slurm_log(results, "rule_train_neural/cnn_c/701.log", TIME)
+    [c] = sweep.scan(results).combinations
+    assert c.state == "timed out" and "701.log" in c.detail

@@ -167,6 +167,18 @@ def slurm_logs(results: Path, family: str, combo: str, record: dict[str, Any] | 
     return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
+def _recorded_job_log(logs: list[Path], record: dict[str, Any] | None) -> Path | None:
+    """The SLURM log of the attempt in ``record``; without a record (or SLURM ids), the newest."""
+    record = record or {}
+    if record.get("slurm_array_job_id") and record.get("slurm_array_task_id"):
+        name = f"{record['slurm_array_job_id']}_{record['slurm_array_task_id']}.log"
+    elif record.get("slurm_job_id"):
+        name = f"{record['slurm_job_id']}.log"
+    else:
+        return logs[-1] if logs and not record else None
+    return next((p for p in logs if p.name == name), None)
+
+
 def slurm_verdict(text: str) -> tuple[str, str] | None:
     for pattern, state, why in SLURM_VERDICTS:
         if pattern.search(text):
@@ -220,10 +232,12 @@ def classify(results: Path, family: str, combo: str, final: bool = False) -> Com
 
     slurm = slurm_logs(results, family, combo, record)
     c.slurm_logs = [str(p) for p in slurm]
+    # SLURM's verdict on the recorded attempt (its job id), not on an earlier one
+    recorded = _recorded_job_log(slurm, record)
     verdict = None
-    if slurm:
+    if recorded is not None:
         with contextlib.suppress(OSError):
-            verdict = slurm_verdict(slurm[-1].read_text(errors="replace"))
+            verdict = slurm_verdict(recorded.read_text(errors="replace"))
     state = (record or {}).get("state")
     if record is None:
         if verdict:  # killed before the wrapper could write (e.g. the job's own Snakemake ran out of memory)
