@@ -269,7 +269,7 @@ def test_the_next_run_retries_only_the_failed_combination(failed_sweep):
     wf, _, diverged = failed_sweep
     proc = snakemake(wf, "-n", "--configfile", "grid.yaml")
     assert job_counts(proc.stdout) == {"train_neural": 1, "aggregate": 1, "mlflow_import": 1, "evaluate_test": 1,
-                                       "report_html": 1, "all": 1, "total": 6}
+                                       "mlflow_selected": 1, "report_html": 1, "all": 1, "total": 7}
     assert f"results/runs/mlp/{diverged}/metrics.json" in proc.stdout
 
 
