@@ -4,7 +4,7 @@ import json
 import os
 import shlex
 import sys
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import yaml
 
@@ -23,10 +23,10 @@ sys.path.insert(0, SCRIPTS)
 # environment after this prefix, which then comes first.
 _BIN = os.path.dirname(sys.executable)
 _PATH = "export PATH=%s:$PATH; " % shlex.quote(_BIN) if os.access(os.path.join(_BIN, "python"), os.X_OK) else ""
-# (Snakemake formats the prefix like a shell command: {{ }} stands for a literal brace.)
-shell.prefix(
-    "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; %s" % (shlex.quote(SCRIPTS), _PATH)
-)
+# Snakemake formats the prefix like a shell command: every brace is doubled to stand for itself,
+# the shell's ${...} and any in the checkout's own path (a directory named "exp {v2}").
+_PREFIX = "set -euo pipefail; export PYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH}; %s" % (shlex.quote(SCRIPTS), _PATH)
+shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))
 
 from meli.overrides import coerce  # noqa: E402
 
@@ -41,7 +41,8 @@ validate(config, SCHEMA)
 import yaml  # noqa: E402
 
 from meli import models  # noqa: E402
-from meli.config import ConfigError, check_after_defaults, check_config  # noqa: E402
+from meli.data.fetch import local_path  # noqa: E402
+from meli.config import ConfigError, check_after_defaults, check_config, stage_config  # noqa: E402
 from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family  # noqa: E402
 
 # Stops the run before any job, naming the offending key (one line; snakemake's validate would
@@ -133,9 +134,7 @@ def dataset_source():
     url = urlparse(src)
     if url.scheme in ("http", "https"):
         return f"{DATA}/source/{os.path.basename(url.path) or 'dataset'}"
-    if url.scheme == "file":
-        return unquote(url.path)
-    return src
+    return str(local_path(src))
 
 
 # ------------------------------------------------------------ embeddings (rules/embeddings.smk)
@@ -146,9 +145,7 @@ def vectors_source(name):
     url = urlparse(src)
     if url.scheme in ("http", "https"):
         return f"results/embeddings/{name}/source/{os.path.basename(url.path)}"
-    if url.scheme == "file":
-        return url.path
-    return src
+    return str(local_path(src))  # file:// URLs percent-decoded, as for dataset.source
 
 
 def embedding_inputs(wc):

@@ -36,21 +36,23 @@ rule download_dataset:
     params:
         url=config["dataset"]["source"],
         sha=config["dataset"]["sha256"] or "",
-        retries=config["dataset"]["download_retries"],
-        timeout=config["dataset"]["download_timeout_s"],
+    # Retries and timeout are how hard to try, not what arrives: resources, which (unlike params)
+    # never make snakemake redo the download and everything after it when they change.
     resources:
         runtime=lambda wc, attempt: 120 * attempt,
+        retries=config["dataset"]["download_retries"],
+        timeout_s=str(config["dataset"]["download_timeout_s"]),
     conda:
         CONDA_ENV
     shell:
         "python -m meli.data.fetch {params.url:q} --out {output:q} --sha256 '{params.sha}'"
-        " --retries {params.retries} --timeout {params.timeout} > {log:q} 2>&1"
+        " --retries {resources.retries} --timeout {resources.timeout_s} > {log:q} 2>&1"
 
 
 rule prepare_data:
     """Read every format in chunks, drop/count bad rows, clean + tokenize, stratified split."""
     input:
-        source=dataset_source(),
+        source=lambda wc: dataset_source(),
     output:
         splits=expand(f"{DATA}/{{split}}.parquet", split=SPLITS),
         summary=report(f"{DATA}/summary.json", category="Dataset", caption="../report/dataset.rst"),
@@ -59,15 +61,19 @@ rule prepare_data:
     benchmark:
         "results/benchmarks/prepare_data.tsv"
     params:
-        cfg=as_arg({k: config[k] for k in ("dataset", "preprocess", "split")}),
+        cfg=as_arg(stage_config(config, "prepare")),
         out_dir=lambda wc, output: os.path.dirname(output.summary),
     threads: 2
+    # How much to read at once and at most: resources, not params (see download_dataset).
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 120 * attempt,
+        chunk_rows=config["preprocess"]["chunk_rows"],
+        max_line_bytes=config["dataset"]["max_line_bytes"],
+        max_source_bytes=config["dataset"]["max_source_bytes"],
     conda:
         CONDA_ENV
     shell:
         "python -m meli.data.prepare --source {input.source:q} --out-dir {params.out_dir} --config {params.cfg}"
-        " --threads {threads}"
-        " > {log:q} 2>&1"
+        " --threads {threads} --chunk-rows {resources.chunk_rows} --max-line-bytes {resources.max_line_bytes}"
+        " --max-source-bytes {resources.max_source_bytes} > {log:q} 2>&1"

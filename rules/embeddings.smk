@@ -42,15 +42,15 @@ rule download_vectors:
     params:
         url=lambda wc: config["embeddings"][wc.emb]["source"],
         sha=lambda wc: config["embeddings"][wc.emb].get("sha256") or "",
-        retries=config["dataset"]["download_retries"],
-        timeout=config["dataset"]["download_timeout_s"],
-    resources:
+    resources:  # not params: see download_dataset
         runtime=lambda wc, attempt: 240 * attempt,
+        retries=config["dataset"]["download_retries"],
+        timeout_s=str(config["dataset"]["download_timeout_s"]),
     conda:
         CONDA_ENV
     shell:
         "python -m meli.data.fetch {params.url:q} --out {output:q} --sha256 '{params.sha}'"
-        " --retries {params.retries} --timeout {params.timeout} > {log:q} 2>&1"
+        " --retries {resources.retries} --timeout {resources.timeout_s} > {log:q} 2>&1"
 
 
 rule embedding_matrix:

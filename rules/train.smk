@@ -38,4 +38,4 @@ rule train_neural:
         " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
         " --features {params.features} --matrix {input.matrix:q} --out-dir {params.run_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q}"
-        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+        " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb} > {log:q} 2>&1"

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 import jsonschema
 
 from meli.cli import MeliError
 from meli.data.fetch import FetchError, local_path
+from meli.redact import redact_url
 
 
 class ConfigError(MeliError, ValueError):
@@ -95,13 +97,48 @@ def check_source(key: str, source: str, workdir: str | os.PathLike = ".") -> Non
                           f"{Path(workdir).resolve()}){hint}")
 
 
+# Formats whose loading runs Python code from the file (pickle): gensim KeyedVectors (.kv, .model),
+# joblib/pickle files. Fine from your own disk; from the network only when pinned by sha256.
+PICKLED_SUFFIXES = (".kv", ".model", ".pkl", ".pickle", ".joblib")
+
+
+def check_pickled_download(key: str, source: str, sha256: str | None) -> None:
+    """A pickled file from an http(s) URL needs its sha256: loading it runs whatever code it holds."""
+    url = urlparse(source)
+    if url.scheme in ("http", "https") and url.path.lower().endswith(PICKLED_SUFFIXES) and not sha256:
+        name = os.path.basename(url.path)
+        raise ConfigError(
+            f"config {key}: {name} is a pickle (gensim/joblib format): loading it runs any code it contains, and "
+            f"it comes from the network ({redact_url(source)}); give its sha256 in the sibling `sha256` key (from a "
+            "source you trust), or use the word2vec text/binary format (.txt, .vec, .bin), which is only parsed")
+
+
 def check_sources(config: Mapping, workdir: str | os.PathLike = ".") -> None:
     source = config["dataset"]["source"]
     if source != "demo":
         check_source("dataset.source", source, workdir)
+        check_pickled_download("dataset.source", source, config["dataset"].get("sha256"))
     for name, spec in config["embeddings"].items():
         if spec.get("kind") == "pretrained" and spec.get("source"):
             check_source(f"embeddings.{name}.source", spec["source"], workdir)
+            check_pickled_download(f"embeddings.{name}.source", spec["source"], spec.get("sha256"))
+
+
+# Keys that change how a stage runs or how results are labelled, never what it computes. They are
+# kept out of the stage's params (a params change makes snakemake redo the job and everything
+# after it): renaming the dataset or raising a timeout must not retrain every model.
+OPERATIONAL_KEYS = {
+    "dataset": {"name", "download_retries", "download_timeout_s", "demo_rows", "demo_categories",
+                "max_line_bytes", "max_source_bytes"},
+    "preprocess": {"chunk_rows"},
+}
+STAGE_SECTIONS = {"prepare": ("dataset", "preprocess", "split")}
+
+
+def stage_config(config: Mapping, stage: str) -> dict[str, Any]:
+    """The config sections a stage reads, without the keys that cannot change its output."""
+    return {section: {k: v for k, v in config[section].items() if k not in OPERATIONAL_KEYS.get(section, ())}
+            for section in STAGE_SECTIONS[stage]}
 
 
 def check_config(config: Any, schema: Mapping) -> None:

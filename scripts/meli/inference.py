@@ -13,6 +13,7 @@ TF-IDF runs are delegated to :func:`meli.train.baseline.load_predictor`.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,14 @@ class NeuralPredictor:
     def __init__(self, run_dir: Path, data_dir: Path, features_dir: Path, device: str = "auto"):
         self.run_dir, self.data_dir, self.features_dir = Path(run_dir), Path(data_dir), Path(features_dir)
         self.device = select_device(device)
-        bundle: dict[str, Any] = torch.load(self.run_dir / "model.pt", map_location="cpu", weights_only=True)
+        model_file = self.run_dir / "model.pt"
+        try:  # weights_only: tensors and plain values, never code
+            bundle: dict[str, Any] = torch.load(model_file, map_location="cpu", weights_only=True)
+            if not isinstance(bundle, dict) or "state_dict" not in bundle:
+                raise ValueError("not a meli model bundle")
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            raise ValueError(f"{model_file}: cannot read the model ({str(err).splitlines()[0][:200]}); is the file "
+                             "complete and written by meli.train.neural? Rerun its training job") from None
         self.family, self.params = bundle["family"], bundle["params"]
         self.max_len = int(bundle["max_len"])
         self.categories: list[str] = list(bundle["categories"])

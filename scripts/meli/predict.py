@@ -11,6 +11,12 @@ A title with no word the model knows (empty, or only words unseen in training) s
 top-k, flagged: the model saw only [UNK]/padding, so the probabilities are its prior over the
 categories, not a reading of the title. The text output says so under the title; the JSON has
 ``known_words: 0`` and a ``warning``.
+
+Trust: an MLP/CNN ``model.pt`` is read with ``torch.load(weights_only=True)`` (tensors only, no
+code). A TF-IDF ``model.joblib`` is a pickle: loading it runs whatever code it holds. It is
+loaded only from the run directories of the workflow you are in (``./results/runs/...``, or
+the run ``--family`` selects); for a run directory anywhere else (a colleague's, a download)
+predict refuses unless ``--trust-model`` says you trust whoever wrote it.
 """
 from __future__ import annotations
 
@@ -45,6 +51,24 @@ def resolve_run(run: str | None, family: str | None, selection: str | Path) -> P
     if not path.is_absolute() and not path.exists():
         path = workflow_root(selection) / path  # recorded relative to the workflow root
     return path
+
+
+PICKLED_MODELS = ("model.joblib",)
+
+
+def check_trusted(run_dir: Path, trusted_roots: Iterable[Path], trust: bool) -> None:
+    """Refuse to unpickle a model from outside ``trusted_roots`` (results/runs of this workflow)
+    unless the user said ``--trust-model``."""
+    pickled = [run_dir / name for name in PICKLED_MODELS if (run_dir / name).exists()]
+    if not pickled or trust:
+        return
+    here = run_dir.resolve()
+    if any(here.is_relative_to(root.resolve()) for root in trusted_roots):
+        return
+    raise PermissionError(
+        f"{pickled[0]} is a pickle (joblib): loading it runs any code it contains, and this run directory is not "
+        f"under {' or '.join(str(r) for r in trusted_roots)} (the workflow you are in). If you trust whoever wrote "
+        "it, pass --trust-model")
 
 
 def read_titles(args_titles: list[str], file: str | None) -> list[str]:
@@ -121,7 +145,9 @@ def main(argv: list[str] | None = None, load_predictor=None) -> int:
     ap.add_argument("--selection", default="results/tables/selection.json")
     ap.add_argument("--data-dir", help="default: <results>/data beside the run")
     ap.add_argument("--features", help="default: <results>/features beside the run")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--trust-model", action="store_true",
+                    help="load a pickled model (TF-IDF model.joblib) from outside ./results/runs (runs its code)")
     ap.add_argument("--top-k", type=int, default=5)
     ap.add_argument("--file", help="titles, one per line; - reads stdin")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -132,6 +158,10 @@ def main(argv: list[str] | None = None, load_predictor=None) -> int:
     try:
         titles = read_titles(args.titles, args.file)
         run_dir = resolve_run(args.run, args.family, args.selection)
+        trusted = [Path.cwd() / "results" / "runs"]
+        if args.family:  # the selection of a workflow you point at is that workflow's own run
+            trusted.append(workflow_root(args.selection) / "results" / "runs")
+        check_trusted(run_dir, trusted, args.trust_model)
         root = results_root(run_dir)
         data_dir = Path(args.data_dir) if args.data_dir else root / "data"
         features = Path(args.features) if args.features else root / "features"

@@ -61,6 +61,7 @@ import pandas as pd
 
 from meli import mlflow_store, runs
 from meli.io import Progress, read_json, setup_logging, write_json
+from meli.redact import redact_url
 
 log = logging.getLogger("meli.tracking")
 
@@ -96,6 +97,7 @@ def is_remote(uri: str) -> bool:
 
 def ui_hint(uri: str) -> str:
     """The exact command that shows the experiment."""
+    uri = redact_url(uri)
     return f"open {uri}" if is_remote(uri) else f"mlflow ui --backend-store-uri {uri}"
 
 
@@ -279,7 +281,7 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
             "experiment": experiment,
             "experiment_id": experiment_id,
             "dataset": dataset or experiment,
-            "tracking_uri": uri,
+            "tracking_uri": uri,  # read back by mlflow_selected to connect; shown only redacted
             "ui": ui_hint(uri),
             "runs": {},
             "imported": [],
@@ -305,7 +307,7 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
             progress.update()
         write_json(out, result)
     log.info("experiment %r (id %s) at %s: %d imported, %d already there, %d old runs deleted",
-             experiment, experiment_id, uri, len(result["imported"]), len(result["skipped"]),
+             experiment, experiment_id, redact_url(uri), len(result["imported"]), len(result["skipped"]),
              len(result["replaced"]))
     log.info("browse the runs with: %s", result["ui"])
     return result

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlparse
 
 from meli.cli import MeliError
 from meli.io import Progress, atomic_path, setup_logging
+from meli.redact import redact_url
 
 log = logging.getLogger("meli.data.fetch")
 
@@ -80,6 +81,41 @@ def verify_archive(path: str | os.PathLike, name: str | None = None) -> None:
         raise FetchError(f"{name or path}: truncated or corrupt {opener.__module__} archive ({err})") from err
 
 
+# What a file must start with, by its name: a download whose bytes disagree is not the file.
+MAGIC = (
+    ((".gz", ".tgz"), b"\x1f\x8b", "gzip"),
+    ((".bz2", ".tbz2"), b"BZh", "bzip2"),
+    ((".xz",), b"\xfd7zXZ\x00", "xz"),
+    ((".zip",), b"PK\x03\x04", "zip"),
+    ((".parquet", ".pq"), b"PAR1", "Parquet"),
+)
+HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<?xml")
+
+
+def check_delivery(url: str, name: str, first_bytes: bytes, size: int, content_type: str | None = None) -> None:
+    """Raise FetchError when what arrived is not the file asked for: an empty body, an HTML page
+    (a login, error or confirmation page answered with 200), or bytes that do not start like the
+    file's name says (a .gz that is not gzip). The message names the URL and what came instead."""
+    shown = redact_url(url)
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if size == 0:
+        raise FetchError(f"{shown}: the server sent an empty body (0 bytes), not the file; nothing was kept")
+    head = first_bytes.lstrip().lower()
+    lower = name.lower()
+    looks_html = head.startswith(HTML_STARTS) and (b"<html" in head or b"<!doctype html" in head
+                                                   or head.startswith((b"<html", b"<head", b"<body")))
+    if (looks_html or kind in ("text/html", "application/xhtml+xml")) and not lower.endswith((".html", ".htm")):
+        raise FetchError(
+            f"{shown}: the server sent an HTML page ({kind or 'no Content-Type'}, {size:,} bytes, starting "
+            f"{first_bytes[:60]!r}), not {name}: a login, error or confirmation page? Check the URL in a browser; "
+            "nothing was kept, so the next run downloads again")
+    for suffixes, magic, what in MAGIC:
+        if lower.endswith(suffixes) and not first_bytes.startswith(magic):
+            raise FetchError(
+                f"{shown}: {name} should be a {what} file, but the {size:,} bytes received start with "
+                f"{first_bytes[:16]!r} ({kind or 'no Content-Type'}); nothing was kept, so the next run downloads again")
+
+
 def fetch(
     source: str,
     out: str | os.PathLike,
@@ -104,9 +140,9 @@ def fetch(
             return out
         except _Transient as err:
             if attempt == retries:
-                raise FetchError(f"{source}: giving up after {retries + 1} attempts: {err}") from err
+                raise FetchError(f"{redact_url(source)}: giving up after {retries + 1} attempts: {err}") from err
             wait = backoff_s * 2**attempt
-            log.warning("%s: %s; retry %d/%d in %.1fs", source, err, attempt + 1, retries, wait)
+            log.warning("%s: %s; retry %d/%d in %.1fs", redact_url(source), err, attempt + 1, retries, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -140,10 +176,11 @@ def _download(url: str, out: Path, sha256: str | None, timeout: float) -> None:
     except urllib.error.HTTPError as err:
         if err.code >= 500 or err.code in (408, 429):
             raise _Transient(f"HTTP {err.code} {err.reason}") from err
-        raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from err
+        raise FetchError(f"{redact_url(url)}: HTTP {err.code} {err.reason}") from err
     except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as err:
         raise _Transient(f"cannot connect: {getattr(err, 'reason', err)}") from err
     with response, atomic_path(out) as tmp:
+        content_type = response.headers.get("Content-Type")
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         progress = Progress(log, total, f"download {out.name} (bytes)", every_s=5.0)
@@ -161,11 +198,13 @@ def _download(url: str, out: Path, sha256: str | None, timeout: float) -> None:
         if total is not None and received < total:
             raise _Transient(f"body truncated: {received:,} of {total:,} announced bytes")
         log.info(progress.line())
+        with open(tmp, "rb") as f:
+            check_delivery(url, out.name, f.read(512), received, content_type)
         if sha256:
-            _check_sha(url, digest.hexdigest(), sha256)
+            _check_sha(redact_url(url), digest.hexdigest(), sha256)
         else:
-            verify_archive(tmp, url)
-    log.info("%s -> %s (%d bytes, sha256 %s)", url, out, received, digest.hexdigest())
+            verify_archive(tmp, redact_url(url))
+    log.info("%s -> %s (%d bytes, sha256 %s)", redact_url(url), out, received, digest.hexdigest())
 
 
 def main(argv: list[str] | None = None) -> int:

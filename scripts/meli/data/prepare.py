@@ -43,7 +43,8 @@ import pyarrow.parquet as pq
 from meli.cli import MeliError
 from meli.data.fetch import FetchError, local_path, sha256_file
 from meli.io import atomic_path, format_seconds, peak_rss_mb, setup_logging
-from meli.data.readers import READER_BAD_REASONS, Chunk, SourceError, detect_format, read_chunks
+from meli.data.readers import (DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_SOURCE_BYTES, READER_BAD_REASONS, Chunk, Limits,
+                               SourceError, detect_format, read_chunks)
 from meli.data.text import clean_array, guess_language
 
 log = logging.getLogger("meli.data.prepare")
@@ -138,9 +139,11 @@ def _processed(chunks: Iterator[Chunk], dataset: Mapping, preprocess: Mapping,
             yield (done, *future.result())
 
 
-def read_source(source: Path, cfg: Mapping, threads: int = 1) -> tuple[pa.Table, dict[str, int], int, str, list[str]]:
+def read_source(source: Path, cfg: Mapping, threads: int = 1,
+                source_splits: set[str] | None = None) -> tuple[pa.Table, dict[str, int], int, str, list[str]]:
     """All kept rows of ``source`` (chunked Arrow table), drop counts, rows read, format, and
-    where the first bad lines are (file, line, why)."""
+    where the first bad lines are (file, line, why). ``source_splits`` collects the splits the
+    source declares (course member names, a split column), kept rows or not."""
     dataset, preprocess = cfg["dataset"], cfg["preprocess"]
     fmt = detect_format(source) if dataset.get("format", "auto") == "auto" else dataset["format"]
     chunk_rows = preprocess.get("chunk_rows", 500_000)
@@ -149,9 +152,14 @@ def read_source(source: Path, cfg: Mapping, threads: int = 1) -> tuple[pa.Table,
     parts: list[pa.Table] = []
     rows_read = kept = 0
     start = time.monotonic()
-    chunks = read_chunks(source, fmt, chunk_rows, tuple(dataset["languages"]))
+    limits = Limits(dataset.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES),
+                    dataset.get("max_source_bytes", DEFAULT_MAX_SOURCE_BYTES))
+    chunks = read_chunks(source, fmt, chunk_rows, tuple(dataset["languages"]), limits)
     examples: list[str] = []
+    source_splits = set() if source_splits is None else source_splits
     for chunk, table, counts in _processed(chunks, dataset, preprocess, threads):
+        source_splits.update(chunk.splits)
+        source_splits.update(v for v in pc.unique(chunk.table["split"]).to_pylist() if v in SPLITS)
         rows_read += chunk.rows_read
         dropped["unparsable"] += chunk.unparsable
         for reason, n in [*chunk.bad.items(), *counts.items()]:
@@ -286,9 +294,13 @@ def stratified_subsample(codes: np.ndarray, assign: np.ndarray, fraction: float,
     return np.where(keep & (assign != DROPPED), assign, DROPPED).astype(np.int8)
 
 
-def source_assignment(column: pa.ChunkedArray) -> np.ndarray | None:
+def source_assignment(column: pa.ChunkedArray, declared: set[str] | frozenset = frozenset(),
+                      source: object = "the source", dropped: Mapping[str, int] | None = None) -> np.ndarray | None:
     """The source's own split per row when every row has one of train/validation/test and all
-    three occur; None otherwise."""
+    three occur; None otherwise (the rows are then split here).
+
+    A split the source declares (``declared``: a course member, values of its split column) but
+    whose rows were all dropped is an error, never a silent re-split of what is left."""
     if column.null_count:
         return None
     codes, values = codes_of(column)
@@ -296,7 +308,15 @@ def source_assignment(column: pa.ChunkedArray) -> np.ndarray | None:
         return None
     mapping = np.array([SPLITS.index(v) for v in values], np.int8)
     assign = mapping[codes]
-    if len(np.unique(assign)) < len(SPLITS):
+    present = {SPLITS[i] for i in np.unique(assign)}
+    vanished = sorted(set(declared) & set(SPLITS) - present, key=SPLITS.index)
+    if vanished and set(declared) >= set(SPLITS):
+        why = ", ".join(f"{n:,} {r}" for r, n in sorted(_nonzero(dropped or {}).items(), key=lambda kv: -kv[1]))
+        raise PrepareError(
+            f"{source}: the source's {'/'.join(vanished)} split has no usable row left ({why or 'no rows'}); "
+            "refusing to re-split the other splits silently. Fix the source, or set split.use_source_splits: false "
+            "to split all usable rows here")
+    if len(present) < len(SPLITS):
         return None
     return assign
 
@@ -379,13 +399,15 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
     if expected and not path.is_dir() and fingerprint["sha256"] != expected:
         raise PrepareError(f"{path}: sha256 {fingerprint['sha256']} does not match dataset.sha256 {expected}")
 
-    table, dropped, rows_read, fmt, examples = read_source(path, cfg, threads)
+    declared: set[str] = set()
+    table, dropped, rows_read, fmt, examples = read_source(path, cfg, threads, declared)
     hint = _format_hint(path, fmt, dataset)
     bad_fraction = check_bad_rows(dropped, rows_read, dataset["max_bad_row_fraction"], path,
                                   examples + ([hint.lstrip("; ")] if hint else []))
     codes, categories = codes_of(table["category"])
 
-    assign = source_assignment(table["split"]) if split_cfg["use_source_splits"] else None
+    assign = (source_assignment(table["split"], declared, path, dropped) if split_cfg["use_source_splits"]
+              else None)
     splits_from = "source" if assign is not None else "stratified"
     rare = np.zeros(len(categories), bool)
     if assign is None:
@@ -405,7 +427,7 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
     n_tokens = np.concatenate([c.to_numpy() for c in table["n_tokens"].chunks])
     summary: dict[str, Any] = {
         "source": {**fingerprint, "format": fmt},
-        "dataset": {"name": dataset["name"], "languages": list(dataset["languages"]),
+        "dataset": {"languages": list(dataset["languages"]),
                     "label_quality": list(dataset["label_quality"])},
         "preprocess": dict(cfg["preprocess"]),
         "split": {"from": splits_from, **dict(split_cfg)},
@@ -480,11 +502,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--config", required=True, help="JSON with the dataset, preprocess and split sections")
     parser.add_argument("--threads", type=int, default=1, help="chunks cleaned in parallel (and Arrow's CPU pool)")
+    # How much to read at once and at most: not in --config (the rule's params), since they never
+    # change the output, and a changed param would redo this stage and everything after it.
+    parser.add_argument("--chunk-rows", type=int, help="preprocess.chunk_rows")
+    parser.add_argument("--max-line-bytes", type=int, help="dataset.max_line_bytes")
+    parser.add_argument("--max-source-bytes", type=int, help="dataset.max_source_bytes")
     args = parser.parse_args(argv)
     setup_logging()
     pa.set_cpu_count(max(args.threads, 1))
+    cfg = json.loads(args.config)
+    for section, key, value in (("preprocess", "chunk_rows", args.chunk_rows),
+                                ("dataset", "max_line_bytes", args.max_line_bytes),
+                                ("dataset", "max_source_bytes", args.max_source_bytes)):
+        if value is not None:
+            cfg[section][key] = value
     try:
-        prepare(args.source, args.out_dir, json.loads(args.config), max(args.threads, 1))
+        prepare(args.source, args.out_dir, cfg, max(args.threads, 1))
     except (PrepareError, SourceError, FetchError) as err:
         log.error("%s", err)
         return 1

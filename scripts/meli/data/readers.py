@@ -39,8 +39,12 @@ SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
 FORMATS = ("raw_csv", "course_jsonl", "course_archive", "parquet")
 RAW_HEADER = ("title", "label_quality", "language", "category")
 COURSE_MEMBER = re.compile(r"(?:^|/)(spanish|portuguese)\.(train|validation|test)\.jsonl(?:\.gz)?$")
+NEWLINE = b"\n"
 BYTES_PER_ROW = 120  # rough size of one CSV/JSON-lines row, turns chunk_rows into read block sizes
 
+
+DEFAULT_MAX_LINE_BYTES = 1 << 20  # dataset.max_line_bytes: a title line is ~100 bytes, a course line ~1 kB
+DEFAULT_MAX_SOURCE_BYTES = 50_000_000_000  # dataset.max_source_bytes: decompressed bytes read in all
 
 READER_BAD_REASONS = ("invalid_utf8", "title_not_text")  # rows a reader drops besides unparsable ones
 MAX_EXAMPLES = 5  # bad lines quoted per chunk (the log and the error messages show them)
@@ -51,12 +55,68 @@ class SourceError(MeliError, ValueError):
 
 
 @dataclass
+class Limits:
+    """How much of a source the data stage is willing to read (dataset.max_line_bytes and
+    dataset.max_source_bytes): a small archive that expands to gigabytes, or a member with no
+    newline, stops with a clear error instead of exhausting memory or disk time."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES
+    read: int = 0  # decompressed bytes read so far, all files together
+
+    def take(self, n: int, where: object) -> None:
+        self.read += n
+        if self.read > self.max_source_bytes:
+            raise SourceError(
+                f"{where}: over dataset.max_source_bytes={self.max_source_bytes:,} bytes after decompression "
+                "(a compressed file that expands far beyond its size?); raise dataset.max_source_bytes if the "
+                "source really is this large")
+
+    def line_error(self, where: object, length: int | None = None) -> SourceError:
+        found = f"a line of {length:,} bytes" if length is not None else "a line"
+        return SourceError(
+            f"{where}: {found} is longer than dataset.max_line_bytes={self.max_line_bytes:,} (no newline: not a "
+            "CSV/JSON-lines file, or a damaged one?); raise dataset.max_line_bytes if the lines really are this long")
+
+
+class _CappedStream:
+    """A binary stream that counts what it delivers against ``Limits.take``."""
+
+    def __init__(self, stream, limits: Limits, where: object):
+        self.stream, self.limits, self.where = stream, limits, where
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.limits.take(len(data), self.where)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _longest_line(block: bytes) -> int:
+    """Length of the longest newline-terminated line in ``block`` (vectorized)."""
+    import numpy as np
+
+    ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+    return int(np.diff(ends, prepend=-1).max()) - 1 if len(ends) else len(block)
+
+
+@dataclass
 class Chunk:
     table: pa.Table  # columns COLUMNS, all strings
     unparsable: int  # lines of this chunk that could not be parsed (skipped)
     progress: float | None  # share of the source consumed so far (0..1), when known
     bad: dict[str, int] = field(default_factory=dict)  # other skipped rows per READER_BAD_REASONS reason
     examples: list[str] = field(default_factory=list)  # where the first skipped rows are, and why
+    splits: tuple[str, ...] = ()  # splits the source declares here even if every row was skipped (course files)
 
     @property
     def rows_read(self) -> int:
@@ -96,22 +156,25 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_chunks(path: str | Path, fmt: str = "auto", chunk_rows: int = 500_000,
-                languages: tuple[str, ...] | None = None) -> Iterator[Chunk]:
+                languages: tuple[str, ...] | None = None, limits: Limits | None = None) -> Iterator[Chunk]:
     """Chunks of ``path`` in format ``fmt`` (auto-detected by default).
 
-    ``languages`` lets the archive reader skip members of other languages without parsing them.
+    ``languages`` lets the archive reader skip members of other languages without parsing them;
+    ``limits`` bounds line length and decompressed bytes (Parquet is read by row group, bounded
+    by its own metadata).
     """
+    limits = limits or Limits()
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
     _refuse_foreign(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "raw_csv":
-        return read_raw_csv(path, chunk_rows)
+        return read_raw_csv(path, chunk_rows, limits)
     if fmt == "course_jsonl":
-        return read_course_jsonl(path, chunk_rows)
+        return read_course_jsonl(path, chunk_rows, limits)
     if fmt == "course_archive":
-        return read_course_archive(path, chunk_rows, languages)
+        return read_course_archive(path, chunk_rows, languages, limits)
     if fmt == "parquet":
         return read_parquet(path, chunk_rows)
     raise SourceError(f"{path}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -236,7 +299,7 @@ def _csv_header(path: Path) -> tuple[list[str], bool]:
     return fields, False
 
 
-def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
+def read_raw_csv(path: Path, chunk_rows: int = 500_000, limits: Limits | None = None) -> Iterator[Chunk]:
     """The official CSV, with or without header, streamed in blocks of about ``chunk_rows``.
 
     A spreadsheet's "CSV UTF-8" (byte-order mark, CRLF) reads like any other. Rows with the
@@ -261,11 +324,15 @@ def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
                             f"{note}: {_sample(row.text)}")
         return "skip"
 
+    limits = limits or Limits()
     position = _Position(path)
     compression = _compression(path)
     stream = pa.CompressedInputStream(position.raw, compression) if compression else pa.PythonFile(position.raw)
+    stream = pa.PythonFile(_CappedStream(stream, limits, path), mode="r")
+    # A block holds whole lines: a line longer than the block fails in Arrow ("straddling"), below.
+    block_size = max(chunk_rows * BYTES_PER_ROW, 1 << 20, limits.max_line_bytes + 1)
     read = pcsv.ReadOptions(  # the header's own names, cleaned (BOM, case, quotes), so column_types match
-        block_size=max(chunk_rows * BYTES_PER_ROW, 1 << 20), column_names=names, skip_rows=int(has_header),
+        block_size=block_size, column_names=names, skip_rows=int(has_header),
     )
     # binary, not string: one latin-1 row must be a counted bad row, not a failed read (see _conform)
     convert = pcsv.ConvertOptions(column_types={n: pa.binary() for n in names}, strings_can_be_null=True,
@@ -275,6 +342,9 @@ def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
         reader = pcsv.open_csv(stream, read_options=read, parse_options=pcsv.ParseOptions(invalid_row_handler=skip),
                                convert_options=convert)
         for batch in reader:
+            longest = max((pc.max(pc.binary_length(column)).as_py() or 0 for column in batch.columns), default=0)
+            if longest > limits.max_line_bytes:
+                raise limits.line_error(f"{path}, near data row {first_row:,}", longest)
             table, dropped, utf8_examples = _conform(pa.Table.from_batches([batch]), path, first_row, "data row")
             counted, bad[0] = bad[0], 0
             first_row += batch.num_rows + counted
@@ -286,6 +356,8 @@ def read_raw_csv(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
     except (pa.ArrowInvalid, OSError, EOFError) as err:
         if "Empty CSV file" in str(err):
             raise SourceError(f"{path}: no rows (the file holds no data, not even a header)") from err
+        if "straddling" in str(err) or "straddles" in str(err):
+            raise limits.line_error(path) from None
         raise SourceError(f"{path}: cannot read as CSV: {err}") from err
     finally:
         position.raw.close()
@@ -359,31 +431,41 @@ def _course_defaults(name: str) -> dict[str, str]:
     return {"language": match.group(1), "split": match.group(2)} if match else {}
 
 
-def _jsonl_chunks(stream: BinaryIO, name: str, chunk_rows: int, fraction: Callable[[], float | None]) -> Iterator[Chunk]:
+def _jsonl_chunks(stream: BinaryIO, name: str, chunk_rows: int, fraction: Callable[[], float | None],
+                  limits: Limits | None = None) -> Iterator[Chunk]:
+    limits = limits or Limits()
     defaults = _course_defaults(name)
     block_bytes = max(chunk_rows * BYTES_PER_ROW * 3, 1 << 20)  # course lines also carry token ids
     rest = b""
     first_line = 1
     while True:
         data = stream.read(block_bytes)
+        limits.take(len(data), name)
         block = rest + data
         if not data:
             rest = b""
         else:
             cut = block.rfind(b"\n") + 1
             block, rest = block[:cut], block[cut:]
+        # the unfinished line carried to the next read, and every line of this block, are bounded
+        if len(rest) > limits.max_line_bytes:
+            raise limits.line_error(f"{name}, line {first_line + block.count(NEWLINE):,}")
+        longest = _longest_line(block)
+        if longest > limits.max_line_bytes:
+            raise limits.line_error(f"{name}, after line {first_line:,}", longest)
         if block.strip():
             table, unparsable, bad, examples = _parse_json_lines(block, defaults, first_line, name)
             table, invalid, more = _conform(table, name, first_line, "line")
             for reason, n in invalid.items():
                 bad[reason] = bad.get(reason, 0) + n
-            yield Chunk(table, unparsable, fraction(), bad, examples + more)
+            yield Chunk(table, unparsable, fraction(), bad, examples + more,
+                        (defaults["split"],) if "split" in defaults else ())
         first_line += block.count(b"\n")
         if not data:
             return
 
 
-def read_course_jsonl(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
+def read_course_jsonl(path: Path, chunk_rows: int = 500_000, limits: Limits | None = None) -> Iterator[Chunk]:
     """A course JSON-lines file, or every `*.jsonl[.gz]` in a directory (sorted)."""
     files = sorted(p for p in path.iterdir() if re.search(r"\.jsonl(\.gz|\.bz2)?$", p.name)) if path.is_dir() else [path]
     if not files:
@@ -396,7 +478,7 @@ def read_course_jsonl(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
         try:
             stream = pa.CompressedInputStream(position.raw, compression) if compression else pa.PythonFile(position.raw)
             yield from _jsonl_chunks(stream, file.name, chunk_rows,
-                                     lambda: (done + position.fraction() * position.size) / total)
+                                     lambda: (done + position.fraction() * position.size) / total, limits)
         except (OSError, EOFError, pa.ArrowInvalid) as err:
             raise SourceError(f"{file}: cannot read as JSON lines: {err}") from err
         finally:
@@ -404,8 +486,8 @@ def read_course_jsonl(path: Path, chunk_rows: int = 500_000) -> Iterator[Chunk]:
         done += position.size
 
 
-def read_course_archive(path: Path, chunk_rows: int = 500_000,
-                        languages: tuple[str, ...] | None = None) -> Iterator[Chunk]:
+def read_course_archive(path: Path, chunk_rows: int = 500_000, languages: tuple[str, ...] | None = None,
+                        limits: Limits | None = None) -> Iterator[Chunk]:
     """The course archive, streamed: each `{language}.{split}.jsonl.gz` member in archive order."""
     position = _Position(path)
     found = 0
@@ -420,7 +502,7 @@ def read_course_archive(path: Path, chunk_rows: int = 500_000,
                     continue
                 member_file = archive.extractfile(member)
                 stream = gzip.GzipFile(fileobj=member_file) if member.name.endswith(".gz") else member_file
-                yield from _jsonl_chunks(stream, member.name, chunk_rows, position.fraction)
+                yield from _jsonl_chunks(stream, member.name, chunk_rows, position.fraction, limits)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise SourceError(f"{path}: truncated or corrupt archive: {err}") from err
     finally:

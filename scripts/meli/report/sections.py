@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from meli.redact import redact_config, redact_config_text
 from meli.report import charts
 from meli.report.aggregate import hyperparameters, swept
 from meli.report.html import (
@@ -504,9 +505,9 @@ def section_provenance(r: Results, config: dict[str, Any], configfiles: list[str
            table(["package", "version"], list(package_versions().items()))]
     for f in configfiles:
         path = workdir / f if not Path(f).is_absolute() else Path(f)
-        text = path.read_text() if path.exists() else f"{DASH} ({f} not found)"
+        text = redact_config_text(path.read_text()) if path.exists() else f"{DASH} ({f} not found)"
         out.append(f"<details><summary>Config file <code>{escape(f)}</code></summary>"
                    f"<pre>{escape(text)}</pre></details>")
     out.append("<details><summary>Effective configuration (after command-line overrides and schema defaults)"
-               f"</summary><pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre></details>")
+               f"</summary><pre>{escape(json.dumps(redact_config(config), indent=2, sort_keys=True))}</pre></details>")
     return "\n".join(out)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +195,12 @@ def load_predictor(run_dir: str | Path, data_dir: str | Path, features_dir: str 
     import joblib
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
-    bundle = joblib.load(run_dir / "model.joblib")
+    try:
+        bundle = joblib.load(run_dir / "model.joblib")
+        bundle["categories"], bundle["vectorizer"], bundle["classifier"]
+    except (EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError, AttributeError, ImportError) as err:
+        raise ValueError(f"{run_dir}/model.joblib: cannot read the model ({type(err).__name__}: {str(err)[:200]}); "
+                         "is the file complete and written by meli.train.baseline? Rerun its training job") from None
     categories = load_categories(features_dir)
     if list(bundle["categories"]) != categories:
         raise ValueError(f"{run_dir}/model.joblib was trained on other categories than {features_dir}/labels.json")

@@ -39,6 +39,7 @@ from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_jso
 from meli.metrics import balanced_accuracy
 from meli.models.nets import build_model
 from meli.jobstatus import DIVERGED_EXIT
+from meli.train import memory
 
 log = logging.getLogger("meli.train.neural")
 
@@ -47,8 +48,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {name: models.get(name).defaults() for nam
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_bacc", "samples_per_s", "elapsed_s")
 CHECKPOINT_VERSION = 1
-# Fault injection for the resume test: the process SIGKILLs itself after checkpointing this epoch.
+# Fault injection for the resume tests: the process signals itself after checkpointing this epoch
+# (SIGKILL, or the signal named in KILL_SIGNAL_ENV: TERM is what SLURM sends at the time limit).
 KILL_ENV = "MELI_KILL_AFTER_EPOCH"
+KILL_SIGNAL_ENV = "MELI_KILL_SIGNAL"
 NAN_CHECK_EVERY = 256  # batches between loss finiteness checks (each one is a device sync)
 EVAL_BATCH = 4096
 # Divergence without NaN (Adam with a huge lr: losses of 1e19, chance accuracy): an epoch whose
@@ -84,11 +87,17 @@ def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class DeviceError(MeliError, RuntimeError):
+    """The requested device is not there."""
+
+
 def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but torch sees no CUDA device")
+        why = ("this torch build has no CUDA support (a CPU wheel)" if torch.version.cuda is None
+               else "no CUDA GPU is visible (CUDA_VISIBLE_DEVICES? a login node instead of a GPU job?)")
+        raise DeviceError(f"--device cuda requested, but {why}; use --device cpu or auto (train.device in the config)")
     return torch.device(name)
 
 
@@ -381,6 +390,44 @@ def load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any] | No
 
 
 # ------------------------------------------------------------------------------------------ run
+@contextlib.contextmanager
+def log_termination(state: dict[str, Any], ckpt_path: Path):
+    """SIGTERM (SLURM's time limit, scancel, preemption) ends the job with a log line saying which
+    epoch it interrupted and where the next run resumes, instead of a log that just stops."""
+    def handler(signum, frame):
+        done = state["epoch"]
+        where = (f"the rerun resumes after epoch {done} from {ckpt_path}" if done
+                 else "no epoch was finished, so the rerun starts from epoch 1")
+        log.warning("received %s (the scheduler's time limit, scancel or preemption?) during epoch %d: stopping; %s",
+                    signal.Signals(signum).name, done + 1, where)
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (a test running this in a worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_memory(family: str, params: dict[str, Any], features: Path, matrix_path: Path, mem_mb: int | None):
+    """Estimate the job's memory from its inputs' shapes (memory-mapped, nothing loaded) and fail
+    early when it exceeds ``mem_mb``; returns the estimate."""
+    ids = [np.load(features / f"{split}_ids.npy", mmap_mode="r") for split in ("train", "validation")]
+    matrix = np.load(matrix_path, mmap_mode="r")
+    n_classes = len(read_json(features / "labels.json")["categories"])
+    if matrix.ndim != 2 or any(i.ndim != 2 for i in ids):
+        return None  # load_data says what is wrong with the shapes
+    est = memory.estimate(family, params, sum(i.shape[0] for i in ids), ids[0].shape[1], matrix.shape[0],
+                          matrix.shape[1], n_classes, EVAL_BATCH)
+    log.info("memory estimate: %s; mem_mb %s", est.describe(), f"{mem_mb:,}" if mem_mb else "not given")
+    memory.check(est, mem_mb, family)
+    return est
+
+
 def run(
     family: str,
     params: dict[str, Any],
@@ -390,8 +437,12 @@ def run(
     device_name: str = "auto",
     threads: int = 1,
     checkpoint_dir: str | os.PathLike | None = None,
+    mem_mb: int | None = None,
 ) -> dict[str, Any]:
-    """Train one combination and write its outputs; returns metrics.json's content."""
+    """Train one combination and write its outputs; returns metrics.json's content.
+
+    ``mem_mb`` (the job's memory, resources.mem_mb): fail before loading anything when the
+    estimate (meli.train.memory) does not fit."""
     t_start = time.monotonic()
     params = resolve_params(family, params)
     features, out_dir = Path(features), Path(out_dir)
@@ -404,6 +455,7 @@ def run(
 
     inputs = [features / f for f in ("labels.json", "train_ids.npy", "train_labels.npy",
                                      "validation_ids.npy", "validation_labels.npy")] + [Path(matrix_path)]
+    check_memory(family, params, features, Path(matrix_path), mem_mb)
     data = load_data(features, matrix_path)
     vocab_size, dim = data.matrix.shape
     n_classes = data.n_classes
@@ -439,6 +491,24 @@ def run(
 
     max_epochs, batch_size = int(params["epochs"]), int(params["batch_size"])
     n_train = len(train.labels)
+    with log_termination(state, ckpt_path):
+        _train_epochs(state, params, model, optimizer, train, val, device, weights, n_classes, family, ckpt_path,
+                      expected, elapsed_before, t_start, max_epochs, batch_size, n_train)
+
+    model.load_state_dict(state["best_state"])
+    metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    for parent in (ckpt_dir.parent, ckpt_dir.parent.parent):  # checkpoints/{family}/, checkpoints/ when empty
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+    log.info("done: best epoch %d, val_bacc %.4f -> %s", metrics["best_epoch"], metrics["val_bacc"], out_dir)
+    return metrics
+
+
+def _train_epochs(state, params, model, optimizer, train: Split, val: Split, device, weights, n_classes: int,
+                  family: str, ckpt_path: Path, expected, elapsed_before: float, t_start: float, max_epochs: int,
+                  batch_size: int, n_train: int) -> None:
+    """Epochs until early stopping or max_epochs, a checkpoint after each (``state`` is updated)."""
     while not state["done"]:
         epoch = state["epoch"] + 1
         seed = epoch_seed(params["seed"], epoch)
@@ -479,17 +549,9 @@ def run(
             torch.save({"fingerprint": expected, "model": _cpu_state(model), "optimizer": _cpu_state(optimizer),
                         "state": state}, tmp)
         if os.environ.get(KILL_ENV) == str(epoch):
-            log.warning("%s=%d: killing this process (fault injection)", KILL_ENV, epoch)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    model.load_state_dict(state["best_state"])
-    metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    for parent in (ckpt_dir.parent, ckpt_dir.parent.parent):  # checkpoints/{family}/, checkpoints/ when empty
-        with contextlib.suppress(OSError):
-            parent.rmdir()
-    log.info("done: best epoch %d, val_bacc %.4f -> %s", metrics["best_epoch"], metrics["val_bacc"], out_dir)
-    return metrics
+            sig = signal.Signals["SIG" + os.environ.get(KILL_SIGNAL_ENV, "KILL").upper().removeprefix("SIG")]
+            log.warning("%s=%d: sending %s to this process (fault injection)", KILL_ENV, epoch, sig.name)
+            os.kill(os.getpid(), sig)
 
 
 def _write_outputs(family, params, model, data: Data, state, device, out_dir: Path, resumed_from: int, threads: int):
@@ -554,13 +616,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint-dir", default=None, help="default: out-dir with its 'runs' component -> 'checkpoints'")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mem-mb", type=int, default=None, help="the job's memory (resources.mem_mb): fail early if the "
+                    "estimate does not fit")
     args = ap.parse_args(argv)
     setup_logging()
     try:
         params = json.loads(args.params)
         if not isinstance(params, dict):
             raise ValueError("--params must be a JSON object")
-        run(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads, args.checkpoint_dir)
+        run(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads, args.checkpoint_dir,
+            args.mem_mb)
     except NonFiniteLoss as err:
         log.error("%s", err)
         return err.exit_code
