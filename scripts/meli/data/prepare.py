@@ -45,6 +45,7 @@ from meli.data.fetch import FetchError, local_path, sha256_file
 from meli.io import atomic_path, format_seconds, peak_rss_mb, setup_logging
 from meli.data.readers import (DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_SOURCE_BYTES, READER_BAD_REASONS, Chunk, Limits,
                                SourceError, detect_format, read_chunks)
+from meli.data import duplicates
 from meli.data.text import clean_array, guess_language
 
 log = logging.getLogger("meli.data.prepare")
@@ -410,10 +411,19 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
               else None)
     splits_from = "source" if assign is not None else "stratified"
     rare = np.zeros(len(categories), bool)
+    keys = {"exact": duplicates.hash_column(table["title"]), "cleaned": duplicates.hash_column(table["text"])}
     if assign is None:
-        assign, rare = stratified_split(codes, split_cfg["validation_fraction"], split_cfg["test_fraction"],
-                                        split_cfg["seed"], split_cfg["min_rows_per_category"],
-                                        split_cfg["rare_category_policy"])
+        def split(category_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return stratified_split(category_codes, split_cfg["validation_fraction"], split_cfg["test_fraction"],
+                                    split_cfg["seed"], split_cfg["min_rows_per_category"],
+                                    split_cfg["rare_category_policy"])
+
+        together = split_cfg.get("keep_duplicates_together", "none")
+        if together == "none":
+            assign, rare = split(codes)
+        else:  # every copy of a title (raw, or as cleaned) in one split, stratified by category
+            assign, rare = duplicates.group_split(keys[together], codes, split)
+            splits_from = f"stratified, {together} duplicates kept together"
     rare_rows = int(rare[codes].sum())
     if split_cfg["rare_category_policy"] == "drop" and splits_from == "stratified":
         dropped["rare_category"] = rare_rows
@@ -423,6 +433,17 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
              f"{before_subsample:,}", f"{int((assign != DROPPED).sum()):,}")
 
     check_label_sets(codes, categories, assign, rare, split_cfg, splits_from, path)
+    dupes = {kind: duplicates.count(k, assign, codes) for kind, k in keys.items()}
+    del keys
+    for kind, d in dupes.items():
+        log.log(logging.WARNING if d["test_share_seen"] > 0.05 else logging.INFO,
+                "%s duplicates: %s of %s test rows (%.1f%%) repeat a train/validation title, %s validation rows "
+                "repeat a train title; within splits %s; %s titles appear with conflicting categories (%s rows)%s",
+                kind, f"{d['test_in_train_or_validation']:,}", f"{int((assign == TEST).sum()):,}",
+                100 * d["test_share_seen"], f"{d['validation_in_train']:,}", d["within"],
+                f"{d['conflicting_categories']['titles']:,}", f"{d['conflicting_categories']['rows']:,}",
+                "; test scores partly measure memory: consider split.keep_duplicates_together"
+                if d["test_share_seen"] > 0.05 and splits_from == "stratified" else "")
 
     n_tokens = np.concatenate([c.to_numpy() for c in table["n_tokens"].chunks])
     summary: dict[str, Any] = {
@@ -441,6 +462,7 @@ def prepare(source: str | Path, out_dir: str | Path, cfg: Mapping, threads: int 
         "bad_rows": sum(dropped[r] for r in BAD_REASONS),
         "bad_row_fraction": bad_fraction,
         "bad_row_examples": examples,
+        "duplicates": dupes,
         "rare_categories": {"policy": split_cfg["rare_category_policy"], "applied": splits_from == "stratified",
                             "min_rows": split_cfg["min_rows_per_category"], "count": int(rare.sum()),
                             "rows": rare_rows},

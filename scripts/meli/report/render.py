@@ -70,7 +70,7 @@ def render(results: str | Path, config: dict[str, Any], configfiles: list[str], 
         "comparison": section_comparison(r),
         "curves": section_curves(r),
         "effects": section_effects(r),
-        "test": section_test(r),
+        "test": section_test(r) + section_duplicates(r),
         "cost": section_cost(r),
         "provenance": section_provenance(r, config, configfiles, workdir),
     }

@@ -454,6 +454,28 @@ def section_test(r: Results) -> str:
     return "\n".join(out)
 
 
+def section_duplicates(r: Results) -> str:
+    """Repeated titles within and across splits (summary.json `duplicates`), shown beside the test
+    scores: a test title also seen in train measures memory, not generalisation."""
+    dupes = r.summary.get("duplicates")
+    if not dupes:
+        return ""
+    rows_per_split = r.summary.get("rows") or {}
+    rows = [[kind, f"{d['test_in_train_or_validation']:,} ({pct(d.get('test_share_seen'))})", d["test_in_train"],
+             d["validation_in_train"], *(d["within"].get(s, 0) for s in ("train", "validation", "test")),
+             f"{d['conflicting_categories']['titles']:,} ({d['conflicting_categories']['rows']:,} rows)"]
+            for kind, d in dupes.items()]
+    how = (r.summary.get("split") or {}).get("from", DASH)
+    return ("<h3>Repeated titles (leakage check)</h3>"
+            + table(["titles compared", "test rows seen in train/validation", "test rows in train",
+                     "validation rows in train", "repeats within train", "within validation", "within test",
+                     "titles with conflicting categories"], rows)
+            + f'<p class="note">exact: the raw title; cleaned: the text the models see. Test rows: '
+              f'{fmt(rows_per_split.get("test"))}; splits: {escape(str(how))}. Test scores on repeated titles '
+              "partly measure memory; <code>split.keep_duplicates_together: cleaned</code> keeps every copy in one "
+              "split.</p>")
+
+
 def section_cost(r: Results) -> str:
     rows = []
     for family in r.families():
