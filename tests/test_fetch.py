@@ -1,6 +1,7 @@
 """Downloads against a local HTTP server on 127.0.0.1 (no network), file:// URLs and paths."""
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import http.server
@@ -13,6 +14,7 @@ from meli.data.fetch import FetchError, fetch, local_path, main
 
 PAYLOAD = gzip.compress(b"title,category\n" + b"Funda Samsung A10,CELLPHONE_COVERS\n" * 5000, mtime=0)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
+ARCHIVE = bz2.compress(b"not really a tar, but bzip2 as the name says")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -22,6 +24,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        self.path = self.path.split("?", 1)[0]  # a query string (a token) does not change what is served
         hits = Handler.hits[self.path] = Handler.hits.get(self.path, 0) + 1
         if self.path == "/missing.csv.gz":
             self.send_error(404, "Not Found")
@@ -33,6 +36,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
             self.close_connection = True
+        elif self.path == "/login.csv.gz" or (self.path == "/mirror.tar.bz2" and hits == 1):
+            body = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>login</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/mirror.tar.bz2":  # fixed after the first request
+            body = ARCHIVE
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path in ("/plain.csv.gz", "/empty.txt"):  # not gzip although named .gz; nothing at all
+            body = b"" if self.path == "/empty.txt" else b"title,category\nx,y\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.path == "/cut.csv.gz":  # a complete response whose gzip body is cut short
             body = PAYLOAD[: len(PAYLOAD) - 100]
             self.send_response(200)
@@ -126,3 +149,31 @@ def test_cli_exit_codes(server, tmp_path, capsys):
     assert main([f"{server}/cli.csv.gz", "--out", str(tmp_path / "a.gz"), "--sha256", SHA, "--retries", "0"]) == 0
     assert main([f"{server}/missing.csv.gz", "--out", str(tmp_path / "b.gz"), "--sha256", ""]) == 1
     assert "HTTP 404" in capsys.readouterr().err and leftovers(tmp_path) == ["a.gz"]
+
+
+def test_an_html_page_is_refused_at_download_time_and_a_fixed_mirror_downloads(server, tmp_path):
+    """Issue 17: a mirror answering 200 with a login page; nothing is cached, the next run downloads."""
+    out = tmp_path / "src" / "meli.tar.bz2"
+    with pytest.raises(FetchError) as err:
+        fetch(f"{server}/mirror.tar.bz2", out, retries=0)
+    msg = str(err.value)
+    assert f"{server}/mirror.tar.bz2" in msg and "HTML page" in msg and "text/html" in msg and "Sign in" in msg
+    assert not out.exists() and leftovers(out.parent) == []
+    fetch(f"{server}/mirror.tar.bz2", out, retries=0)  # the mirror is fixed: this run downloads
+    assert out.read_bytes() == ARCHIVE
+
+
+@pytest.mark.parametrize("path, why", [("/login.csv.gz", "HTML page"), ("/plain.csv.gz", "should be a gzip file"),
+                                       ("/empty.txt", "empty body")])
+def test_what_arrived_is_checked_against_the_name(server, tmp_path, path, why):
+    out = tmp_path / Path(path).name
+    with pytest.raises(FetchError, match=why):
+        fetch(f"{server}{path}", out, retries=0)
+    assert leftovers(tmp_path) == []
+
+
+def test_credentials_in_a_url_never_reach_messages(server, tmp_path):
+    host = server.split("//", 1)[1]
+    with pytest.raises(FetchError) as err:
+        fetch(f"http://ana:hunter2@{host}/missing.csv.gz?token=abc123", tmp_path / "x.csv.gz", retries=0)
+    assert "hunter2" not in str(err.value) and "abc123" not in str(err.value) and "404" in str(err.value)

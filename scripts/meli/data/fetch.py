@@ -11,6 +11,7 @@ a checksum mismatch fails at once.
 from __future__ import annotations
 
 import argparse
+import base64
 import bz2
 import gzip
 import hashlib
@@ -24,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from meli.cli import MeliError
 from meli.io import Progress, atomic_path, setup_logging
@@ -170,7 +171,13 @@ def _check_sha(name: object, actual: str, expected: str) -> None:
 
 
 def _download(url: str, out: Path, sha256: str | None, timeout: float) -> None:
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    headers = {"User-Agent": USER_AGENT}
+    parts = urlsplit(url)
+    if parts.username is not None:  # user:password@host: urllib wants it as a header, not in the host
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:

@@ -34,6 +34,7 @@ from meli.report.sections import (
     section_embeddings,
     section_provenance,
     section_summary,
+    section_duplicates,
     section_test,
 )
 

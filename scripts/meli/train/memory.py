@@ -58,7 +58,8 @@ def estimate(family: str, params: Mapping[str, Any], rows: int, max_len: int, vo
     frozen = bool(params.get("freeze_embeddings"))
     embedding = vocab_size * dim * FLOAT * (2 if frozen else 5)  # loaded copy + weight (+ grad + 2 Adam moments)
     hidden = list(params.get("hidden") or [])
-    batch = int(params.get("batch_size", 128))
+    batch = min(int(params.get("batch_size", 128)), max(rows, 1))
+    eval_batch = min(eval_batch, max(rows, 1))
     if family == "cnn":
         kernels = list(params.get("kernel_sizes") or [3])
         filters = int(params.get("filters", 100))
