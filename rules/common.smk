@@ -60,6 +60,10 @@ except ConfigError as err:
 # `--sdm conda`: every rule runs in this environment (relative to rules/); otherwise in the
 # current Python (the venv that `make run` builds).
 CONDA_ENV = "../envs/meli.yaml"
+if "{" in workflow.basedir or "}" in workflow.basedir:
+    # snakemake formats the env path (made absolute) with the wildcards: braces in the checkout's
+    # path would be read as wildcards, so give it absolute with the braces escaped.
+    CONDA_ENV = os.path.join(workflow.basedir, "envs", "meli.yaml").replace("{", "{{").replace("}", "}}")
 
 SPLITS = ("train", "validation", "test")
 DATA = "results/data"

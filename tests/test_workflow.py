@@ -442,3 +442,48 @@ def test_the_venvs_snakemake_works_without_activating_the_venv(workflow_dir):
                            "--configfile", str(TINY_CONFIG)], cwd=workflow_dir, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:] + (workflow_dir / "results/logs/demo_dataset.log").read_text()
+
+def test_cosmetic_and_operational_keys_plan_no_training_job(tiny_run, tmp_path):
+    """Issue 17: renaming the dataset, download settings, read limits, resources, report and MLflow
+    settings change no stage's output, so a finished run plans no data, feature, embedding or
+    training job (one dry run with all of them changed: jobs rerun by a params change are the
+    union of each key's). Changing vocab.max_len, which does change the features, plans them."""
+    wf, _ = tiny_run
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["dataset"].update(name="renamed", download_timeout_s=5, download_retries=9, max_line_bytes=4096,
+                          max_source_bytes=10**9)
+    cfg["preprocess"] = {"chunk_rows": 2000}
+    cfg["train"]["resources"] = {"threads": 2, "mem_mb": 3000, "runtime": 20}
+    cfg["train"]["mlp"]["resources"] = {"mem_mb": 1500}
+    cfg["report"].update(worst_categories=3, top_confusions=4)
+    cfg["mlflow"] = {"experiment": "other", "log_models": True}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    planned = set(job_counts(snakemake(wf, "-n", "--configfile", str(changed)).stdout))
+    assert planned <= {"evaluate_test", "report_html", "mlflow_import", "mlflow_selected", "all", "total"}, planned
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["vocab"]["max_len"] = 12
+    changed.write_text(yaml.safe_dump(cfg))
+    planned = job_counts(snakemake(wf, "-n", "--configfile", str(changed)).stdout)
+    assert planned["features"] == 1 and planned["train_neural"] == 2
+
+
+def test_checkout_path_with_braces_and_percent_encoded_vectors_url(tmp_path):
+    """Issue 17: a directory named with { } (was a WildcardError) runs jobs; a file:// vectors URL
+    with %20 is decoded like dataset.source."""
+    from conftest import copy_workflow
+
+    wf = copy_workflow(tmp_path / "exp {v2}" / "wf")
+    vectors_dir = tmp_path / "my vectors"
+    vectors_dir.mkdir()
+    (vectors_dir / "v.txt").write_text("2 4\ncasa 0.1 0.2 0.3 0.4\nfunda 0.1 0.2 0.3 0.5\n")
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["embeddings"]["pre"] = {"kind": "pretrained", "dim": 4,
+                                "source": "file://" + str(vectors_dir / "v.txt").replace(" ", "%20")}
+    cfg["train"]["mlp"]["grid"]["embedding"] = ["pre"]
+    configfile = tmp_path / "c.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(wf, "-n", "--configfile", str(configfile))
+    assert str(vectors_dir / "v.txt") in proc.stdout and job_counts(proc.stdout)["embedding_matrix"] == 2
+    snakemake(wf, "results/data/source/demo.csv.gz", "--cores", "1", "--configfile", str(configfile))
+    assert (wf / "results" / "data" / "source" / "demo.csv.gz").stat().st_size > 1000
