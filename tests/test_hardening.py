@@ -340,3 +340,84 @@ def test_schema_documents_the_new_limits():
         assert dataset[key]["description"] and dataset[key]["default"] > 0
     assert SCHEMA["properties"]["split"]["properties"]["keep_duplicates_together"]["default"] == "none"
     assert pa  # pyarrow is the readers' engine (imported for the Limits tests above)
+
+
+# ------------------------------------------------------------------ 1 and 3. a shared MLflow store
+def test_two_checkouts_sharing_one_store_and_runs_leaving_the_config(tmp_path):
+    """Two checkouts import the same combinations into one store and experiment: neither hides
+    the other's runs; a checkout replaces only its own re-trained runs, and archives (tags and
+    soft-deletes) its own runs that its current config or dataset no longer has."""
+    from meli import tracking
+    from tests.test_tracking import write_run
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    uri = f"sqlite:///{shared / 'mlflow.db'}"
+
+    def checkout(name: str, sha: str) -> tuple[Path, list[str]]:
+        results = tmp_path / name / "results"
+        runs = [str(results / "runs" / "mlp" / c) for c in ("c1", "c2")]
+        for i, run in enumerate(runs):
+            write_run(run, epochs=2, seed=i)
+        (results / "data").mkdir(parents=True)
+        (results / "data" / "summary.json").write_text(json.dumps({"source": {"sha256": sha, "path": "x"}}))
+        return results, runs
+
+    def import_(results: Path, runs: list[str]) -> dict:
+        return tracking.import_runs(runs, "shared-exp", uri, results / "mlflow", results / "mlflow" / "imported.json",
+                                    dataset="d", summary=results / "data" / "summary.json")
+
+    def active() -> set[str]:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name("shared-exp")
+        return {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=100)}
+
+    a, runs_a = checkout("a", "a" * 64)
+    b, runs_b = checkout("b", "a" * 64)  # same dataset, same combinations, another results/
+    first_a = import_(a, runs_a)
+    first_b = import_(b, runs_b)
+    assert first_b["replaced"] == [] and first_b["archived"] == [] and len(first_b["imported"]) == 2
+    assert first_a["workflow_id"] != first_b["workflow_id"]
+    assert active() == set(first_a["runs"].values()) | set(first_b["runs"].values())
+
+    write_run(runs_a[0], epochs=3, seed=7)  # a re-trains c1: only a's old c1 goes
+    again = import_(a, runs_a)
+    assert again["replaced"] == [first_a["runs"][runs_a[0]]] and again["archived"] == []
+    assert set(first_b["runs"].values()) <= active() and len(active()) == 4
+
+    after_removal = import_(a, runs_a[1:])  # c1 removed from a's grid: archived, b untouched
+    assert after_removal["archived"] == [again["runs"][runs_a[0]]]
+    assert active() == {again["runs"][runs_a[1]], *first_b["runs"].values()}
+
+    (a / "data" / "summary.json").write_text(json.dumps({"source": {"sha256": "b" * 64, "path": "y"}}))
+    other_dataset = import_(a, runs_a[1:])  # a switched dataset: its old-dataset run is archived
+    assert other_dataset["imported"] == runs_a[1:] and other_dataset["archived"] == [again["runs"][runs_a[1]]]
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(tracking_uri=uri).get_run(again["runs"][runs_a[1]]).data.tags["meli.archived"] == \
+        "another dataset"
+    assert active() == {other_dataset["runs"][runs_a[1]], *first_b["runs"].values()}
+
+
+def test_report_shows_only_what_the_current_runs_use(tmp_path):
+    """Issue 17 (3): a removed embedding's coverage and benchmarks, and another dataset's download
+    benchmark, left in results/ by an earlier config, are not shown."""
+    from meli.report import aggregate, sections
+    from tests.test_aggregate import make_results
+
+    results = make_results(tmp_path)
+    aggregate.aggregate(sorted(str(p) for p in (results / "runs").glob("*/*")), results / "tables")
+    old = results / "embeddings" / "sbwce_removed"
+    old.mkdir()
+    (old / "coverage.json").write_text(json.dumps({"name": "sbwce_removed", "dim": 300}))
+    bench = "s\th:m:s\tmax_rss\tcpu_time\n1.0\t0:00:01\t10\t1.0\n"
+    for stage in ("embedding_matrix/sbwce_removed", "embedding_matrix/w2v", "download_dataset/old-dataset.tar.bz2",
+                  "prepare_data"):
+        (results / "benchmarks" / f"{stage}.tsv").parent.mkdir(parents=True, exist_ok=True)
+        (results / "benchmarks" / f"{stage}.tsv").write_text(bench)
+    r = sections.Results(results)
+    assert [c["name"] for c in r.coverage] == ["w2v"]
+    assert "embedding_matrix/w2v" in r.stage_benchmarks and "prepare_data" in r.stage_benchmarks
+    assert not any("sbwce_removed" in k or "old-dataset" in k for k in r.stage_benchmarks)

@@ -53,6 +53,7 @@ import logging
 import os
 import subprocess
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -60,7 +61,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 
 from meli import mlflow_store, runs
-from meli.io import Progress, read_json, setup_logging, write_json
+from meli.io import Progress, atomic_path, read_json, setup_logging, write_json
 from meli.redact import redact_url
 
 log = logging.getLogger("meli.tracking")
@@ -197,23 +198,45 @@ def dataset_input(summary: dict[str, Any] | None, name: str, data_dir: Path, con
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
-def existing_runs(client: Any, experiment_id: str) -> dict[tuple[str, str], list[Any]]:
-    """Active runs of the experiment by (family, combo) tag."""
-    by_key: dict[tuple[str, str], list[Any]] = {}
+WORKFLOW_TAG, DATASET_SHA_TAG = "meli.workflow_id", "meli.dataset_sha256"
+
+
+def workflow_id(results_dir: Path) -> str:
+    """This results/ directory's id (created once): whose runs these are in a shared store."""
+    path = results_dir / "workflow_id"
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_text(f"{uuid.uuid4().hex}\n")
+    return path.read_text().strip()
+
+
+def dataset_fingerprint(summary: dict | None) -> str:
+    """The prepared dataset's source sha256 (summary.json), the other half of a run's origin."""
+    source = (summary or {}).get("source")
+    return str(source.get("sha256") or "unknown") if isinstance(source, dict) else "unknown"
+
+
+def existing_runs(client: Any, experiment_id: str) -> dict[tuple[str | None, str | None, str, str], list[Any]]:
+    """Active runs of the experiment by (workflow id, dataset sha256, family, combo): a run's
+    identity includes where it came from, so two checkouts sharing a store never replace each
+    other's runs (runs imported before these tags existed have None there and are left alone)."""
+    by_key: dict[tuple[str | None, str | None, str, str], list[Any]] = {}
     token = None
     while True:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token)
         for run in page:
             tags = run.data.tags
             if "combo" in tags and "family" in tags:
-                by_key.setdefault((tags["family"], tags["combo"]), []).append(run)
+                key = (tags.get(WORKFLOW_TAG), tags.get(DATASET_SHA_TAG), tags["family"], tags["combo"])
+                by_key.setdefault(key, []).append(run)
         token = page.token
         if not token:
             return by_key
 
 
 def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, Any], history: pd.DataFrame,
-            dataset: str, log_models: bool, commit: str | None = None, inputs: list[Any] = ()) -> str:
+            dataset: str, log_models: bool, commit: str | None = None, inputs: list[Any] = (),
+            origin: dict[str, str] | None = None) -> str:
     """One run directory -> one finished MLflow run; returns its id."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -225,6 +248,7 @@ def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, A
         "device": str(metrics.get("device", "")),
         "dataset": dataset,
         "run_dir": str(run_dir.resolve()),
+        **(origin or {}),
     }
     if commit:
         tags[GIT_COMMIT_TAG] = commit
@@ -257,6 +281,25 @@ def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, A
     return run_id
 
 
+def archive_leftovers(client: Any, present: dict, me: str, handled: set[str], data_sha: str) -> list[str]:
+    """This checkout's runs that the current config no longer has (a removed grid value or
+    embedding, or another dataset): tagged why and soft-deleted, so the experiment's active runs
+    are exactly the current config's. Restorable with ``mlflow runs restore --run-id ID``."""
+    archived = []
+    for (workflow, sha, _, _), found in present.items():
+        if workflow != me:
+            continue
+        for run in found:
+            if run.info.run_id in handled:
+                continue
+            why = "another dataset" if sha != data_sha else "not in the current config"
+            client.set_tag(run.info.run_id, "meli.archived", why)
+            with contextlib.suppress(Exception):  # already deleted by a replace above
+                client.delete_run(run.info.run_id)
+            archived.append(run.info.run_id)
+    return archived
+
+
 def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: str, store_dir: str | Path,
                 out: str | Path, dataset: str | None = None, log_models: bool = False,
                 summary: str | Path | None = None) -> dict[str, Any]:
@@ -265,8 +308,11 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
 
     store_dir = Path(store_dir)
     runs = {str(d): read_run(Path(d)) for d in run_dirs}  # fail on a bad record before touching the store
-    inputs = [i for i in [dataset_input(read_json(summary) if summary else None, dataset or experiment,
+    summary_data = read_json(summary) if summary else None
+    inputs = [i for i in [dataset_input(summary_data, dataset or experiment,
                                         Path(summary).parent if summary else Path("."), "training")] if i]
+    me, data_sha = workflow_id(store_dir.parent), dataset_fingerprint(summary_data)
+    origin = {WORKFLOW_TAG: me, DATASET_SHA_TAG: data_sha}
     commit = git_commit()
     uri = tracking_uri or default_uri(store_dir)
     artifact_location = None if is_remote(uri) else (store_dir / "artifacts").resolve().as_uri()
@@ -287,14 +333,17 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
             "imported": [],
             "skipped": [],
             "replaced": [],
+            "archived": [],
+            "workflow_id": me,
+            "dataset_sha256": data_sha,
         }
         progress = Progress(log, len(runs), "runs imported or checked", every_s=10)
         for run_dir, (metrics, history) in runs.items():
-            key = (metrics["family"], metrics["combo"])
+            key = (me, data_sha, metrics["family"], metrics["combo"])
             same = [r for r in present.get(key, []) if r.data.tags.get("finished_at") == metrics["finished_at"]]
             keep = {r.info.run_id for r in same[:1]}
             stale = [r for r in present.get(key, []) if r.info.run_id not in keep]
-            for old in stale:  # re-trained, interrupted imports, or duplicates
+            for old in stale:  # our own: re-trained, interrupted imports, or duplicates
                 client.delete_run(old.info.run_id)
                 result["replaced"].append(old.info.run_id)
             if same:
@@ -302,13 +351,16 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
                 result["skipped"].append(run_dir)
             else:
                 result["runs"][run_dir] = log_run(client, experiment_id, Path(run_dir), metrics, history,
-                                                  dataset or experiment, log_models, commit, inputs)
+                                                  dataset or experiment, log_models, commit, inputs, origin)
                 result["imported"].append(run_dir)
             progress.update()
+        result["archived"] = archive_leftovers(client, present, me,
+                                               set(result["runs"].values()) | set(result["replaced"]), data_sha)
         write_json(out, result)
-    log.info("experiment %r (id %s) at %s: %d imported, %d already there, %d old runs deleted",
+    log.info("experiment %r (id %s) at %s: %d imported, %d already there, %d of this checkout's re-trained runs "
+             "replaced, %d of its runs no longer in the config archived (other checkouts' runs untouched)",
              experiment, experiment_id, redact_url(uri), len(result["imported"]), len(result["skipped"]),
-             len(result["replaced"]))
+             len(result["replaced"]), len(result["archived"]))
     log.info("browse the runs with: %s", result["ui"])
     return result
 

@@ -112,15 +112,33 @@ class Results:
         self.comparisons = details.get("comparisons", [])
         self.summary = read_json_or_none(self.root / "data" / "summary.json") or {}
         self.stats = read_json_or_none(self.root / "features" / "stats.json") or {}
+        # Only what the current runs use: results/ may still hold a removed embedding's files or
+        # another dataset's download (leftovers of an earlier config), never shown as current.
+        used = set(self.runs["embedding"].dropna().astype(str)) if "embedding" in self.runs else None
         self.coverage = [c for p in sorted((self.root / "embeddings").glob("*/coverage.json"))
-                         if (c := read_json_or_none(p)) is not None]
+                         if (used is None or p.parent.name in used) and (c := read_json_or_none(p)) is not None]
         self.histories = {d: self._history(d) for d in self.runs["run_dir"]}
         self.benchmarks = {d: read_benchmark(self._benchmark_path(d)) for d in self.runs["run_dir"]}
         self.stage_benchmarks = {
-            str(p.relative_to(self.root / "benchmarks").with_suffix("")): b
-            for p in sorted((self.root / "benchmarks").glob("**/*.tsv"))
-            if not str(p.relative_to(self.root / "benchmarks")).startswith("train/") and (b := read_benchmark(p))
+            key: b for p in sorted((self.root / "benchmarks").glob("**/*.tsv"))
+            if self._current_stage(key := str(p.relative_to(self.root / "benchmarks").with_suffix("")), used)
+            and (b := read_benchmark(p))
         }
+
+    def _current_stage(self, key: str, used: set[str] | None) -> bool:
+        """Whether a stage benchmark belongs to the current config (not train/: those are per run)."""
+        parts = key.split("/")
+        source = str((self.summary.get("source") or {}).get("path", "")) if isinstance(self.summary.get("source"),
+                                                                                      dict) else ""
+        if parts[0] == "train":
+            return False
+        if parts[0] in ("embedding_matrix", "download_vectors") and len(parts) > 1:
+            return used is None or parts[1] in used
+        if parts[0] == "download_dataset" and len(parts) > 1:
+            return not source or Path(source).name == parts[1]
+        if parts[0] == "demo_dataset":
+            return not source or Path(source).name == "demo.csv.gz"
+        return True
 
     def _path(self, run_dir: str) -> Path:
         """Run dirs are recorded relative to the workflow root (the parent of results/)."""
