@@ -114,7 +114,8 @@ def check_delivery(url: str, name: str, first_bytes: bytes, size: int, content_t
         if lower.endswith(suffixes) and not first_bytes.startswith(magic):
             raise FetchError(
                 f"{shown}: {name} should be a {what} file, but the {size:,} bytes received start with "
-                f"{first_bytes[:16]!r} ({kind or 'no Content-Type'}); nothing was kept, so the next run downloads again")
+                f"{first_bytes[:16]!r} ({kind or 'no Content-Type'}); nothing was kept, so the next run downloads "
+                "again")
 
 
 def fetch(
