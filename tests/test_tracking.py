@@ -137,8 +137,11 @@ def test_interrupted_import_is_redone(tmp_path):
     client = client_for(store)
     exp_id = tracking.get_or_create_experiment(client, EXPERIMENT, None)
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    # A half-written run from a killed importer: tagged, but without the final finished_at tag.
-    partial = client.create_run(exp_id, tags={"family": metrics["family"], "combo": metrics["combo"]})
+    # A half-written run from a killed importer: tagged (with this results/'s id and the dataset, as
+    # create_run gets them), but without the final finished_at tag.
+    partial = client.create_run(exp_id, tags={"family": metrics["family"], "combo": metrics["combo"],
+                                              tracking.WORKFLOW_TAG: tracking.workflow_id(store.parent),
+                                              tracking.DATASET_SHA_TAG: "unknown"})
     result = tracking.import_runs([run_dir], EXPERIMENT, "", store, out)
     assert result["imported"] == [run_dir] and result["replaced"] == [partial.info.run_id]
     assert [r.info.run_id for r in active_runs(store)] == [result["runs"][run_dir]]
