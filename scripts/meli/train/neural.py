@@ -391,11 +391,12 @@ def load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any] | No
 
 # ------------------------------------------------------------------------------------------ run
 @contextlib.contextmanager
-def log_termination(state: dict[str, Any], ckpt_path: Path):
+def log_termination(saved: dict[str, int], ckpt_path: Path):
     """SIGTERM (SLURM's time limit, scancel, preemption) ends the job with a log line saying which
-    epoch it interrupted and where the next run resumes, instead of a log that just stops."""
+    epoch it interrupted and where the next run resumes (``saved["epoch"]``: the last epoch whose
+    checkpoint is on disk), instead of a log that just stops."""
     def handler(signum, frame):
-        done = state["epoch"]
+        done = saved["epoch"]
         where = (f"the rerun resumes after epoch {done} from {ckpt_path}" if done
                  else "no epoch was finished, so the rerun starts from epoch 1")
         log.warning("received %s (the scheduler's time limit, scancel or preemption?) during epoch %d: stopping; %s",
@@ -491,9 +492,10 @@ def run(
 
     max_epochs, batch_size = int(params["epochs"]), int(params["batch_size"])
     n_train = len(train.labels)
-    with log_termination(state, ckpt_path):
+    saved = {"epoch": state["epoch"]}
+    with log_termination(saved, ckpt_path):
         _train_epochs(state, params, model, optimizer, train, val, device, weights, n_classes, family, ckpt_path,
-                      expected, elapsed_before, t_start, max_epochs, batch_size, n_train)
+                      expected, elapsed_before, t_start, max_epochs, batch_size, n_train, saved)
 
     model.load_state_dict(state["best_state"])
     metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads)
@@ -507,8 +509,9 @@ def run(
 
 def _train_epochs(state, params, model, optimizer, train: Split, val: Split, device, weights, n_classes: int,
                   family: str, ckpt_path: Path, expected, elapsed_before: float, t_start: float, max_epochs: int,
-                  batch_size: int, n_train: int) -> None:
-    """Epochs until early stopping or max_epochs, a checkpoint after each (``state`` is updated)."""
+                  batch_size: int, n_train: int, saved: dict[str, int]) -> None:
+    """Epochs until early stopping or max_epochs, a checkpoint after each (``state`` is updated,
+    ``saved["epoch"]`` once the checkpoint is on disk)."""
     while not state["done"]:
         epoch = state["epoch"] + 1
         seed = epoch_seed(params["seed"], epoch)
@@ -548,6 +551,7 @@ def _train_epochs(state, params, model, optimizer, train: Split, val: Split, dev
         with atomic_path(ckpt_path) as tmp:
             torch.save({"fingerprint": expected, "model": _cpu_state(model), "optimizer": _cpu_state(optimizer),
                         "state": state}, tmp)
+        saved["epoch"] = epoch
         if os.environ.get(KILL_ENV) == str(epoch):
             sig = signal.Signals["SIG" + os.environ.get(KILL_SIGNAL_ENV, "KILL").upper().removeprefix("SIG")]
             log.warning("%s=%d: sending %s to this process (fault injection)", KILL_ENV, epoch, sig.name)
