@@ -423,3 +423,25 @@ def test_report_shows_only_what_the_current_runs_use(tmp_path):
     assert [c["name"] for c in r.coverage] == ["w2v"]
     assert "embedding_matrix/w2v" in r.stage_benchmarks and "prepare_data" in r.stage_benchmarks
     assert not any("sbwce_removed" in k or "old-dataset" in k for k in r.stage_benchmarks)
+
+
+def test_sigterm_through_the_jobstatus_wrapper_is_recorded_as_killed(tmp_path):
+    """The CLI ends by the signal itself after logging, so the sweep's record says SIGTERM."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_train import MLP, make_features
+
+    features, matrix = make_features(tmp_path, n_train=200, n_val=60)
+    status = tmp_path / "status.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "meli.jobstatus", "--status", str(status), "--", sys.executable, "-m",
+         "meli.train.neural", "--family", "mlp", "--params", json.dumps({**MLP, "epochs": 2}), "--features",
+         str(features), "--matrix", str(matrix), "--out-dir", str(tmp_path / "run"), "--device", "cpu"],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "MELI_KILL_AFTER_EPOCH": "1",
+             "MELI_KILL_SIGNAL": "TERM"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "received SIGTERM" in proc.stderr and "resumes after epoch 1" in proc.stderr
+    record = json.loads(status.read_text())
+    assert record["state"] == "killed" and "SIGTERM" in record["detail"]

@@ -390,6 +390,14 @@ def load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any] | No
 
 
 # ------------------------------------------------------------------------------------------ run
+class Terminated(SystemExit):
+    """A termination signal arrived during training (logged); ``signum`` is the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def log_termination(saved: dict[str, int], ckpt_path: Path):
     """SIGTERM (SLURM's time limit, scancel, preemption) ends the job with a log line saying which
@@ -401,7 +409,7 @@ def log_termination(saved: dict[str, int], ckpt_path: Path):
                  else "no epoch was finished, so the rerun starts from epoch 1")
         log.warning("received %s (the scheduler's time limit, scancel or preemption?) during epoch %d: stopping; %s",
                     signal.Signals(signum).name, done + 1, where)
-        raise SystemExit(128 + signum)
+        raise Terminated(signum)
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
@@ -630,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--params must be a JSON object")
         run(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads, args.checkpoint_dir,
             args.mem_mb)
+    except Terminated as stop:  # logged; now end *by* the signal, so the caller (meli.jobstatus, SLURM) sees it
+        logging.shutdown()
+        signal.signal(stop.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), stop.signum)
+        return 128 + stop.signum
     except NonFiniteLoss as err:
         log.error("%s", err)
         return err.exit_code
