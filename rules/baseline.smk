@@ -1,12 +1,15 @@
-# The TF-IDF + linear baseline: one job per combination of train.tfidf.grid.
+# The TF-IDF + linear SVM baseline: one job per combination of train.tfidf.grid, over the
+# shared sparse TF-IDF matrix (rule tfidf_features in rules/embeddings.smk).
 
 
 rule train_tfidf:
-    """The reference a practitioner tries first: TF-IDF word n-grams + a linear model."""
+    """The reference a practitioner tries first: word + char n-gram TF-IDF + one-vs-rest LinearSVC."""
     input:
         train=f"{DATA}/train.parquet",
         validation=f"{DATA}/validation.parquet",
         labels=f"{FEATURES}/labels.json",
+        tfidf=expand(f"{TFIDF}/{{split}}.npz", split=("train", "validation")),
+        vectorizer=f"{TFIDF}/vectorizer.joblib",
     output:
         metrics="results/runs/tfidf/{combo}/metrics.json",
         history="results/runs/tfidf/{combo}/history.csv",
@@ -22,6 +25,7 @@ rule train_tfidf:
         data_dir=lambda wc, input: os.path.dirname(input.train),
         features=lambda wc, input: os.path.dirname(input.labels),
         status=lambda wc: f"results/sweep/jobs/tfidf/{wc.combo}.json",  # see rules/train.smk
+        tfidf=lambda wc, input: os.path.dirname(input.vectorizer),
     threads: lambda wc: family_resources("tfidf")["threads"]
     resources:
         mem_mb=lambda wc, attempt: family_resources("tfidf")["mem_mb"] * attempt,
@@ -31,4 +35,4 @@ rule train_tfidf:
     shell:
         "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
         " python -m meli.train.baseline --params {params.hp} --data-dir {params.data_dir} --features {params.features}"
-        " --out-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"
+        " --tfidf {params.tfidf:q} --out-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"

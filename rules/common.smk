@@ -80,7 +80,7 @@ def _family_grid(family):
     cfg = config["train"].get(family, {})
     defaults = {"embedding": EMBEDDINGS} if family in NEURAL_FAMILIES else None
     try:
-        return expand_family(cfg, defaults=defaults, embeddings=EMBEDDINGS if defaults else ())
+        return expand_family(cfg, defaults=defaults, embeddings=EMBEDDINGS if defaults else (), family=family)
     except ValueError as err:
         raise WorkflowError(f"config train.{family}: {err}") from err
 
@@ -91,7 +91,12 @@ try:
 except ValueError as err:
     raise WorkflowError(f"config train: {err}") from None
 # Only embeddings some combination trains with are built (a configured but unused one costs nothing).
-EMBEDDINGS_USED = sorted({p["embedding"] for f in NEURAL_FAMILIES for p in COMBOS[f].values()})
+EMBEDDINGS_USED = sorted({p["embedding"] for f in NEURAL_FAMILIES for p in COMBOS[f].values() if "embedding" in p})
+# The shared sparse TF-IDF matrix (rule tfidf_features) is built when the TF-IDF family or an
+# MLP with input tfidf reads it.
+TFIDF = f"{FEATURES}/tfidf"
+TFIDF_USED = bool(COMBOS["tfidf"]) or any(
+    p.get("input") == "tfidf" for f in NEURAL_FAMILIES for p in COMBOS[f].values())
 
 
 def family_resources(family):
@@ -165,12 +170,28 @@ def embedding_inputs(wc):
 # ---------------------------------------------------------------------- training (rules/train.smk)
 def neural_inputs(wc):
     params = COMBOS[wc.neural][wc.combo]
-    return {
-        "ids": expand(f"{FEATURES}/{{split}}_ids.npy", split=("train", "validation")),
+    inputs = {
         "y": expand(f"{FEATURES}/{{split}}_labels.npy", split=("train", "validation")),
         "labels": f"{FEATURES}/labels.json",
-        "matrix": f"results/embeddings/{params['embedding']}/matrix.npy",
     }
+    if params.get("input") == "tfidf":
+        inputs["tfidf"] = expand(f"{TFIDF}/{{split}}.npz", split=("train", "validation"))
+    else:
+        inputs["ids"] = expand(f"{FEATURES}/{{split}}_ids.npy", split=("train", "validation"))
+        inputs["matrix"] = f"results/embeddings/{params['embedding']}/matrix.npy"
+    return inputs
+
+
+def neural_source_arg(wc, input):
+    """--matrix FILE (word-vector input) or --tfidf DIR (the shared sparse TF-IDF rows)."""
+    if "matrix" in input.keys():
+        return "--matrix " + shlex.quote(input.matrix)
+    return "--tfidf " + shlex.quote(os.path.dirname(input.tfidf[0]))
+
+
+def tfidf_test_inputs():
+    """What evaluate_test reads for tfidf-input MLPs (the TF-IDF family carries its own vectorizer)."""
+    return [f"{TFIDF}/test.npz", f"{TFIDF}/vectorizer.joblib"] if TFIDF_USED else []
 
 
 wildcard_constraints:

@@ -32,6 +32,32 @@ rule features:
         " --config {params.cfg} > {log:q} 2>&1"
 
 
+rule tfidf_features:
+    """One shared sparse TF-IDF matrix per split (word + char_wb n-grams, fitted on train), built once."""
+    input:
+        splits=expand(f"{DATA}/{{split}}.parquet", split=SPLITS),
+    output:
+        x=expand(f"{TFIDF}/{{split}}.npz", split=SPLITS),
+        vectorizer=f"{TFIDF}/vectorizer.joblib",
+        stats=f"{TFIDF}/stats.json",
+    log:
+        "results/logs/tfidf_features.log",
+    benchmark:
+        "results/benchmarks/tfidf_features.tsv"
+    params:
+        cfg=as_arg(config["tfidf_features"]),
+        data_dir=lambda wc, input: os.path.dirname(input.splits[0]),
+        out_dir=lambda wc, output: os.path.dirname(output.stats),
+    resources:
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m meli.embeddings.tfidf --data-dir {params.data_dir:q} --out-dir {params.out_dir:q}"
+        " --config {params.cfg} > {log:q} 2>&1"
+
+
 rule download_vectors:
     output:
         "results/embeddings/{emb}/source/{filename}",

@@ -37,6 +37,7 @@ rule evaluate_test:
         ids=f"{FEATURES}/test_ids.npy",
         y=f"{FEATURES}/test_labels.npy",
         labels=f"{FEATURES}/labels.json",
+        tfidf=tfidf_test_inputs(),
         models=run_models(),
     output:
         test=report("results/tables/test.csv", category="Tables", caption="../report/test.rst"),

@@ -19,6 +19,7 @@ rule train_neural:
         hp=lambda wc: as_arg(COMBOS[wc.neural][wc.combo]),
         device=config["train"]["device"],
         features=lambda wc, input: os.path.dirname(input.labels),
+        source=neural_source_arg,
         run_dir=lambda wc: f"results/runs/{wc.neural}/{wc.combo}",
         # Per-epoch resume state: not an output, so a failed job's checkpoint survives the cleanup.
         checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
@@ -36,6 +37,6 @@ rule train_neural:
     shell:
         "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
         " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
-        " --features {params.features} --matrix {input.matrix:q} --out-dir {params.run_dir:q}"
+        " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q}"
         " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb} > {log:q} 2>&1"

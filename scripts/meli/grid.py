@@ -67,13 +67,17 @@ def expand_family(
     *,
     defaults: dict[str, Any] | None = None,
     embeddings: Iterable[str] = (),
+    family: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """All combinations of one family: ``{combo_id: params}``, in a stable order.
 
     ``family_cfg`` is ``config["train"][family]``: ``grid`` (lists), optional explicit
     ``combinations`` (each completed from the grid's first values / ``defaults``), and optional
-    ``sample`` (train a seeded random sample of N combinations).
+    ``sample`` (train a seeded random sample of N combinations). Given ``family``, its ``prune``
+    drops keys that do not apply to a combination (an MLP with ``input: tfidf`` has no
+    ``embedding``), so combinations that differ only in such a key are one job.
     """
+    prune = models.get(family).prune if family else None
     grid = dict(family_cfg.get("grid") or {})
     embeddings = list(embeddings)
     if embeddings and "embedding" not in grid and defaults is not None and "embedding" in defaults:
@@ -90,6 +94,8 @@ def expand_family(
         combos = rng.sample(combos, sample)
     out: dict[str, dict[str, Any]] = {}
     for params in combos:
+        if prune is not None:
+            params = prune(params)
         if embeddings and "embedding" in params and params["embedding"] not in embeddings:
             raise ValueError(
                 f"combination uses embedding {params['embedding']!r}, which is not configured "

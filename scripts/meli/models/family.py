@@ -20,6 +20,10 @@ class Family:
     model_file: str  # the fitted model in the run directory
     # (params, vocab_size, dim, n_classes) -> torch.nn.Module; None for a family that is not neural.
     build: Callable[..., Any] | None = None
+    # params -> params without the keys that do not apply to them (the MLP with input tfidf has no
+    # embedding): applied to every combination before its id is made, so an unused key neither
+    # names a run nor multiplies the grid. None: every key always applies.
+    prune: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -59,6 +63,8 @@ class NeuralParams:
     patience: int = 3  # epochs without a better validation bacc before stopping
     seed: int = 0
     class_weights: bool = False
+    lr_schedule: str = "constant"  # constant | cosine (per step, to 0 at the last epoch)
+    label_smoothing: float = 0.0  # of the training loss only; val_loss is plain cross-entropy
 
 
 # Id spelling of the shared neural hyperparameters; a family's own keys go between the two
@@ -73,5 +79,7 @@ NEURAL_ID_TAIL = {
     "epochs": "ep",
     "patience": "pat",
     "class_weights": "cw",
+    "lr_schedule": "sch",
+    "label_smoothing": "ls",
     "seed": "seed",
 }

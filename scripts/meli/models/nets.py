@@ -1,6 +1,7 @@
-"""The networks of the neural families (torch): a mean-pooling MLP and a Kim (2014) CNN.
+"""The networks of the neural families (torch): a mean-pooling MLP, a sparse TF-IDF-input MLP and a Kim (2014) CNN.
 
-Both take token ids ``[batch, max_len]`` (left aligned, PAD = 0) and return raw logits: the loss
+MeanMLP and KimCNN take token ids ``[batch, max_len]`` (left aligned, PAD = 0), TfidfMLP a batch of
+sparse TF-IDF rows (:class:`meli.train.sparse.CsrRows`); all return raw logits: the loss
 is ``F.cross_entropy`` on them directly (a softmax before it was a bug in two course notebooks).
 Dropout is ``nn.Dropout``, so ``model.eval()`` switches it off (the course's ``F.dropout`` did not).
 """
@@ -39,6 +40,32 @@ class MeanMLP(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(self.embedding(ids)))
+
+
+class TfidfMLP(nn.Module):
+    """Sparse TF-IDF row -> tf-idf-weighted sum of learned column vectors (+ bias) -> ReLU -> Dropout
+    -> [Linear+ReLU+Dropout]* -> logits.
+
+    The bag is ``x @ W`` for a sparse row ``x``: a first dense layer of width ``hidden[0]`` whose
+    gradient touches only the columns in the batch (``sparse=True``, SparseAdam), which is what
+    makes 100k-500k input columns cheap. A row without any known n-gram gives the bias alone.
+    """
+
+    def __init__(self, n_features: int, n_classes: int, hidden: Sequence[int] = (512,), dropout: float = 0.0):
+        super().__init__()
+        if not hidden:
+            raise ValueError("input tfidf needs at least one hidden layer (hidden[0] is the bag's width)")
+        width = int(hidden[0])
+        self.embedding = nn.EmbeddingBag(int(n_features), width, mode="sum", sparse=True)
+        nn.init.normal_(self.embedding.weight, std=0.02)  # sums of ~150 weighted rows stay O(0.1)
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.act = nn.Sequential(nn.ReLU(), nn.Dropout(dropout))
+        self.hidden, out_dim = _hidden_stack(width, hidden[1:], dropout)
+        self.out = nn.Linear(out_dim, n_classes)
+
+    def forward(self, rows) -> torch.Tensor:
+        bag = self.embedding(rows.indices, rows.offsets, per_sample_weights=rows.values)
+        return self.out(self.hidden(self.act(bag + self.bias)))
 
 
 class KimCNN(nn.Module):
@@ -105,7 +132,7 @@ def build_model(
     if spec.build is None:
         raise ValueError(f"model family {family!r} has no network (it is not trained by meli.train.neural)")
     model: nn.Module = spec.build(params, vocab_size, dim, n_classes)
-    if matrix is not None:
+    if matrix is not None and not isinstance(model, TfidfMLP):
         if tuple(matrix.shape) != (vocab_size, dim):
             raise ValueError(f"embedding matrix has shape {tuple(matrix.shape)}, expected {(vocab_size, dim)}")
         with torch.no_grad():

@@ -3,6 +3,12 @@
     python -m meli.train.neural --family mlp --params '{"embedding": "w2v", ...}' \
         --features results/features --matrix results/embeddings/w2v/matrix.npy \
         --out-dir results/runs/mlp/<combo> --device auto --threads 8
+    python -m meli.train.neural --family mlp --params '{"input": "tfidf", "hidden": [512], ...}' \
+        --features results/features --tfidf results/features/tfidf --out-dir ...
+
+An MLP with ``input: tfidf`` reads the shared sparse TF-IDF rows (meli.train.sparse.CsrRows,
+batched the same way) instead of token ids; its sparse bag is optimised by SparseAdam, every
+other parameter by the combination's ``optimizer`` (``weight_decay`` applies to those only).
 
 The token matrices are loaded once (onto the GPU when they fit) and batches are gathered by a
 seeded index permutation: no per-sample Python, no DataLoader. Every epoch's randomness (the
@@ -40,12 +46,14 @@ from meli.metrics import balanced_accuracy
 from meli.models.nets import build_model
 from meli.jobstatus import DIVERGED_EXIT
 from meli.train import memory
+from meli.train.sparse import CsrRows
 
 log = logging.getLogger("meli.train.neural")
 
 # Each family's defaults live in its definition (meli/models/<family>.py).
 DEFAULTS: dict[str, dict[str, Any]] = {name: models.get(name).defaults() for name in models.neural_names()}
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_bacc", "samples_per_s", "elapsed_s")
 CHECKPOINT_VERSION = 1
 # Fault injection for the resume tests: the process signals itself after checkpointing this epoch
@@ -77,8 +85,19 @@ def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {family} hyperparameter(s) {unknown}; known: {sorted(allowed)}")
     out = {**DEFAULTS[family], **params}
+    prune = models.get(family).prune
+    if prune is not None:
+        out = prune(out)
     if out["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"optimizer {out['optimizer']!r} not one of {OPTIMIZERS}")
+    if out["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {out['lr_schedule']!r} not one of {LR_SCHEDULES}")
+    if not 0 <= float(out["label_smoothing"]) < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {out['label_smoothing']!r}")
+    if out.get("input", "embedding") not in ("embedding", "tfidf"):
+        raise ValueError(f"input {out['input']!r} not one of ('embedding', 'tfidf')")
+    if uses_tfidf(out) and not out["hidden"]:
+        raise ValueError("input tfidf needs a hidden layer: hidden[0] is the width of its sparse bag (e.g. [512])")
     for key in ("batch_size", "epochs", "patience"):
         if int(out[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {out[key]!r}")
@@ -89,6 +108,11 @@ def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
 
 class DeviceError(MeliError, RuntimeError):
     """The requested device is not there."""
+
+
+def uses_tfidf(params: dict[str, Any]) -> bool:
+    """The combination reads the shared sparse TF-IDF rows instead of token ids + an embedding matrix."""
+    return params.get("input", "embedding") == "tfidf"
 
 
 def select_device(name: str) -> torch.device:
@@ -104,7 +128,7 @@ def select_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------------------- data
 @dataclass
 class Split:
-    ids: torch.Tensor  # int32 [rows, max_len], rows with a known label only
+    ids: torch.Tensor | CsrRows  # int32 [rows, max_len] token ids, or sparse TF-IDF rows; known labels only
     labels: torch.Tensor  # int64 [rows]
     unseen: int  # rows dropped because their category is absent from train (label -1)
 
@@ -113,14 +137,24 @@ class Split:
 class Data:
     train: Split
     validation: Split
-    val_ids_all: np.ndarray  # every validation row, for val_predictions in row order
+    val_ids_all: np.ndarray | CsrRows  # every validation row, for val_predictions in row order
     val_labels_all: np.ndarray
     categories: list[str]
-    matrix: torch.Tensor
+    matrix: torch.Tensor | None  # the embedding matrix; None for TF-IDF rows
+    n_features: int = 0  # TF-IDF columns (input tfidf)
 
     @property
     def n_classes(self) -> int:
         return len(self.categories)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(vocab_size, dim) the network is built with: (TF-IDF columns, 0) for sparse rows."""
+        return tuple(self.matrix.shape) if self.matrix is not None else (self.n_features, 0)
+
+    @property
+    def max_len(self) -> int:
+        return 0 if isinstance(self.val_ids_all, CsrRows) else int(self.val_ids_all.shape[1])
 
 
 def _load_split(features: Path, split: str, n_classes: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,6 +201,45 @@ def load_data(features: str | os.PathLike, matrix_path: str | os.PathLike) -> Da
     )
 
 
+def _load_labels(features: Path, split: str, n_classes: int, rows: int, what: Path) -> np.ndarray:
+    y_path = features / f"{split}_labels.npy"
+    y = np.load(y_path)
+    if y.shape != (rows,):
+        raise ValueError(f"{y_path}: {y.shape[0] if y.ndim else 0} labels for {rows} rows in {what}")
+    if y.size and (y.min() < -1 or y.max() >= n_classes):
+        raise ValueError(f"{y_path}: labels in [{y.min()}, {y.max()}], labels.json has {n_classes} categories")
+    return y.astype(np.int64, copy=False)
+
+
+def load_sparse_data(features: str | os.PathLike, tfidf_dir: str | os.PathLike) -> Data:
+    """The shared TF-IDF rows (rule tfidf_features) with the label ids of the embedding stage."""
+    from meli.embeddings.tfidf import load_csr
+
+    features, tfidf_dir = Path(features), Path(tfidf_dir)
+    categories = list(read_json(features / "labels.json")["categories"])
+    splits, raw = {}, {}
+    for split in ("train", "validation"):
+        path = tfidf_dir / f"{split}.npz"
+        x = load_csr(path)
+        y = _load_labels(features, split, len(categories), x.shape[0], path)
+        known = y >= 0
+        raw[split] = (x, y)
+        splits[split] = Split(CsrRows.from_scipy(x[known]), torch.from_numpy(y[known]), int((~known).sum()))
+    if len(splits["train"].labels) == 0:
+        raise ValueError(f"{features}/train_labels.npy: no training rows with a known label")
+    if raw["train"][0].shape[1] != raw["validation"][0].shape[1]:
+        raise ValueError(f"{tfidf_dir}: train and validation have different numbers of columns")
+    return Data(
+        train=splits["train"],
+        validation=splits["validation"],
+        val_ids_all=CsrRows.from_scipy(raw["validation"][0]),
+        val_labels_all=raw["validation"][1],
+        categories=categories,
+        matrix=None,
+        n_features=int(raw["train"][0].shape[1]),
+    )
+
+
 def place(split: Split, device: torch.device) -> Split:
     """The split's tensors on ``device`` when they fit comfortably, else pinned host memory."""
     if device.type != "cuda":
@@ -185,13 +258,60 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
 
 
-def make_optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Optimizer:
+class Optimizers:
+    """Several optimizers stepped as one (a sparse bag's SparseAdam + the dense rest's optimizer)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for part in self.parts for g in part.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for part, sd in zip(self.parts, state["parts"], strict=True):
+            part.load_state_dict(sd)
+
+
+def make_optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Optimizer | Optimizers:
     """The combination's optimizer over the trainable parameters (frozen embeddings excluded).
 
     The fused kernels (CPU and CUDA) update all parameters in one call: about 3x faster steps
-    than the default per-parameter loop, and still deterministic.
+    than the default per-parameter loop, and still deterministic. A sparse bag (input tfidf)
+    gets SparseAdam (sparse gradients; it has no weight decay) and the rest the chosen optimizer.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    bag = getattr(model, "embedding", None)
+    if isinstance(bag, nn.EmbeddingBag) and bag.sparse and bag.weight.requires_grad:
+        dense = [p for p in model.parameters() if p.requires_grad and p is not bag.weight]
+        sparse = torch.optim.SparseAdam([bag.weight], lr=float(params["lr"]))
+        return Optimizers([sparse, _dense_optimizer(dense, params)])
+    return _dense_optimizer([p for p in model.parameters() if p.requires_grad], params)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate's multiplier at a global step (0-based): stateless, so a resumed run agrees."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return 1.0
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _dense_optimizer(trainable: list[torch.nn.Parameter], params: dict[str, Any]) -> torch.optim.Optimizer:
     lr, wd = float(params["lr"]), float(params["weight_decay"])
     if params["optimizer"] == "adam":
         return torch.optim.Adam(trainable, lr=lr, weight_decay=wd, fused=True)
@@ -209,9 +329,14 @@ def class_weight_tensor(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return weights.float()
 
 
+# bfloat16 autocast on CPU too (tests set it: the GPU's mixed-precision path runs without a GPU).
+CPU_AUTOCAST_ENV = "MELI_CPU_AUTOCAST"
+
+
 def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bfloat16 autocast on CUDA (and on CPU when MELI_CPU_AUTOCAST=1); losses are computed in float32."""
+    if device.type == "cuda" or (device.type == "cpu" and os.environ.get(CPU_AUTOCAST_ENV) == "1"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -225,11 +350,14 @@ def train_epoch(
     device: torch.device,
     class_weights: torch.Tensor | None = None,
     progress: Progress | None = None,
+    label_smoothing: float = 0.0,
+    lr_at_batch=None,
 ) -> float:
     """One pass over ``ids[perm]`` in batches; returns the mean training loss.
 
     ``perm`` lives where ``ids`` does; batches are gathered by indexing (on the GPU when the
-    matrices are device-resident) and moved only when they are not.
+    matrices are device-resident) and moved only when they are not. ``lr_at_batch(b)``, when
+    given, sets the learning rate before batch ``b`` (the schedule).
     """
     model.train()
     on_device = ids.device == device
@@ -240,9 +368,11 @@ def train_epoch(
         x, y = ids[idx], labels[idx]
         if not on_device:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if lr_at_batch is not None:
+            set_lr(optimizer, lr_at_batch(b))
         with autocast(device):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, weight=class_weights)
+        loss = F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -441,17 +571,20 @@ def run(
     family: str,
     params: dict[str, Any],
     features: str | os.PathLike,
-    matrix_path: str | os.PathLike,
+    matrix_path: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     device_name: str = "auto",
     threads: int = 1,
     checkpoint_dir: str | os.PathLike | None = None,
     mem_mb: int | None = None,
+    tfidf_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train one combination and write its outputs; returns metrics.json's content.
 
     ``mem_mb`` (the job's memory, resources.mem_mb): fail before loading anything when the
-    estimate (meli.train.memory) does not fit."""
+    estimate (meli.train.memory) does not fit. ``matrix_path`` is the embedding matrix (token-id
+    input); an ``input: tfidf`` combination reads ``tfidf_dir`` (default ``features/tfidf``) instead.
+    """
     t_start = time.monotonic()
     params = resolve_params(family, params)
     features, out_dir = Path(features), Path(out_dir)
@@ -462,11 +595,20 @@ def run(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    inputs = [features / f for f in ("labels.json", "train_ids.npy", "train_labels.npy",
-                                     "validation_ids.npy", "validation_labels.npy")] + [Path(matrix_path)]
-    check_memory(family, params, features, Path(matrix_path), mem_mb)
-    data = load_data(features, matrix_path)
-    vocab_size, dim = data.matrix.shape
+    if uses_tfidf(params):
+        # (meli.train.memory estimates token-id inputs; the sparse rows' size is their .npz size.)
+        tfidf_dir = Path(tfidf_dir) if tfidf_dir is not None else features / "tfidf"
+        inputs = [features / f for f in ("labels.json", "train_labels.npy", "validation_labels.npy")] + [
+            tfidf_dir / "train.npz", tfidf_dir / "validation.npz"]
+        data = load_sparse_data(features, tfidf_dir)
+    else:
+        if matrix_path is None:
+            raise ValueError(f"{family} with input embedding needs --matrix (the embedding matrix.npy)")
+        inputs = [features / f for f in ("labels.json", "train_ids.npy", "train_labels.npy",
+                                         "validation_ids.npy", "validation_labels.npy")] + [Path(matrix_path)]
+        check_memory(family, params, features, Path(matrix_path), mem_mb)
+        data = load_data(features, matrix_path)
+    vocab_size, dim = data.input_shape
     n_classes = data.n_classes
     log.info(
         "%s %s on %s (%d threads): %s train rows, %s validation rows (%s / %s with categories unseen in "
@@ -520,6 +662,8 @@ def _train_epochs(state, params, model, optimizer, train: Split, val: Split, dev
                   batch_size: int, n_train: int, saved: dict[str, int]) -> None:
     """Epochs until early stopping or max_epochs, a checkpoint after each (``state`` is updated,
     ``saved["epoch"]`` once the checkpoint is on disk)."""
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    base_lr, schedule = float(params["lr"]), params["lr_schedule"]
     while not state["done"]:
         epoch = state["epoch"] + 1
         seed = epoch_seed(params["seed"], epoch)
@@ -527,7 +671,11 @@ def _train_epochs(state, params, model, optimizer, train: Split, val: Split, dev
         perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).to(train.ids.device)
         progress = Progress(log, n_train, f"epoch {epoch}/{max_epochs}", every_s=30.0)
         t0 = time.monotonic()
-        train_loss = train_epoch(model, optimizer, train.ids, train.labels, batch_size, perm, device, weights, progress)
+        first_step = (epoch - 1) * steps_per_epoch
+        lr_at_batch = None if schedule == "constant" else (
+            lambda b, s=first_step: base_lr * lr_factor(schedule, s + b, max_epochs * steps_per_epoch))
+        train_loss = train_epoch(model, optimizer, train.ids, train.labels, batch_size, perm, device, weights, progress,
+                                 label_smoothing=float(params["label_smoothing"]), lr_at_batch=lr_at_batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_s = time.monotonic() - t0
@@ -570,16 +718,19 @@ def _write_outputs(family, params, model, data: Data, state, device, out_dir: Pa
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab_size, dim = data.matrix.shape
+    vocab_size, dim = data.input_shape
     best = state["history"][state["best_epoch"] - 1]
     with atomic_path(out_dir / "model.pt") as tmp:
         torch.save({
             "format": "meli-model/1", "family": family, "params": params, "vocab_size": int(vocab_size),
-            "dim": int(dim), "n_classes": data.n_classes, "max_len": int(data.val_ids_all.shape[1]),
+            "dim": int(dim), "n_classes": data.n_classes, "max_len": data.max_len,
+            "input": "tfidf" if uses_tfidf(params) else "embedding",
             "categories": data.categories, "state_dict": state["best_state"],
         }, tmp)
 
-    pred, prob = predict_labels(model, torch.from_numpy(data.val_ids_all), device)
+    val_rows = data.val_ids_all
+    pred, prob = predict_labels(model, val_rows if isinstance(val_rows, CsrRows) else torch.from_numpy(val_rows),
+                                device)
     preds = pd.DataFrame({"label": data.val_labels_all.astype(np.int64), "pred": pred, "prob": prob.astype(np.float64)})
     with atomic_path(out_dir / "val_predictions.parquet") as tmp:
         preds.to_parquet(tmp, index=False)
@@ -623,7 +774,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--family", required=True, choices=sorted(DEFAULTS))
     ap.add_argument("--params", required=True, help="the combination as one JSON object")
     ap.add_argument("--features", required=True, help="directory with {train,validation}_{ids,labels}.npy, labels.json")
-    ap.add_argument("--matrix", required=True, help="embedding matrix.npy, float32 [vocab, dim]")
+    ap.add_argument("--matrix", default=None, help="embedding matrix.npy, float32 [vocab, dim] (input embedding)")
+    ap.add_argument("--tfidf", default=None, help="shared sparse TF-IDF directory (input tfidf; default FEATURES/tfidf)")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--checkpoint-dir", default=None, help="default: out-dir with its 'runs' component -> 'checkpoints'")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -637,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(params, dict):
             raise ValueError("--params must be a JSON object")
         run(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads, args.checkpoint_dir,
-            args.mem_mb)
+            args.mem_mb, tfidf_dir=args.tfidf)
     except Terminated as stop:  # logged; now end *by* the signal, so the caller (meli.jobstatus, SLURM) sees it
         logging.shutdown()
         signal.signal(stop.signum, signal.SIG_DFL)
