@@ -51,7 +51,7 @@ def make_run(results: Path, family: str, params: dict, val_bacc: float, val_loss
 
 MLP = dict(embedding="w2v", freeze_embeddings=False, hidden=[128], dropout=0.3, batch_size=64, lr=0.003, seed=0)
 CNN = dict(embedding="w2v", freeze_embeddings=False, filters=64, kernel_sizes=[2, 3], hidden=[], dropout=0.3, seed=0)
-TFIDF = dict(C=1.0, ngram_max=2, max_features=50000)
+TFIDF = dict(C=1.0, class_weights=False)
 
 # (family, params, val_bacc, val_loss, test accuracy the fake predictor gives the run)
 RUNS = [
@@ -78,7 +78,7 @@ def test_runs_table_sorted_with_every_hyperparameter(tmp_path):
     for family in ("mlp", "cnn", "tfidf"):
         assert df[df["family"] == family]["val_bacc"].is_monotonic_decreasing
     params = aggregate.hyperparameters(df)
-    for key in ("embedding", "freeze_embeddings", "hidden", "dropout", "filters", "kernel_sizes", "C", "ngram_max"):
+    for key in ("embedding", "freeze_embeddings", "hidden", "dropout", "filters", "kernel_sizes", "C", "class_weights"):
         assert key in params
     assert df.loc[df["family"] == "cnn", "kernel_sizes"].iloc[0] == "[2,3]"
     assert df.loc[df["family"] == "tfidf", "filters"].isna().all()
@@ -226,3 +226,26 @@ class FakePredictor:
         for i, t in enumerate(titles):
             proba[i, len(t) % len(self.categories)] = 0.5
         return proba / proba.sum(axis=1, keepdims=True)
+
+
+def test_seeds_are_averaged_and_selection_is_on_the_mean(tmp_path):
+    """A combination repeated over seeds is judged by its mean: one lucky seed does not win."""
+    results = tmp_path / "results"
+    steady = {**MLP, "dropout": 0.3}
+    lucky = {**MLP, "dropout": 0.7}
+    dirs = [make_run(results, "mlp", {**steady, "seed": s}, v) for s, v in ((0, 0.80), (1, 0.82), (2, 0.81))]
+    dirs += [make_run(results, "mlp", {**lucky, "seed": s}, v) for s, v in ((0, 0.85), (1, 0.70))]
+    df = aggregate.runs_table([aggregate.load_run(d) for d in dirs])
+    top = df.iloc[0]
+    assert top["seed_group"] == aggregate.seed_group(combo_id(steady)) and "seed-" not in top["seed_group"]
+    assert top["val_bacc"] == 0.82 and top["n_seeds"] == 3  # best seed of the best-mean group
+    assert top["val_bacc_mean"] == pytest.approx(0.81) and top["val_bacc_sd"] == pytest.approx(0.01)
+    assert list(df["val_bacc"]) == [0.82, 0.81, 0.80, 0.85, 0.70]  # groups by mean, seeds within by bacc
+    best = aggregate.select(df)["families"]["mlp"]
+    assert best["combo"] == combo_id({**steady, "seed": 1}) and best["n_seeds"] == 3
+    assert best["val_bacc_mean"] == pytest.approx(0.81) and len(best["seed_runs"]) == 3
+    assert best["runner_up"]["val_bacc_mean"] == pytest.approx(0.775)  # the other group, not another seed
+    md = aggregate.markdown(df, aggregate.select(df))
+    assert "0.8100 ± 0.0100 (3 seeds)" in md and "0.7750 ± 0.1061 (2 seeds)" in md
+    single = aggregate.runs_table([aggregate.load_run(dirs[0])])
+    assert single["n_seeds"][0] == 1 and np.isnan(single["val_bacc_sd"][0])

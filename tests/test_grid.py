@@ -77,10 +77,22 @@ def test_errors_name_the_problem():
         expand_family({"grid": {"embedding": ["glove"]}}, defaults={"embedding": ["w2v"]}, embeddings=["w2v"])
 
 
-@pytest.mark.parametrize("config, mlp, cnn", [("config/meli2019.yaml", 16, 32), ("config/config.yaml", 2, 1)])
+# meli2019: the seeds' 16 MLP grid combinations + the input-tfidf MLP (issue 12).
+@pytest.mark.parametrize("config, mlp, cnn", [("config/meli2019.yaml", 17, 32), ("config/config.yaml", 2, 1),
+                                              ("config/meli2019-sample.yaml", 3, 1)])
 def test_shipped_grids_cover_the_seeds(config, mlp, cnn):
     cfg = yaml.safe_load((ROOT / config).read_text())
     embeddings = sorted(cfg["embeddings"])
-    counts = {f: len(expand_family(cfg["train"][f], defaults={"embedding": embeddings}, embeddings=embeddings))
-              for f in ("mlp", "cnn")}
+    counts = {f: len(expand_family(cfg["train"][f], defaults={"embedding": embeddings}, embeddings=embeddings,
+                                   family=f)) for f in ("mlp", "cnn")}
     assert counts == {"mlp": mlp, "cnn": cnn}
+
+
+def test_a_tfidf_input_mlp_has_no_embedding_in_its_id_or_grid():
+    """input: tfidf does not use an embedding: one job (not one per embedding), no emb-/frz- in its id."""
+    cfg = {"grid": {"input": ["embedding", "tfidf"], "hidden": [[64]], "freeze_embeddings": [False, True]}}
+    combos = expand_family(cfg, defaults={"embedding": ["a", "b"]}, embeddings=["a", "b"], family="mlp")
+    tfidf = [c for c, p in combos.items() if p["input"] == "tfidf"]
+    assert tfidf == ["in-tfidf_h-64"]
+    assert len(combos) == 1 + 2 * 2  # the embedding input still sweeps embedding x freeze
+    assert all("emb-" in c for c, p in combos.items() if p["input"] == "embedding")

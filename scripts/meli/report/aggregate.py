@@ -6,12 +6,18 @@ Writes ``runs.csv``/``runs.md`` (one row per run, every hyperparameter a column,
 validation bacc within each family), ``effects.csv`` (validation bacc grouped by the value of
 each hyperparameter that varies within a family) and ``selection.json`` (the best run of each
 family). Test data is never read here: selection must not see it.
+
+Seeds: runs that differ only in ``seed`` are one *seed group* (``seed_group``: the combination id
+without its ``seed-N`` part). Every row carries its group's ``n_seeds``, ``val_bacc_mean`` and
+``val_bacc_sd`` (sample sd; empty for one seed); selection takes the group with the best mean,
+and within it the seed with the best validation bacc as the model to test and serve.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,7 +41,14 @@ METRIC_COLUMNS = (
     "device",
     "stopped_early",
 )
-SELECTION_RULE = "highest validation balanced accuracy; ties: lower validation loss, then combination id"
+SEED_COLUMNS = ("seed_group", "n_seeds", "val_bacc_mean", "val_bacc_sd")
+SELECTION_RULE = ("highest validation balanced accuracy, averaged over seeds (runs that differ only in seed); "
+                  "within the chosen group its best seed; ties: lower validation loss, then combination id")
+
+
+def seed_group(combo: str) -> str:
+    """The combination id without its seed: runs sharing it differ only in ``seed``."""
+    return re.sub(r"(^|_)seed-[^_]*", "", combo) or "(seed only)"
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -74,13 +87,21 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         row = {"family": r["family"], "combo": r["combo"]}
         row.update({k: param_value(r["params"].get(k)) for k in params})
         row.update({k: r.get(k) for k in METRIC_COLUMNS})
+        row["seed_group"] = seed_group(r["combo"])
         row["run_dir"] = r["run_dir"]
         rows.append(row)
     df = pd.DataFrame(rows)
+    by_group = df.groupby(["family", "seed_group"])["val_bacc"]
+    df["n_seeds"] = by_group.transform("count").astype(int)
+    df["val_bacc_mean"] = by_group.transform("mean")
+    df["val_bacc_sd"] = by_group.transform("std")  # NaN for one seed
+    df = df[[c for c in df.columns if c != "run_dir"] + ["run_dir"]]
     df["_rank"] = df["family"].map(_family_rank)
     df["_loss"] = pd.to_numeric(df["val_loss"], errors="coerce").fillna(math.inf)
-    df = df.sort_values(["_rank", "family", "val_bacc", "_loss", "combo"], ascending=[True, True, False, True, True])
-    df = df.drop(columns=["_rank", "_loss"]).reset_index(drop=True)
+    df["_group_loss"] = df.groupby(["family", "seed_group"])["_loss"].transform("mean")
+    df = df.sort_values(["_rank", "family", "val_bacc_mean", "_group_loss", "seed_group", "val_bacc", "_loss", "combo"],
+                        ascending=[True, True, False, True, True, False, True, True])
+    df = df.drop(columns=["_rank", "_loss", "_group_loss"]).reset_index(drop=True)
     df.attrs["params"] = params
     return df
 
@@ -98,10 +119,13 @@ def swept(df: pd.DataFrame, family: str) -> list[str]:
 
 
 def select(df: pd.DataFrame) -> dict[str, Any]:
-    """The best run of each family on validation (``df`` comes sorted from :func:`runs_table`)."""
+    """The best run of each family on validation (``df`` comes sorted from :func:`runs_table`):
+    the best seed of the seed group with the best mean validation bacc."""
     families = {}
     for family, sub in df.groupby("family", sort=False):
         best = sub.iloc[0]
+        group = sub[sub["seed_group"] == best["seed_group"]]
+        others = sub[sub["seed_group"] != best["seed_group"]]
         families[family] = {
             "combo": best["combo"],
             "run_dir": best["run_dir"],
@@ -109,8 +133,14 @@ def select(df: pd.DataFrame) -> dict[str, Any]:
             "val_loss": _float_or_none(best["val_loss"]),
             "params": {p: _plain(best[p]) for p in hyperparameters(df) if not _missing(best[p])},
             "n_runs": int(len(sub)),
-            "runner_up": None if len(sub) < 2 else {
-                "combo": sub.iloc[1]["combo"], "val_bacc": float(sub.iloc[1]["val_bacc"])},
+            "seed_group": best["seed_group"],
+            "n_seeds": int(best["n_seeds"]),
+            "val_bacc_mean": float(best["val_bacc_mean"]),
+            "val_bacc_sd": _float_or_none(best["val_bacc_sd"]),
+            "seed_runs": {row["combo"]: float(row["val_bacc"]) for _, row in group.iterrows()},
+            "runner_up": None if others.empty else {
+                "combo": others.iloc[0]["combo"], "val_bacc": float(others.iloc[0]["val_bacc"]),
+                "val_bacc_mean": float(others.iloc[0]["val_bacc_mean"]), "n_seeds": int(others.iloc[0]["n_seeds"])},
         }
     return {"criterion": SELECTION_RULE, "split": "validation", "families": families}
 
@@ -144,6 +174,10 @@ def markdown(df: pd.DataFrame, selection: dict[str, Any]) -> str:
     out = ["# Runs", "", f"Selection: {selection['criterion']} (validation split only).", ""]
     for family, sub in df.groupby("family", sort=False):
         cols = ["combo", *swept(df, family), *[c for c in METRIC_COLUMNS if sub[c].notna().any()]]
+        if (sub["n_seeds"] > 1).any():  # mean ± sd over the seeds of each row's group
+            cols.insert(cols.index("val_bacc") + 1, "val_bacc_mean_sd")
+            sub = sub.assign(val_bacc_mean_sd=[mean_sd(m, sd, n) for m, sd, n in
+                                               zip(sub["val_bacc_mean"], sub["val_bacc_sd"], sub["n_seeds"])])
         out += [f"## {family} ({len(sub)} runs)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for i, (_, row) in enumerate(sub.iterrows()):
             cells = [_md_cell(row[c]) for c in cols]
@@ -152,6 +186,13 @@ def markdown(df: pd.DataFrame, selection: dict[str, Any]) -> str:
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def mean_sd(mean: float, sd: float | None, n: int) -> str:
+    """``0.9351 ± 0.0015 (2 seeds)``; one seed has no sd."""
+    if n < 2 or _missing(sd):
+        return f"{mean:.4f} (1 seed)"
+    return f"{mean:.4f} ± {sd:.4f} ({n} seeds)"
 
 
 def _md_cell(value: Any) -> str:
@@ -214,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         selection = aggregate(args.runs, args.out_dir)
     log.info("aggregated %d runs into %s", len(args.runs), args.out_dir)
     for family, best in selection["families"].items():
-        log.info("selected %s: %s (val bacc %.4f, %d runs)", family, best["combo"], best["val_bacc"], best["n_runs"])
+        log.info("selected %s: %s (val bacc %.4f; its seed group %s, %d runs)", family, best["combo"],
+                 best["val_bacc"], mean_sd(best["val_bacc_mean"], best["val_bacc_sd"], best["n_seeds"]), best["n_runs"])
     return 0
 
 

@@ -180,6 +180,15 @@ def comparison_sentence(c: dict[str, Any]) -> str:
             f"{signed(c.get('ci_high'))}; paired bootstrap over the same {fmt(c.get('n_rows'))} test rows).")
 
 
+def _seed_note(chosen: dict) -> str:
+    """', mean 0.9351 ± 0.0015 over 2 seeds' when the selected combination was repeated over seeds."""
+    n = chosen.get("n_seeds") or 1
+    if n < 2 or chosen.get("val_bacc_sd") is None:
+        return ""
+    return (f"; mean {fmt(chosen['val_bacc_mean'], 4)} ± {fmt(chosen['val_bacc_sd'], 4)} over {n} seeds "
+            "(selected on the mean)")
+
+
 def section_summary(r: Results) -> str:
     cards = []
     families = r.selection.get("families", {})
@@ -194,7 +203,7 @@ def section_summary(r: Results) -> str:
             f'{escape(plural(chosen["n_runs"], "run")) if "n_runs" in chosen else DASH} on validation</div>'
             f'<div class="big">{escape(fmt(t["test_bacc"], 4) if t is not None else DASH)}</div>'
             f'<div class="label">test balanced accuracy, {escape(ci)} · validation '
-            f'{escape(fmt(chosen.get("val_bacc"), 4))}</div>'
+            f'{escape(fmt(chosen.get("val_bacc"), 4))}{escape(_seed_note(chosen))}</div>'
             + kv_list(chosen.get("params") or {}) +
             f'<div class="label">Classify new titles with it:</div><pre class="cmd">'
             f"{escape(predict_command(run_dir))}</pre></div>"
