@@ -504,14 +504,13 @@ def test_predict_titles_file_in_latin1_names_the_file(tmp_path, capsys):
 
 
 def test_tfidf_predictor_counts_known_ngrams(tmp_path):
-    from sklearn.linear_model import SGDClassifier
-
-    from meli.train.baseline import TfidfPredictor, make_vectorizer
+    from meli.embeddings.tfidf import TitleVectorizer
+    from meli.train.baseline import TfidfPredictor, fit_ovr_svc
 
     texts = ["taladro percutor", "funda celular", "taladro bosch", "funda silicona"]
-    vectorizer = make_vectorizer(1, 100)
+    vectorizer = TitleVectorizer({"word_ngrams": [1, 1], "char_ngrams": [], "min_df": 1})
     x = vectorizer.fit_transform(texts)
-    classifier = SGDClassifier(loss="log_loss", random_state=0).fit(x, [0, 1, 0, 1])
+    classifier = fit_ovr_svc(x, np.array([0, 1, 0, 1]), 2, C=1.0)
     predictor = TfidfPredictor(vectorizer, classifier, ["DRILLS", "COVERS"], tmp_path,
                                {"lowercase": True, "strip_punctuation": True}, "spanish")
     assert predictor.known_words(["Taladro Makita", "", "zzzz"]).tolist() == [1, 0, 0]

@@ -1,4 +1,5 @@
-"""TF-IDF baseline: learns a small learnable problem and writes the training contract."""
+"""TF-IDF baseline: learns a small learnable problem and writes the training contract; its parallel
+one-vs-rest LinearSVC is LinearSVC's model; the shared TF-IDF features it reads."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meli.train import baseline
+from meli.embeddings import tfidf as tfidf_features
 from meli.grid import combo_id
+from meli.train import baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CLASSES = 6
@@ -52,12 +54,13 @@ def dataset(tmp_path: Path) -> tuple[Path, Path]:
     preprocess = {"lowercase": True, "strip_accents": True, "strip_punctuation": True, "strip_numbers": False,
                   "remove_stopwords": True, "min_token_length": 2}
     (data / "summary.json").write_text(json.dumps({"preprocess": preprocess}))
+    tfidf_features.build(data, features / "tfidf", {"min_df": 1})
     return data, features
 
 
 def test_fit_writes_contract_and_learns(dataset, tmp_path):
     data, features = dataset
-    params = {"C": 10.0, "ngram_max": 2, "max_features": 5000, "class_weights": False, "seed": 0}
+    params = {"C": 10.0, "class_weights": False, "seed": 0}
     out = tmp_path / "run"
     metrics = baseline.train(params, data, features, out, threads=1)
 
@@ -106,7 +109,7 @@ def test_fit_writes_contract_and_learns(dataset, tmp_path):
 def test_predict_proba_texts_cleans_raw_titles(dataset, tmp_path):
     data, features = dataset
     out = tmp_path / "run"
-    baseline.train({"C": 10.0, "max_features": 5000}, data, features, out)
+    baseline.train({"C": 10.0}, data, features, out)
     predictor = baseline.load_predictor(out, data, features)
     # Upper case, punctuation and a stopword: only the data stage's cleaner (summary.json's
     # preprocess section) turns these into the training vocabulary.
@@ -120,7 +123,7 @@ def test_predict_proba_texts_cleans_raw_titles(dataset, tmp_path):
 
 def test_class_weights_help_the_rare_class(dataset, tmp_path):
     data, features = dataset
-    base = {"C": 0.05, "max_features": 5000, "seed": 1}  # strong regularisation: the rare class suffers
+    base = {"C": 0.01, "seed": 1}  # strong regularisation: the rare class suffers
     plain = baseline.train({**base, "class_weights": False}, data, features, tmp_path / "plain")
     weighted = baseline.train({**base, "class_weights": True}, data, features, tmp_path / "weighted")
     assert weighted["combo"] != plain["combo"]
@@ -138,26 +141,28 @@ def test_labels_must_match_train(dataset, tmp_path):
     data, features = dataset
     (features / "labels.json").write_text(json.dumps({"categories": [f"cat_{k}" for k in range(N_CLASSES + 1)]}))
     with pytest.raises(ValueError, match="no training row"):
-        baseline.train({"max_features": 500}, data, features, tmp_path / "run")
+        baseline.train({"C": 1.0}, data, features, tmp_path / "run")
     (features / "labels.json").write_text(json.dumps({"categories": ["cat_0", "cat_1"]}))
     with pytest.raises(ValueError, match="missing from"):
-        baseline.train({"max_features": 500}, data, features, tmp_path / "run")
+        baseline.train({"C": 1.0}, data, features, tmp_path / "run")
     with pytest.raises(ValueError, match="unknown key"):
         baseline.train({"lr": 0.1}, data, features, tmp_path / "run")
+    with pytest.raises(ValueError, match="tfidf_features config section"):
+        baseline.train({"ngram_max": 2}, data, features, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_cli_end_to_end(dataset, tmp_path):
     data, features = dataset
-    params = {"C": 10.0, "ngram_max": 1, "max_features": 1000, "class_weights": False, "seed": 3}
+    params = {"C": 10.0, "class_weights": False, "seed": 3}
     out = tmp_path / "runs" / "tfidf" / combo_id(params)
     proc = subprocess.run(
         [sys.executable, "-m", "meli.train.baseline", "--params", json.dumps(params), "--data-dir", str(data),
-         "--features", str(features), "--out-dir", str(out), "--threads", "2"],
+         "--features", str(features), "--tfidf", str(features / "tfidf"), "--out-dir", str(out), "--threads", "2"],
         cwd=ROOT, env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": ""}, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "SGD rows" in proc.stderr and "ETA" in proc.stderr and "validation bacc" in proc.stderr
+    assert "LinearSVC" in proc.stderr and "validation bacc" in proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["combo"] == out.name and metrics["val_bacc"] > 0.9
     bad = subprocess.run(
@@ -166,3 +171,50 @@ def test_cli_end_to_end(dataset, tmp_path):
         cwd=ROOT, env={"PYTHONPATH": str(ROOT / "scripts")}, capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode != 0 and "not valid JSON" in bad.stderr
+
+
+@pytest.mark.parametrize("n_classes, threads, max_per_fit", [(6, 2, 256), (6, 3, 2), (6, 1, 256), (2, 2, 256)])
+def test_parallel_ovr_is_linearsvc(n_classes, threads, max_per_fit):
+    """Chunked, threaded one-vs-rest gives LinearSVC's own scores (float32), whatever the chunking."""
+    import scipy.sparse as sp
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(1)
+    x = sp.random(300, 40, density=0.2, format="csr", random_state=2, dtype=np.float32)
+    y = rng.integers(0, n_classes, 300)
+    x[np.arange(300), y] += 1.0  # learnable: column k marks class k
+    ours = baseline.fit_ovr_svc(x, y, n_classes, C=0.5, threads=threads, max_per_fit=max_per_fit)
+    ref = LinearSVC(C=0.5, random_state=0).fit(x, y)
+    ref_scores = ref.decision_function(x)
+    if n_classes == 2:
+        ref_scores = np.stack([-ref_scores, ref_scores], axis=1)
+    assert ours.coef_.dtype == np.float32 and ours.coef_.shape == (n_classes, 40)
+    np.testing.assert_allclose(ours.decision_function(x), ref_scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(ours.predict(x), ref.predict(x))
+    proba = ours.predict_proba(x)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(proba.argmax(axis=1), ref.predict(x))
+
+
+def test_class_chunks_cover_every_class_once():
+    chunks = baseline.class_chunks(1588, threads=8, max_per_fit=256)
+    assert len(chunks) == 8 and np.array_equal(np.concatenate(chunks), np.arange(1588))
+    assert max(len(c) for c in baseline.class_chunks(1588, threads=2, max_per_fit=256)) <= 256
+    assert [len(c) for c in baseline.class_chunks(3, threads=8)] == [1, 1, 1]
+
+
+def test_shared_features_are_word_and_char_blocks(dataset):
+    data, features = dataset
+    stats = json.loads((features / "tfidf" / "stats.json").read_text())
+    assert set(stats["blocks"]) == {"word", "char_wb"} and stats["n_features"] == sum(stats["blocks"].values())
+    x = tfidf_features.load_csr(features / "tfidf" / "validation.npz")
+    assert x.dtype == np.float32 and x.shape == (180, stats["n_features"])
+    vec = tfidf_features.load_vectorizer(features / "tfidf" / "vectorizer.joblib")
+    texts = pd.read_parquet(data / "validation.parquet")["text"]
+    assert (vec.transform(texts) != x).nnz == 0  # row order = Parquet order; predict transforms the same way
+    # Each block is l2-normalised: a row's squared norm is the number of non-empty blocks (2 here).
+    np.testing.assert_allclose(np.asarray(x.multiply(x).sum(axis=1)).ravel(), 2.0, rtol=1e-5)
+    word_only = tfidf_features.TitleVectorizer({"char_ngrams": [], "min_df": 1})
+    assert word_only.fit_transform(texts).shape[1] == len(word_only.blocks[0][1].vocabulary_)
+    with pytest.raises(tfidf_features.TfidfFeatureError, match="both off"):
+        tfidf_features.TitleVectorizer({"char_ngrams": [], "word_ngrams": []})
