@@ -185,8 +185,8 @@ def neural_inputs(wc):
 def neural_source_arg(wc, input):
     """--matrix FILE (word-vector input) or --tfidf DIR (the shared sparse TF-IDF rows)."""
     if "matrix" in input.keys():
-        return "--matrix " + shlex.quote(input.matrix)
-    return "--tfidf " + shlex.quote(os.path.dirname(input.tfidf[0]))
+        return f"--matrix {shlex.quote(input.matrix)}"
+    return f"--tfidf {shlex.quote(os.path.dirname(input.tfidf[0]))}"
 
 
 def tfidf_test_inputs():

@@ -199,7 +199,7 @@ def test_parallel_ovr_is_linearsvc(n_classes, threads, max_per_fit):
 def test_class_chunks_cover_every_class_once():
     chunks = baseline.class_chunks(1588, threads=8, max_per_fit=256)
     assert len(chunks) == 8 and np.array_equal(np.concatenate(chunks), np.arange(1588))
-    assert max(len(c) for c in baseline.class_chunks(1588, threads=2, max_per_fit=256)) <= 256
+    assert max(len(c) for c in baseline.class_chunks(1588, threads=2)) <= baseline.MAX_CLASSES_PER_FIT
     assert [len(c) for c in baseline.class_chunks(3, threads=8)] == [1, 1, 1]
 
 

@@ -50,7 +50,11 @@ from meli.metrics import balanced_accuracy
 log = logging.getLogger("meli.train.baseline")
 
 CHUNK_ROWS = 100_000  # rows scored at once: bounds the dense [rows, n_classes] decision block
-MAX_CLASSES_PER_FIT = 256  # classes per liblinear fit: bounds its float64 coefficient copy per thread
+# Classes per liblinear fit: bounds the float64 coefficients in flight per thread (64 x 524k
+# columns x 8 B x 2 copies = 0.5 GB) at the cost of one extra "rest" problem per chunk (+1.6%).
+# Each fit also holds liblinear's own copy of X (16 B per non-zero): memory grows by ~2x the
+# float32 X per thread (benchmarks/README.md).
+MAX_CLASSES_PER_FIT = 64
 PARAM_KEYS = models.get("tfidf").parameters
 DEFAULTS: dict[str, Any] = models.get("tfidf").defaults()  # defined in meli/models/tfidf.py
 
