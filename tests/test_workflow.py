@@ -30,15 +30,33 @@ def job_counts(dry_run_stdout: str) -> dict[str, int]:
     return counts
 
 
+def source_override(configfile: Path) -> list[str]:
+    """A config whose dataset lives beside the project (../shared) names it relative to the project
+    directory; in the test's copy of the workflow (and in a clone without ../shared) it is given
+    on the command line: the real file when it is here, else the demo (the DAG is the same)."""
+    source = yaml.safe_load(configfile.read_text())["dataset"]["source"]
+    if not source.startswith("../shared/"):
+        return []
+    real = (ROOT / source).resolve()
+    return ["--config", f"dataset={{source: {real if real.exists() else 'demo'}}}"]
+
+
 @pytest.mark.parametrize("configfile", CONFIGS, ids=lambda p: p.name)
 def test_dry_run_of_every_config(workflow_dir: Path, configfile: Path):
-    proc = snakemake(workflow_dir, "-n", "--configfile", str(configfile))
+    proc = snakemake(workflow_dir, "-n", "--configfile", str(configfile), *source_override(configfile))
     counts = job_counts(proc.stdout)
     cfg = yaml.safe_load(configfile.read_text())
     assert counts["all"] == 1 and counts["report_html"] == 1
     used = {e for f in ("mlp", "cnn") for e in cfg["train"][f]["grid"].get("embedding", cfg["embeddings"])}
     assert counts["embedding_matrix"] == len(used)
     assert counts["train_neural"] >= 2 and counts["train_tfidf"] >= 1
+    assert counts["tfidf_features"] == 1  # one shared sparse matrix, whatever the number of jobs reading it
+
+
+def test_sample_config_needs_its_source_given_when_shared_is_absent(workflow_dir: Path):
+    """Without ../shared beside the workflow, the parse-time check names dataset.source; --config fixes it."""
+    proc = snakemake(workflow_dir, "-n", "--configfile", "config/meli2019-sample.yaml", check=False)
+    assert proc.returncode != 0 and "dataset.source" in proc.stdout + proc.stderr
 
 
 def test_snakemake_lint_is_clean(workflow_dir: Path):
@@ -52,13 +70,14 @@ def test_full_config_fans_out_the_seeds_grids(workflow_dir: Path):
     """config/meli2019.yaml: 2×2×2×2 MLP + 2×2×2×2×2 CNN combinations, each its own job, no network."""
     proc = snakemake(workflow_dir, "-n", "--configfile", "config/meli2019.yaml")
     counts = job_counts(proc.stdout)
-    assert counts["train_neural"] == 16 + 32
+    assert counts["train_neural"] == 16 + 1 + 32  # + the input-tfidf MLP
     assert counts["download_dataset"] == 1 and counts["download_vectors"] == 1
     assert "meli-challenge-2019.tar.bz2" in proc.stdout
     # every combination directory is distinct and readable
     dirs = set(re.findall(r"results/runs/(?:mlp|cnn)/([^/\s]+)/metrics\.json", proc.stdout))
-    assert len(dirs) == 48
-    assert all(d.startswith("emb-sbwce_frz-") for d in dirs)
+    assert len(dirs) == 49
+    assert sum(d.startswith("emb-sbwce_frz-") for d in dirs) == 48
+    assert sum(d.startswith("in-tfidf_h-512_") for d in dirs) == 1
 
 
 def test_adding_a_grid_value_adds_only_its_jobs(workflow_dir: Path, tmp_path: Path):
