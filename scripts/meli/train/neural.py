@@ -586,6 +586,10 @@ def run(
     input); an ``input: tfidf`` combination reads ``tfidf_dir`` (default ``features/tfidf``) instead.
     """
     t_start = time.monotonic()
+    prune = models.get(family).prune if family in DEFAULTS else None
+    # The id of the params as given (the rule named the run directory after them); keys left to
+    # the family default (e.g. lr_schedule) are not in it.
+    combo = combo_id(prune(params) if prune else params)
     params = resolve_params(family, params)
     features, out_dir = Path(features), Path(out_dir)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
@@ -613,7 +617,7 @@ def run(
     log.info(
         "%s %s on %s (%d threads): %s train rows, %s validation rows (%s / %s with categories unseen in "
         "train left out), vocab %s x %d, %d classes",
-        family, combo_id(params), device, threads, f"{len(data.train.labels):,}", f"{len(data.validation.labels):,}",
+        family, combo, device, threads, f"{len(data.train.labels):,}", f"{len(data.validation.labels):,}",
         f"{data.train.unseen:,}", f"{data.validation.unseen:,}", f"{vocab_size:,}", dim, n_classes,
     )
     train, val = place(data.train, device), place(data.validation, device)
@@ -648,7 +652,7 @@ def run(
                       expected, elapsed_before, t_start, max_epochs, batch_size, n_train, saved)
 
     model.load_state_dict(state["best_state"])
-    metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads)
+    metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads, combo)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     for parent in (ckpt_dir.parent, ckpt_dir.parent.parent):  # checkpoints/{family}/, checkpoints/ when empty
         with contextlib.suppress(OSError):
@@ -714,7 +718,8 @@ def _train_epochs(state, params, model, optimizer, train: Split, val: Split, dev
             os.kill(os.getpid(), sig)
 
 
-def _write_outputs(family, params, model, data: Data, state, device, out_dir: Path, resumed_from: int, threads: int):
+def _write_outputs(family, params, model, data: Data, state, device, out_dir: Path, resumed_from: int, threads: int,
+                   combo: str):
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -741,7 +746,7 @@ def _write_outputs(family, params, model, data: Data, state, device, out_dir: Pa
 
     metrics = {
         "family": family,
-        "combo": combo_id(params),
+        "combo": combo,
         "params": params,
         "epochs_run": state["epoch"],
         "best_epoch": state["best_epoch"],
