@@ -85,6 +85,7 @@ def test_dry_run_lists_one_gpu_job_per_combination_without_a_cluster(tmp_path, m
     assert full["dataset"]["source"] in out, "the profile must run config/meli2019.yaml"
     expected = {
         family: math.prod(len(values) for values in full["train"][family]["grid"].values())
+        + len(full["train"][family].get("combinations") or [])  # explicit ones (the input-tfidf MLP)
         for family in ("mlp", "cnn")
     }
     jobs = _job_blocks(out, "train_neural")
