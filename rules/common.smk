@@ -28,29 +28,20 @@ _PATH = "export PATH=%s:$PATH; " % shlex.quote(_BIN) if os.access(os.path.join(_
 _PREFIX = "set -euo pipefail; export PYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH}; %s" % (shlex.quote(SCRIPTS), _PATH)
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))
 
+from meli import models  # noqa: E402
+from meli.config import ConfigError, check_after_defaults, check_config, stage_config  # noqa: E402
+from meli.data.fetch import local_path  # noqa: E402
+from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family  # noqa: E402
 from meli.overrides import coerce  # noqa: E402
 
-# Stops the run before any job, naming the offending key, and fills defaults from the schema.
-# `--config key='{a: 0.1}'` values arrive as strings (Snakemake parses them with YAML's
-# BaseLoader): typed by the schema first.
-SCHEMA = os.path.join(workflow.basedir, "config", "schema.yaml")
-with open(SCHEMA) as _fh:
-    config.update(coerce(dict(config), yaml.safe_load(_fh)))
-validate(config, SCHEMA)
-
-import yaml  # noqa: E402
-
-from meli import models  # noqa: E402
-from meli.data.fetch import local_path  # noqa: E402
-from meli.config import ConfigError, check_after_defaults, check_config, stage_config  # noqa: E402
-from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family  # noqa: E402
-
 # Stops the run before any job, naming the offending key (one line; snakemake's validate would
-# print the whole schema after it), then fills defaults from the schema.
+# print the whole schema after it), then fills defaults from the schema. `--config key='{a: 0.1}'`
+# values arrive as strings (Snakemake parses them with YAML's BaseLoader): typed by the schema first.
 SCHEMA_FILE = os.path.join(workflow.basedir, "config", "schema.yaml")
 with open(SCHEMA_FILE) as _schema:
     SCHEMA = yaml.safe_load(_schema)
 try:
+    config.update(coerce(dict(config), SCHEMA))
     check_config(config, SCHEMA)
     validate(config, SCHEMA_FILE)
     check_after_defaults(config)
