@@ -32,6 +32,7 @@ from meli import models  # noqa: E402
 from meli.config import ConfigError, check_after_defaults, check_config, stage_config  # noqa: E402
 from meli.data.fetch import local_path  # noqa: E402
 from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family  # noqa: E402
+from meli import search  # noqa: E402
 from meli.overrides import coerce  # noqa: E402
 
 # Stops the run before any job, naming the offending key (one line; snakemake's validate would
@@ -90,6 +91,60 @@ TFIDF_USED = bool(COMBOS["tfidf"]) or any(
     p.get("input") == "tfidf" for f in NEURAL_FAMILIES for p in COMBOS[f].values())
 
 
+# ---------------------------------------------------- search (train.search; meli/search.py)
+SEARCH = config["train"]["search"]
+
+
+# Families trained in rungs (rules/train.smk: train_rung, select_rung, train_final); the rung
+# arithmetic is known now, only which combinations survive each rung depends on results.
+PLANS = {f: p for f in NEURAL_FAMILIES if (p := search.family_plan(f, COMBOS[f], SEARCH)) is not None}
+HALVING = list(PLANS)
+
+
+def rung_dir(family, rung, combo):
+    return f"results/search/{family}/rung-{rung}/{combo}"
+
+
+def kept_after(family, rung):
+    """Combinations promoted out of a rung: known once its select_rung checkpoint has run."""
+    selection = checkpoints.select_rung.get(neural=family, rung=str(rung)).output.selection
+    return search.read_selection(selection)["kept"]
+
+
+def rung_combos(family, rung):
+    return list(COMBOS[family]) if rung == 0 else kept_after(family, rung - 1)
+
+
+def search_inputs(wc):
+    """What search_done collects from a halving family: every rung's selection and pruned records,
+    and the final runs' files (known once the last rung's checkpoint has run)."""
+    outs = []
+    for rung in range(PLANS[wc.neural].final):
+        out = checkpoints.select_rung.get(neural=wc.neural, rung=str(rung)).output
+        outs += [out.selection, out.pruned]
+    model = models.get(wc.neural).model_file
+    for d in final_run_dirs(wc.neural):
+        outs += [f"{d}/metrics.json", f"{d}/history.csv", f"{d}/{model}"]
+    return outs
+
+
+def search_summaries():
+    """results/search/{family}/search.json of every halving family: a plain input (known now) of
+    the tables, the report and MLflow, which read the run directories from it. Depending on the
+    checkpoints directly instead, they would count as up to date after an earlier grid run (Snakemake
+    does not look behind a checkpoint for jobs whose outputs exist) and the search would never start."""
+    return [f"results/search/{f}/search.json" for f in HALVING]
+
+
+def all_run_dirs(summaries):
+    """Run directories for the tables and MLflow: the runs known now, then those in the search summaries."""
+    dirs = [f"results/runs/{f}/{c}" for f in FAMILIES if f not in HALVING for c in COMBOS[f]]
+    for path in summaries:
+        if os.path.exists(path):  # not yet in a dry run; always when the job runs
+            dirs += search.read_summary(path)["run_dirs"]
+    return " ".join(shlex.quote(d) for d in dirs)
+
+
 def family_resources(family):
     """train.resources overridden by train.<family>.resources."""
     return {**config["train"]["resources"], **config["train"].get(family, {}).get("resources", {})}
@@ -100,29 +155,42 @@ def gpu_model(res):
     return (res.get("gpu_model") or "") if res["gpu"] else ""
 
 
-def run_dirs(family=None):
-    families = [family] if family else FAMILIES
-    return [f"results/runs/{f}/{c}" for f in families for c in COMBOS[f]]
+def final_combos(family):
+    """Combinations trained to the end: all (grid), or the last rung's survivors (halving)."""
+    if family in HALVING:
+        return kept_after(family, PLANS[family].final - 1)
+    return list(COMBOS[family])
 
 
-def run_metrics(family=None):
-    return [f"{d}/metrics.json" for d in run_dirs(family)]
+def final_run_dirs(family):
+    return [f"results/runs/{family}/{c}" for c in final_combos(family)]
+
+
+def run_metrics():
+    """metrics.json of the runs known at parse time (every family not searched by halving)."""
+    return [f"results/runs/{f}/{c}/metrics.json" for f in FAMILIES if f not in HALVING for c in COMBOS[f]]
+
+
+def run_histories():
+    return [m.replace("metrics.json", "history.csv") for m in run_metrics()]
 
 
 def run_outputs():
     """Every run's declared outputs (rules/train.smk, rules/baseline.smk): `rule all` asks for them,
-    so a deleted model or run folder is retrained (meli.sweep.run_files lists the same)."""
+    so a deleted model or run folder is retrained (meli.sweep.run_files lists the same). A halving
+    family's final runs are not known yet: its search summary stands for them (search_done needs them)."""
     return [
         f"results/runs/{f}/{c}/{name}"
         for f in FAMILIES
+        if f not in HALVING
         for c in COMBOS[f]
         for name in ("metrics.json", "history.csv", models.get(f).model_file, "val_predictions.parquet")
-    ]
+    ] + search_summaries()
 
 
 def run_models():
-    """Every run's fitted model (model.pt or model.joblib, as its family defines)."""
-    return [f"results/runs/{f}/{c}/{models.get(f).model_file}" for f in FAMILIES for c in COMBOS[f]]
+    """The fitted model of every run known at parse time (model.pt or model.joblib, as its family defines)."""
+    return [f"results/runs/{f}/{c}/{models.get(f).model_file}" for f in FAMILIES if f not in HALVING for c in COMBOS[f]]
 
 
 # ------------------------------------------------------------------------ data (rules/data.smk)
@@ -185,9 +253,30 @@ def tfidf_test_inputs():
     return [f"{TFIDF}/test.npz", f"{TFIDF}/vectorizer.joblib"] if TFIDF_USED else []
 
 
+def rung_inputs(wc):
+    """A rung's job: the data, and for rung > 0 the previous rung's training state of the same combination."""
+    inputs = neural_inputs(wc)
+    rung = int(wc.rung)
+    if rung >= PLANS[wc.neural].final:
+        raise WorkflowError(f"{wc.neural} has rungs 0..{PLANS[wc.neural].final - 1} before its final runs, not {rung}")
+    if rung > 0:
+        inputs["state"] = f"{rung_dir(wc.neural, rung - 1, wc.combo)}/{search.SNAPSHOT}"
+    return inputs
+
+
+def final_inputs(wc):
+    """A final run of a halving family continues from its state at the end of the rung before."""
+    return {**neural_inputs(wc), "state": f"{rung_dir(wc.neural, PLANS[wc.neural].final - 1, wc.combo)}/{search.SNAPSHOT}"}
+
+
+def rung_records(wc):
+    return [f"{rung_dir(wc.neural, wc.rung, c)}/metrics.json" for c in rung_combos(wc.neural, int(wc.rung))]
+
+
 wildcard_constraints:
     split="train|validation|test",
     family="|".join(FAMILIES),
     neural="|".join(NEURAL_FAMILIES),
     combo="[^/]+",
     emb="[^/]+",
+    rung="[0-9]+",

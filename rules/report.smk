@@ -10,6 +10,8 @@ rule aggregate:
     """runs.csv/.md (one row per combination), per-family best on validation, hyperparameter effects."""
     input:
         metrics=run_metrics(),
+        # halving: the search summaries name the final and pruned runs
+        search=search_summaries(),
     output:
         runs=report("results/tables/runs.csv", category="Tables", caption="../report/runs.rst"),
         runs_md="results/tables/runs.md",
@@ -20,7 +22,7 @@ rule aggregate:
     benchmark:
         "results/benchmarks/aggregate.tsv"
     params:
-        runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
+        runs=lambda wc, input: all_run_dirs(input.search),
     resources:
         runtime=lambda wc, attempt: 10 * attempt,
     conda:
@@ -39,6 +41,7 @@ rule evaluate_test:
         labels=f"{FEATURES}/labels.json",
         tfidf=tfidf_test_inputs(),
         models=run_models(),
+        search=search_summaries(),
     output:
         test=report("results/tables/test.csv", category="Tables", caption="../report/test.rst"),
         details="results/tables/test_details.json",
@@ -75,7 +78,8 @@ rule report_html:
         selection="results/tables/selection.json",
         test="results/tables/test.csv",
         details="results/tables/test_details.json",
-        histories=[f"{d}/history.csv" for d in run_dirs()],
+        histories=run_histories(),
+        search=search_summaries(),
     output:
         report("results/report.html", category="Report", caption="../report/report.rst"),
     log:

@@ -11,6 +11,7 @@ rule mlflow_import:
     input:
         metrics=run_metrics(),
         summary=f"{DATA}/summary.json",
+        search=search_summaries(),
     output:
         "results/mlflow/imported.json",
     log:
@@ -22,7 +23,7 @@ rule mlflow_import:
         experiment=config["mlflow"]["experiment"] or config["dataset"]["name"],
         dataset=config["dataset"]["name"],
         models="--log-models" if config["mlflow"]["log_models"] else "",
-        runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input.metrics),
+        runs=lambda wc, input: all_run_dirs(input.search),
     resources:
         runtime=lambda wc, attempt: 30 * attempt,
     conda:

@@ -79,3 +79,12 @@ def workflow_dir(tmp_path: Path) -> Path:
 # A complete small config (a --configfile replaces config/config.yaml): 8 categories, 1,200
 # rows, one epoch budget of a few seconds per job. End-to-end tests run with it.
 TINY_CONFIG = ROOT / "tests" / "data" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The whole DAG, for real, on the tiny config (shared by the end-to-end assertions; the
+    halving tests start from a copy of it). Never modify it: copy it."""
+    wf = copy_workflow(tmp_path_factory.mktemp("e2e") / "wf")
+    proc = snakemake(wf, "--cores", "2", "--configfile", str(TINY_CONFIG))
+    return wf, proc

@@ -249,3 +249,25 @@ def test_seeds_are_averaged_and_selection_is_on_the_mean(tmp_path):
     assert "0.8100 ± 0.0100 (3 seeds)" in md and "0.7750 ± 0.1061 (2 seeds)" in md
     single = aggregate.runs_table([aggregate.load_run(dirs[0])])
     assert single["n_seeds"][0] == 1 and np.isnan(single["val_bacc_sd"][0])
+
+
+def test_halving_pruned_runs_are_tabled_but_never_selected(tmp_path):
+    """A pruned run stays in runs.csv with the rung it stopped at; selection and effects use final runs."""
+    base = {"embedding": "w2v", "hidden": [32], "seed": 0}
+    final = make_run(tmp_path, "mlp", {**base, "lr": 0.01}, 0.70, epochs=6, rung=2, pruned_at_rung=None)
+    other = make_run(tmp_path, "mlp", {**base, "lr": 0.02}, 0.65, epochs=6, rung=2, pruned_at_rung=None)
+    # an exact bacc tie with a lower loss: among all runs it would win, but it was not trained to the end
+    stopped = make_run(tmp_path, "mlp", {**base, "lr": 0.1}, 0.70, val_loss=0.1, epochs=1, rung=0, pruned_at_rung=0)
+    out = tmp_path / "tables"
+    selection = aggregate.aggregate([final, other, stopped], out)
+    chosen = selection["families"]["mlp"]
+    assert chosen["combo"] == final.name and chosen["n_runs"] == 2 and chosen["n_pruned"] == 1
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs["pruned_at_rung"].isna()) == [False, True, True]  # sorted by bacc, then loss
+    assert runs.set_index("combo").loc[stopped.name, "rung"] == 0
+    assert set(pd.read_csv(out / "effects.csv")["n"]) == {1}  # lr 0.01 and 0.02 only
+    assert f"**{final.name}**" in (out / "runs.md").read_text()
+    # a grid's tables have no search columns
+    grid = make_run(tmp_path / "g", "mlp", base, 0.5)
+    aggregate.aggregate([grid], tmp_path / "g" / "tables")
+    assert not {"rung", "pruned_at_rung"} & set(pd.read_csv(tmp_path / "g" / "tables" / "runs.csv").columns)

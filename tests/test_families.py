@@ -48,7 +48,7 @@ def test_schema_defaults_are_the_family_defaults(name):
 
 def test_every_family_has_a_config_section_and_nothing_else_does():
     train = SCHEMA["properties"]["train"]["properties"]
-    assert set(models.names()) == set(train) - {"device", "resources", "max_combinations"}
+    assert set(models.names()) == set(train) - {"device", "resources", "max_combinations", "search"}
 
 
 def test_merged_id_order_is_unchanged_and_keeps_each_family_order():

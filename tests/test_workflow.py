@@ -143,16 +143,6 @@ def test_conda_env_pins_match_requirements():
     assert req["torch"] == "2.13.0"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The whole DAG, for real, on the tiny config (shared by the end-to-end assertions)."""
-    from conftest import copy_workflow
-
-    wf = copy_workflow(tmp_path_factory.mktemp("e2e") / "wf")
-    proc = snakemake(wf, "--cores", "2", "--configfile", str(TINY_CONFIG))
-    return wf, proc
-
-
 def test_end_to_end_tiny_run_produces_the_report(tiny_run):
     wf, _ = tiny_run
     res = wf / "results"

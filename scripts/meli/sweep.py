@@ -46,7 +46,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from meli import models, runs
+from meli import models, runs, search
 from meli.cli import MeliError, entry_point
 from meli.jobstatus import read_status
 
@@ -60,6 +60,7 @@ TEST_TABLES = ("test.csv", "test_details.json")
 PARTIAL_MTIME = 86_400
 
 DONE, RUNNING, NOT_RUN, LOST = "done", "running", "not run yet", "outputs missing"
+PRUNED = "pruned"  # successive halving (meli.search) stopped it at a rung: finished, not missing
 FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED = (
     "failed", "diverged", "killed for memory", "timed out", "killed", "cancelled")
 FAILED_STATES = (FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED)
@@ -284,12 +285,15 @@ class Sweep:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {"done": len(self.by_state(DONE)), "running": len(self.by_state(RUNNING)),
-                "failed": len(self.by_state(*FAILED_STATES)), "left": len(self.by_state(NOT_RUN, LOST))}
+        counts = {"done": len(self.by_state(DONE)), "running": len(self.by_state(RUNNING)),
+                  "failed": len(self.by_state(*FAILED_STATES)), "left": len(self.by_state(NOT_RUN, LOST))}
+        if self.by_state(PRUNED):
+            counts["pruned"] = len(self.by_state(PRUNED))
+        return counts
 
     @property
     def missing(self) -> list[Combination]:
-        return [c for c in self.combinations if c.state != DONE]
+        return [c for c in self.combinations if c.state not in (DONE, PRUNED)]
 
     def eta_s(self) -> float | None:
         """Seconds until the running and not-yet-run combinations finish, from the finished ones'
@@ -312,9 +316,31 @@ def scan(results: str | os.PathLike = "results", final: bool = False) -> Sweep:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise SweepError(f"{path} not found: no sweep has started here yet (run snakemake first)") from None
-    combos = [classify(results, family, combo, final)
-              for family, per in manifest.get("combinations", {}).items() for combo in per]
+    search_cfg = ((manifest.get("config") or {}).get("train") or {}).get("search") or {}
+    combos = []
+    for family, per in manifest.get("combinations", {}).items():
+        plan = search.family_plan(family, per, search_cfg)
+        states = search.combination_states(results, family, per, plan) if plan else {}
+        for combo in per:
+            combos.append(_classify_searched(results, family, combo, final, states[combo]) if plan
+                          else classify(results, family, combo, final))
     return Sweep(manifest, combos)
+
+
+def _classify_searched(results: Path, family: str, combo: str, final: bool, where: dict[str, Any]) -> Combination:
+    """A combination of a successive-halving search: pruned at a rung is finished, not missing;
+    one still in the search is classified by its attempt record (shared by its rung jobs)."""
+    if where["state"] == "pruned":
+        rung = where["rung"]
+        return Combination(family, combo, PRUNED, detail=f"pruned at rung {rung}",
+                           log=str(results / "logs" / "search" / family / f"rung-{rung}" / f"{combo}.log"),
+                           run_dir=str(results / "search" / family / f"rung-{rung}" / search.PRUNED / combo))
+    c = classify(results, family, combo, final)
+    if where["state"] == "in search" and c.state in (LOST, NOT_RUN):
+        # a finished rung job leaves no final run: that is progress, not lost outputs
+        c.state = NOT_RUN
+        c.detail = f"in the search: rung {where['rung']} done" if where["rung"] >= 0 else c.detail
+    return c
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -328,7 +354,8 @@ def progress_text(sweep: Sweep) -> str:
     lines = [f"sweep started {sweep.manifest.get('started_at', '?')} ({', '.join(sweep.manifest.get('configfiles') or ['default config'])}): "
              f"{n} combinations",
              f"  done {counts['done']} · running {counts['running']} · failed {counts['failed']} · left {counts['left']}"
-             f" · ETA {eta_text}"]
+             + (f" · pruned {counts['pruned']}" if "pruned" in counts else "")
+             + f" · ETA {eta_text}"]
     for c in sweep.missing:
         attempts = f", {c.attempts} attempt{'s' if c.attempts != 1 else ''}" if c.attempts else ""
         lines.append(f"  {c.state:<17} {c.family}/{c.combo}{attempts}: {c.detail or '-'}")
@@ -372,7 +399,7 @@ def write_partial(results: str | os.PathLike, sweep: Sweep, final: bool, mlflow:
     from meli.report import aggregate, render
 
     results = Path(results)
-    done = [c.run_dir for c in sweep.by_state(DONE)]
+    done = [c.run_dir for c in sweep.by_state(DONE, PRUNED)]
     if not done:
         log.info("no combination has finished yet: no tables or report to write")
         return None

@@ -234,6 +234,16 @@ def existing_runs(client: Any, experiment_id: str) -> dict[tuple[str | None, str
             return by_key
 
 
+def search_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """Successive halving (meli.search): where the run stopped, filterable in the MLflow UI
+    (``tags.search = 'pruned'``); nothing for a grid run."""
+    if "rung" not in metrics:
+        return {}
+    pruned = metrics.get("pruned_at_rung") is not None
+    return {"search": "pruned" if pruned else "final", "rung": str(metrics["rung"]),
+            **({"pruned_at_rung": str(metrics["pruned_at_rung"])} if pruned else {})}
+
+
 def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, Any], history: pd.DataFrame,
             dataset: str, log_models: bool, commit: str | None = None, inputs: list[Any] = (),
             origin: dict[str, str] | None = None) -> str:
@@ -249,6 +259,7 @@ def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, A
         "dataset": dataset,
         "run_dir": str(run_dir.resolve()),
         **(origin or {}),
+        **search_tags(metrics),
     }
     if commit:
         tags[GIT_COMMIT_TAG] = commit

@@ -49,6 +49,12 @@ SELECTION_RULE = ("highest validation balanced accuracy, averaged over seeds (ru
 def seed_group(combo: str) -> str:
     """The combination id without its seed: runs sharing it differ only in ``seed``."""
     return re.sub(r"(^|_)seed-[^_]*", "", combo) or "(seed only)"
+# Successive halving (meli.search): the rung a record comes from, and where a pruned run stopped.
+# Columns only when some run has them (a grid search's tables are unchanged). Pruned runs stay in
+# the tables but are never selected: they were not trained to the end. Their best-so-far bacc is
+# at most that of the runs kept at their rung, which only grows later, so this changes the
+# selection only in exact ties.
+SEARCH_COLUMNS = ("rung", "pruned_at_rung")
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -83,25 +89,31 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         raise RunError("no runs given")
     params = _param_order(k for r in runs for k in r["params"])
     rows = []
+    searched = any("rung" in r for r in runs)
     for r in runs:
         row = {"family": r["family"], "combo": r["combo"]}
         row.update({k: param_value(r["params"].get(k)) for k in params})
         row.update({k: r.get(k) for k in METRIC_COLUMNS})
         row["seed_group"] = seed_group(r["combo"])
+        if searched:
+            row.update({k: r.get(k) for k in SEARCH_COLUMNS})
         row["run_dir"] = r["run_dir"]
         rows.append(row)
     df = pd.DataFrame(rows)
-    by_group = df.groupby(["family", "seed_group"])["val_bacc"]
+    # Seed statistics over comparable runs: a halving search's pruned runs (stopped early) are
+    # not averaged with the same group's final runs.
+    df["_pruned"] = pruned(df)
+    by_group = df.groupby(["family", "seed_group", "_pruned"])["val_bacc"]
     df["n_seeds"] = by_group.transform("count").astype(int)
     df["val_bacc_mean"] = by_group.transform("mean")
     df["val_bacc_sd"] = by_group.transform("std")  # NaN for one seed
     df = df[[c for c in df.columns if c != "run_dir"] + ["run_dir"]]
     df["_rank"] = df["family"].map(_family_rank)
     df["_loss"] = pd.to_numeric(df["val_loss"], errors="coerce").fillna(math.inf)
-    df["_group_loss"] = df.groupby(["family", "seed_group"])["_loss"].transform("mean")
-    df = df.sort_values(["_rank", "family", "val_bacc_mean", "_group_loss", "seed_group", "val_bacc", "_loss", "combo"],
-                        ascending=[True, True, False, True, True, False, True, True])
-    df = df.drop(columns=["_rank", "_loss", "_group_loss"]).reset_index(drop=True)
+    df["_group_loss"] = df.groupby(["family", "seed_group", "_pruned"])["_loss"].transform("mean")
+    df = df.sort_values(["_rank", "family", "val_bacc_mean", "_group_loss", "seed_group", "_pruned", "val_bacc",
+                         "_loss", "combo"], ascending=[True, True, False, True, True, True, False, True, True])
+    df = df.drop(columns=["_rank", "_loss", "_group_loss", "_pruned"]).reset_index(drop=True)
     df.attrs["params"] = params
     return df
 
@@ -118,11 +130,22 @@ def swept(df: pd.DataFrame, family: str) -> list[str]:
     return [p for p in hyperparameters(df) if sub[p].dropna().astype(str).nunique() > 1]
 
 
+def pruned(df: pd.DataFrame) -> pd.Series:
+    """True for the runs a successive-halving search stopped early (never selected)."""
+    if "pruned_at_rung" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["pruned_at_rung"].notna()
+
+
 def select(df: pd.DataFrame) -> dict[str, Any]:
     """The best run of each family on validation (``df`` comes sorted from :func:`runs_table`):
     the best seed of the seed group with the best mean validation bacc."""
     families = {}
-    for family, sub in df.groupby("family", sort=False):
+    stopped = pruned(df)
+    for family, all_runs in df.groupby("family", sort=False):
+        sub = all_runs[~stopped[all_runs.index]]
+        if sub.empty:
+            raise RunError(f"{family}: every run was pruned; a search keeps at least one run to the end")
         best = sub.iloc[0]
         group = sub[sub["seed_group"] == best["seed_group"]]
         others = sub[sub["seed_group"] != best["seed_group"]]
@@ -141,6 +164,7 @@ def select(df: pd.DataFrame) -> dict[str, Any]:
             "runner_up": None if others.empty else {
                 "combo": others.iloc[0]["combo"], "val_bacc": float(others.iloc[0]["val_bacc"]),
                 "val_bacc_mean": float(others.iloc[0]["val_bacc_mean"]), "n_seeds": int(others.iloc[0]["n_seeds"])},
+            **({"n_pruned": int(len(all_runs) - len(sub))} if len(all_runs) > len(sub) else {}),
         }
     return {"criterion": SELECTION_RULE, "split": "validation", "families": families}
 
@@ -148,6 +172,7 @@ def select(df: pd.DataFrame) -> dict[str, Any]:
 def effects(df: pd.DataFrame) -> pd.DataFrame:
     """For each family and each swept hyperparameter: validation bacc grouped by its value."""
     rows = []
+    df = df[~pruned(df)]  # like with like: pruned runs trained fewer epochs
     for family in df["family"].unique():
         sub = df[df["family"] == family]
         for param in swept(df, family):
@@ -173,15 +198,17 @@ def markdown(df: pd.DataFrame, selection: dict[str, Any]) -> str:
     """runs.md: one table per family, the selected run in bold."""
     out = ["# Runs", "", f"Selection: {selection['criterion']} (validation split only).", ""]
     for family, sub in df.groupby("family", sort=False):
-        cols = ["combo", *swept(df, family), *[c for c in METRIC_COLUMNS if sub[c].notna().any()]]
+        cols = ["combo", *swept(df, family), *[c for c in METRIC_COLUMNS + SEARCH_COLUMNS
+                                               if c in sub and sub[c].notna().any()]]
         if (sub["n_seeds"] > 1).any():  # mean ± sd over the seeds of each row's group
             cols.insert(cols.index("val_bacc") + 1, "val_bacc_mean_sd")
             sub = sub.assign(val_bacc_mean_sd=[mean_sd(m, sd, n) for m, sd, n in
                                                zip(sub["val_bacc_mean"], sub["val_bacc_sd"], sub["n_seeds"])])
         out += [f"## {family} ({len(sub)} runs)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for i, (_, row) in enumerate(sub.iterrows()):
+        chosen = selection["families"].get(family, {}).get("combo")
+        for _, row in sub.iterrows():
             cells = [_md_cell(row[c]) for c in cols]
-            if i == 0:
+            if row["combo"] == chosen:
                 cells = [f"**{c}**" for c in cells]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

@@ -23,6 +23,7 @@ from typing import Any
 
 from meli.cli import entry_point
 from meli.io import atomic_path, setup_logging
+from meli.report.halving import section_search
 from meli.report.html import CSS, SCRIPT, plural
 from meli.report.sections import (
     Results,
@@ -44,6 +45,7 @@ SECTIONS = (
     ("summary", "Answer"),
     ("comparison", "Comparison"),
     ("curves", "Learning curves"),
+    ("search", "Search"),
     ("effects", "Hyperparameter effects"),
     ("test", "Test results"),
     ("dataset", "Dataset"),
@@ -70,6 +72,7 @@ def render(results: str | Path, config: dict[str, Any], configfiles: list[str], 
         "embeddings": section_embeddings(r),
         "comparison": section_comparison(r),
         "curves": section_curves(r),
+        "search": section_search(r),
         "effects": section_effects(r),
         "test": section_test(r) + section_duplicates(r),
         "cost": section_cost(r),

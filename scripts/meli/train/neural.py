@@ -76,6 +76,10 @@ class NonFiniteLoss(MeliError, RuntimeError):
     exit_code = DIVERGED_EXIT  # meli.jobstatus records the combination as diverged
 
 
+class StartStateError(MeliError, ValueError):
+    """The previous rung's training state cannot be continued."""
+
+
 def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
     """The combination completed with the family's defaults; unknown keys and bad values fail."""
     if family not in DEFAULTS:
@@ -578,13 +582,28 @@ def run(
     checkpoint_dir: str | os.PathLike | None = None,
     mem_mb: int | None = None,
     tfidf_dir: str | os.PathLike | None = None,
+    until_epoch: int | None = None,
+    start_from: str | os.PathLike | None = None,
+    snapshot: str | os.PathLike | None = None,
+    rung: int | None = None,
 ) -> dict[str, Any]:
     """Train one combination and write its outputs; returns metrics.json's content.
 
     ``mem_mb`` (the job's memory, resources.mem_mb): fail before loading anything when the
     estimate (meli.train.memory) does not fit. ``matrix_path`` is the embedding matrix (token-id
     input); an ``input: tfidf`` combination reads ``tfidf_dir`` (default ``features/tfidf``) instead.
+
+    Successive halving (meli.search) trains a combination in rungs, one job each: ``start_from``
+    is the previous rung's training state (``snapshot`` of that job), ``until_epoch`` the rung's
+    epoch budget. A rung with a ``snapshot`` writes that state and its record (metrics.json with
+    ``rung``, history.csv) but no model; the last rung (no ``until_epoch``) trains to the configured
+    epochs with early stopping and writes the complete run. Training is seeded per epoch, so a
+    combination continued rung by rung ends exactly like the same combination trained in one job.
     """
+    if snapshot is not None and until_epoch is None:
+        raise ValueError("--snapshot needs --until-epoch (a rung's state is written at its epoch budget)")
+    if until_epoch is not None and int(until_epoch) < 1:
+        raise ValueError(f"--until-epoch must be >= 1, got {until_epoch}")
     t_start = time.monotonic()
     prune = models.get(family).prune if family in DEFAULTS else None
     # The id of the params as given (the rule named the run directory after them); keys left to
@@ -632,7 +651,23 @@ def run(
         "epoch": 0, "history": [], "best_epoch": 0, "best_bacc": -math.inf, "best_state": None,
         "bad_epochs": 0, "done": False, "train_time_s": 0.0, "train_samples": 0, "elapsed_s": 0.0,
     }
+    start_epoch = 0
+    if start_from is not None:
+        start = load_checkpoint(Path(start_from), expected)
+        if start is None:
+            raise StartStateError(
+                f"{start_from}: missing, unreadable or made for other parameters or input files; "
+                "delete that rung's directory to retrain it"
+            )
+        start_epoch = start["state"]["epoch"]
     ckpt = load_checkpoint(ckpt_path, expected)
+    if ckpt is not None and not start_epoch <= ckpt["state"]["epoch"] <= (until_epoch or math.inf):
+        log.info("ignoring %s: epoch %d is outside this job's epochs %d..%s", ckpt_path, ckpt["state"]["epoch"],
+                 start_epoch, until_epoch or "end")
+        ckpt = None
+    if ckpt is None and start_from is not None:
+        ckpt = start
+        log.info("continuing from %s (epoch %d)", start_from, start_epoch)
     resumed_from = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -649,10 +684,17 @@ def run(
     saved = {"epoch": state["epoch"]}
     with log_termination(saved, ckpt_path):
         _train_epochs(state, params, model, optimizer, train, val, device, weights, n_classes, family, ckpt_path,
-                      expected, elapsed_before, t_start, max_epochs, batch_size, n_train, saved)
+                      expected, elapsed_before, t_start, max_epochs, batch_size, n_train, saved, until_epoch)
 
-    model.load_state_dict(state["best_state"])
-    metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads, combo)
+    if snapshot is not None:
+        with atomic_path(Path(snapshot)) as tmp:
+            torch.save({"fingerprint": expected, "model": _cpu_state(model), "optimizer": _cpu_state(optimizer),
+                        "state": state}, tmp)
+        metrics = _write_rung_record(family, params, state, data, device, out_dir, resumed_from, threads, combo, rung)
+    else:
+        model.load_state_dict(state["best_state"])
+        metrics = _write_outputs(family, params, model, data, state, device, out_dir, resumed_from, threads, combo,
+                                 rung)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     for parent in (ckpt_dir.parent, ckpt_dir.parent.parent):  # checkpoints/{family}/, checkpoints/ when empty
         with contextlib.suppress(OSError):
@@ -663,12 +705,12 @@ def run(
 
 def _train_epochs(state, params, model, optimizer, train: Split, val: Split, device, weights, n_classes: int,
                   family: str, ckpt_path: Path, expected, elapsed_before: float, t_start: float, max_epochs: int,
-                  batch_size: int, n_train: int, saved: dict[str, int]) -> None:
-    """Epochs until early stopping or max_epochs, a checkpoint after each (``state`` is updated,
+                  batch_size: int, n_train: int, saved: dict[str, int], until_epoch: int | None = None) -> None:
+    """Epochs until early stopping, max_epochs or ``until_epoch`` (a rung's budget), a checkpoint after each (``state`` is updated,
     ``saved["epoch"]`` once the checkpoint is on disk)."""
     steps_per_epoch = math.ceil(n_train / batch_size)
     base_lr, schedule = float(params["lr"]), params["lr_schedule"]
-    while not state["done"]:
+    while not state["done"] and (until_epoch is None or state["epoch"] < int(until_epoch)):
         epoch = state["epoch"] + 1
         seed = epoch_seed(params["seed"], epoch)
         torch.manual_seed(seed)  # dropout (CPU and CUDA generators)
@@ -719,12 +761,11 @@ def _train_epochs(state, params, model, optimizer, train: Split, val: Split, dev
 
 
 def _write_outputs(family, params, model, data: Data, state, device, out_dir: Path, resumed_from: int, threads: int,
-                   combo: str):
+                   combo: str, rung: int | None = None):
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab_size, dim = data.input_shape
-    best = state["history"][state["best_epoch"] - 1]
     with atomic_path(out_dir / "model.pt") as tmp:
         torch.save({
             "format": "meli-model/1", "family": family, "params": params, "vocab_size": int(vocab_size),
@@ -740,6 +781,24 @@ def _write_outputs(family, params, model, data: Data, state, device, out_dir: Pa
     with atomic_path(out_dir / "val_predictions.parquet") as tmp:
         preds.to_parquet(tmp, index=False)
 
+    return _write_record(family, params, state, data, device, out_dir, resumed_from, threads, combo,
+                         {} if rung is None else {"rung": rung, "pruned_at_rung": None})
+
+
+def _write_rung_record(family, params, state, data: Data, device, out_dir: Path, resumed_from: int, threads: int,
+                       combo: str, rung: int | None):
+    """An intermediate rung's record: history.csv and metrics.json (its best epoch so far), no model."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _write_record(family, params, state, data, device, out_dir, resumed_from, threads, combo,
+                         {"rung": rung})
+
+
+def _write_record(family, params, state, data: Data, device, out_dir: Path, resumed_from: int, threads: int,
+                  combo: str, search: dict[str, Any]):
+    """history.csv, then metrics.json (last: its presence marks a complete record)."""
+    import pandas as pd
+
+    best = state["history"][state["best_epoch"] - 1]
     history = pd.DataFrame(state["history"], columns=list(HISTORY_COLUMNS))
     with atomic_path(out_dir / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
@@ -768,6 +827,7 @@ def _write_outputs(family, params, model, data: Data, state, device, out_dir: Pa
         "resumed_from_epoch": resumed_from,
         "elapsed_s": state["elapsed_s"],
         "torch": torch.__version__,
+        **search,
         "finished_at": runs.finished_at(),
     }
     runs.write_metrics(out_dir, metrics)
@@ -787,6 +847,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mem-mb", type=int, default=None, help="the job's memory (resources.mem_mb): fail early if the "
                     "estimate does not fit")
+    search = ap.add_argument_group("successive halving (meli.search): one rung of a combination")
+    search.add_argument("--until-epoch", type=int, default=None, help="stop after this epoch (the rung's budget)")
+    search.add_argument("--start-from", default=None, help="the previous rung's training state (checkpoint.pt)")
+    search.add_argument("--snapshot", default=None, help="write the training state here (a rung before the last)")
+    search.add_argument("--rung", type=int, default=None, help="recorded in metrics.json")
     args = ap.parse_args(argv)
     setup_logging()
     try:
@@ -794,7 +859,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(params, dict):
             raise ValueError("--params must be a JSON object")
         run(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads, args.checkpoint_dir,
-            args.mem_mb, tfidf_dir=args.tfidf)
+            args.mem_mb, tfidf_dir=args.tfidf, until_epoch=args.until_epoch, start_from=args.start_from,
+            snapshot=args.snapshot, rung=args.rung)
     except Terminated as stop:  # logged; now end *by* the signal, so the caller (meli.jobstatus, SLURM) sees it
         logging.shutdown()
         signal.signal(stop.signum, signal.SIG_DFL)
