@@ -31,7 +31,6 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from meli.grid import combo_id
 from meli.report import aggregate, evaluate, render
 from tests.test_aggregate import CNN, MLP, TFIDF, FakePredictor, make_results, make_run
 

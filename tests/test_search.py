@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from meli import runs, search
-from meli.search import Plan, Rung, SearchError, plan, rank, select, select_rung
+from meli.search import Rung, SearchError, plan, rank, select, select_rung
 from meli.train.neural import StartStateError, run
 from test_train import MLP, make_features
 
