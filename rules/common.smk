@@ -155,6 +155,32 @@ def gpu_model(res):
     return (res.get("gpu_model") or "") if res["gpu"] else ""
 
 
+# One MLP/CNN job's resources (train_neural, and train_rung / train_final under halving): a retry
+# after an out-of-memory or timeout kill gets more of both.
+NEURAL_JOB_RESOURCES = dict(
+    mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
+    runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
+    gpu=lambda wc: family_resources(wc.neural)["gpu"],
+    gpu_model=lambda wc: gpu_model(family_resources(wc.neural)),
+)
+
+
+# What train_neural, train_rung and train_final share. The run directory is the metrics' folder
+# (results/runs/... or, for a rung, results/search/...).
+NEURAL_JOB_PARAMS = dict(
+    hp=lambda wc: as_arg(COMBOS[wc.neural][wc.combo]),
+    device=config["train"]["device"],
+    features=lambda wc, input: os.path.dirname(input.labels),
+    source=lambda wc, input: neural_source_arg(wc, input),
+    run_dir=lambda wc, output: os.path.dirname(output.metrics),
+    # Per-epoch resume state: not an output, so a failed job's checkpoint survives the cleanup.
+    checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
+    # Attempt record (running/failed/diverged/killed, attempts; every rung of a combination):
+    # outside the outputs, which Snakemake deletes when the job fails; read by meli.sweep.
+    status=lambda wc: f"results/sweep/jobs/{wc.neural}/{wc.combo}.json",
+)
+
+
 def final_combos(family):
     """Combinations trained to the end: all (grid), or the last rung's survivors (halving)."""
     if family in HALVING:

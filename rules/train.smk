@@ -16,22 +16,10 @@ rule train_neural:
     benchmark:
         "results/benchmarks/train/{neural}/{combo}.tsv"
     params:
-        hp=lambda wc: as_arg(COMBOS[wc.neural][wc.combo]),
-        device=config["train"]["device"],
-        features=lambda wc, input: os.path.dirname(input.labels),
-        source=neural_source_arg,
-        run_dir=lambda wc: f"results/runs/{wc.neural}/{wc.combo}",
-        # Per-epoch resume state: not an output, so a failed job's checkpoint survives the cleanup.
-        checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
-        # Attempt record (running/failed/diverged/killed, attempts): outside the outputs, which
-        # Snakemake deletes when the job fails; read by meli.sweep for partial reports.
-        status=lambda wc: f"results/sweep/jobs/{wc.neural}/{wc.combo}.json",
+        **NEURAL_JOB_PARAMS,
     threads: lambda wc: family_resources(wc.neural)["threads"]
     resources:
-        mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
-        gpu=lambda wc: family_resources(wc.neural)["gpu"],
-        gpu_model=lambda wc: gpu_model(family_resources(wc.neural)),
+        **NEURAL_JOB_RESOURCES,
     conda:
         CONDA_ENV
     shell:
@@ -65,31 +53,22 @@ if HALVING:
         benchmark:
             "results/benchmarks/search/{neural}/rung-{rung}/{combo}.tsv"
         params:
-            hp=lambda wc: as_arg(COMBOS[wc.neural][wc.combo]),
-            device=config["train"]["device"],
-            features=lambda wc, input: os.path.dirname(input.labels),
-            source=neural_source_arg,
-            run_dir=lambda wc, output: os.path.dirname(output.metrics),
-            checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
+            **NEURAL_JOB_PARAMS,
             until=lambda wc: PLANS[wc.neural].epochs(int(wc.rung)),
-            # the combination's attempt record (rules above): meli.sweep reads it for every rung
-            status=lambda wc: f"results/sweep/jobs/{wc.neural}/{wc.combo}.json",
             start=lambda wc, input: f"--start-from {shlex.quote(input.state)}" if "state" in input.keys() else "",
         threads: lambda wc: family_resources(wc.neural)["threads"]
         resources:
-            mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
-            runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
-            gpu=lambda wc: family_resources(wc.neural)["gpu"],
-            gpu_model=lambda wc: gpu_model(family_resources(wc.neural)),
+            **NEURAL_JOB_RESOURCES,
         conda:
             CONDA_ENV
         shell:
             "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
             " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
             " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
-            " --checkpoint-dir {params.checkpoint_dir:q} --until-epoch {params.until} {params.start}"
-            " --snapshot {output.state:q} --rung {wildcards.rung}"
-            " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb} > {log:q} 2>&1"
+            " --checkpoint-dir {params.checkpoint_dir:q}"
+            " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
+            " --until-epoch {params.until} {params.start} --snapshot {output.state:q} --rung {wildcards.rung}"
+            " > {log:q} 2>&1"
 
     checkpoint select_rung:
         """Rank a rung on validation; keep the best 1/eta for the next rung, record the pruned runs."""
@@ -156,25 +135,17 @@ if HALVING:
         wildcard_constraints:
             neural="|".join(HALVING),
         params:
-            hp=lambda wc: as_arg(COMBOS[wc.neural][wc.combo]),
-            device=config["train"]["device"],
-            features=lambda wc, input: os.path.dirname(input.labels),
-            source=neural_source_arg,
-            run_dir=lambda wc, output: os.path.dirname(output.metrics),
-            checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
+            **NEURAL_JOB_PARAMS,
             rung=lambda wc: PLANS[wc.neural].final,
-            status=lambda wc: f"results/sweep/jobs/{wc.neural}/{wc.combo}.json",
         threads: lambda wc: family_resources(wc.neural)["threads"]
         resources:
-            mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
-            runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
-            gpu=lambda wc: family_resources(wc.neural)["gpu"],
-            gpu_model=lambda wc: gpu_model(family_resources(wc.neural)),
+            **NEURAL_JOB_RESOURCES,
         conda:
             CONDA_ENV
         shell:
             "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
             " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
             " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
-            " --checkpoint-dir {params.checkpoint_dir:q} --start-from {input.state:q} --rung {params.rung}"
-            " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb} > {log:q} 2>&1"
+            " --checkpoint-dir {params.checkpoint_dir:q}"
+            " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
+            " --start-from {input.state:q} --rung {params.rung} > {log:q} 2>&1"

@@ -62,12 +62,16 @@ def halving_run(tiny_run, tmp_path_factory):
     # --keep-going: the CNN job dies too (at its epoch 3); the MLP's rungs must still go on to rung 1
     killed = snakemake(wf, "--cores", "2", "--keep-going", "--configfile", str(config), check=False,
                        env={"MELI_KILL_AFTER_EPOCH": "3"})
+    # what the Snakefile's onerror wrote mid-search (the resumed run replaces it)
+    partial = {"report": (wf / "results" / "report.html").read_text(),
+               "runs": pd.read_csv(wf / "results" / "tables" / "runs.csv"),
+               "selection": json.loads((wf / "results" / "tables" / "selection.json").read_text())}
     resumed = snakemake(wf, "--cores", "2", "--configfile", str(config))
-    return wf, config, killed, resumed
+    return wf, config, killed, resumed, partial
 
 
 def test_killed_rung_job_resumes_mid_rung(halving_run):
-    wf, _, killed, _ = halving_run
+    wf, _, killed, *_ = halving_run
     assert killed.returncode != 0
     jobs = job_counts(killed.stdout + killed.stderr)  # only the search and its readers: the rest was up to date
     assert jobs["train_rung"] == 4 and not {"train_neural", "train_tfidf", "embedding_matrix", "prepare_data"} & set(jobs)
@@ -80,8 +84,26 @@ def test_killed_rung_job_resumes_mid_rung(halving_run):
         assert list(pd.read_csv(path.with_name("history.csv"))["epoch"]) == [1, 2, 3, 4]
 
 
+def test_partial_report_mid_search(halving_run):
+    """The kill left rung 1 unfinished: the partial report shows what the search has so far (the
+    pruned rung-0 runs, the TF-IDF run) and selects no MLP, since none was trained to the end."""
+    wf, *_, partial = halving_run
+    mlp = partial["runs"][partial["runs"]["family"] == "mlp"]
+    assert len(mlp) == 2 and (mlp["pruned_at_rung"] == 0).all()
+    assert "mlp" not in partial["selection"]["families"] and "tfidf" in partial["selection"]["families"]
+    html = partial["report"]
+    assert "partial" in html.lower() and "pruned at rung 0" in html
+    assert ", 2 pruned by the search;" in html  # the banner
+    sweep = html[html.index('<section id="sweep">'):]
+    sweep = sweep[: sweep.index("</section>")]
+    for combo in mlp["combo"]:  # the pruned are finished, not missing
+        assert combo not in sweep
+    survivors = set(json.loads((wf / "results" / "search" / "mlp" / "rung-0" / "selection.json").read_text())["kept"])
+    assert all(combo in sweep for combo in survivors)  # killed in rung 1: listed with their log
+
+
 def test_halving_final_and_pruned_runs(halving_run):
-    wf, _, _, _ = halving_run
+    wf, *_ = halving_run
     res = wf / "results"
     sel0 = json.loads((res / "search" / "mlp" / "rung-0" / "selection.json").read_text())
     sel1 = json.loads((res / "search" / "mlp" / "rung-1" / "selection.json").read_text())
@@ -129,6 +151,6 @@ def test_halving_final_and_pruned_runs(halving_run):
 
 
 def test_halving_rerun_does_nothing(halving_run):
-    wf, config, _, _ = halving_run
+    wf, config, *_ = halving_run
     proc = snakemake(wf, "--cores", "2", "--configfile", str(config))
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -371,7 +371,9 @@ def status_html(sweep: Sweep, final: bool) -> dict[str, str]:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     banner = (f'<p class="partial"><strong>Partial: {len(missing)} of {n} combinations missing</strong> '
               f"({counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
-              f"{counts['left']} not run yet; {'the sweep ended' if final else 'rendered'} {escape(when)}). "
+              f"{counts['left']} not run yet"
+              + (f", {counts['pruned']} pruned by the search" if "pruned" in counts else "")
+              + f"; {'the sweep ended' if final else 'rendered'} {escape(when)}). "
               "Tables and selection cover the finished runs only; test scores are computed once every "
               'combination has finished. <a href="#sweep">Which are missing and why</a>.</p>')
     rows = "".join(
