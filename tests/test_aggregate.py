@@ -266,7 +266,11 @@ def test_halving_pruned_runs_are_tabled_but_never_selected(tmp_path):
     assert list(runs["pruned_at_rung"].isna()) == [False, True, True]  # sorted by bacc, then loss
     assert runs.set_index("combo").loc[stopped.name, "rung"] == 0
     assert set(pd.read_csv(out / "effects.csv")["n"]) == {1}  # lr 0.01 and 0.02 only
-    assert f"**{final.name}**" in (out / "runs.md").read_text()
+    md = (out / "runs.md").read_text()
+    assert f"**{final.name}**" in md
+    # counts stay whole numbers although the final runs' NaN pruned_at_rung made the column float
+    stopped_row = next(line for line in md.splitlines() if stopped.name in line).split(" | ")
+    assert stopped_row[-2:] == ["0", "0 |"] and "0.0000" not in stopped_row[-2:]
     # a grid's tables have no search columns
     grid = make_run(tmp_path / "g", "mlp", base, 0.5)
     aggregate.aggregate([grid], tmp_path / "g" / "tables")

@@ -41,6 +41,8 @@ METRIC_COLUMNS = (
     "device",
     "stopped_early",
 )
+# Columns of whole numbers (a family without them makes pandas store them as floats).
+COUNT_COLUMNS = ("epochs_run", "best_epoch", "n_seeds", "rung", "pruned_at_rung")
 SEED_COLUMNS = ("seed_group", "n_seeds", "val_bacc_mean", "val_bacc_sd")
 SELECTION_RULE = ("highest validation balanced accuracy, averaged over seeds (runs that differ only in seed); "
                   "within the chosen group its best seed; ties: lower validation loss, then combination id")
@@ -206,8 +208,10 @@ def markdown(df: pd.DataFrame, selection: dict[str, Any]) -> str:
                                                zip(sub["val_bacc_mean"], sub["val_bacc_sd"], sub["n_seeds"])])
         out += [f"## {family} ({len(sub)} runs)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         chosen = selection["families"].get(family, {}).get("combo")
+        counts = {c for c in cols if c in COUNT_COLUMNS or c in hyperparameters(df)}
+        whole = {c for c in counts if _integral(sub[c])}  # e.g. epochs 5, not 5.0000 (NaN made the column float)
         for _, row in sub.iterrows():
-            cells = [_md_cell(row[c]) for c in cols]
+            cells = [_md_cell(row[c], integer=c in whole) for c in cols]
             if row["combo"] == chosen:
                 cells = [f"**{c}**" for c in cells]
             out.append("| " + " | ".join(cells) + " |")
@@ -222,9 +226,16 @@ def mean_sd(mean: float, sd: float | None, n: int) -> str:
     return f"{mean:.4f} ± {sd:.4f} ({n} seeds)"
 
 
-def _md_cell(value: Any) -> str:
+def _integral(column: pd.Series) -> bool:
+    values = pd.to_numeric(column.dropna(), errors="coerce")
+    return len(values) > 0 and bool(values.notna().all()) and bool((values % 1 == 0).all())
+
+
+def _md_cell(value: Any, integer: bool = False) -> str:
     if _missing(value):
         return "—"
+    if integer and isinstance(value, float):
+        return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
     return str(value).replace("|", "\\|")
