@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from meli.io import peak_rss_mb  # noqa: E402
 from meli.models.nets import build_model  # noqa: E402
-from meli.train.neural import make_optimizer, resolve_params, select_device, train_epoch  # noqa: E402
+from meli.models.runtime import select_device  # noqa: E402
+from meli.train.neural import make_optimizer, resolve_params, train_epoch  # noqa: E402
 
 
 def synthetic(rows: int, vocab: int, max_len: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from meli.embeddings import tfidf as tfidf_features
 from meli.inference import load_predictor
+from meli.models import runtime
 from meli.models.nets import KimCNN, MeanMLP, TfidfMLP, build_model
 from meli.train import neural
 from meli.train.sparse import CsrRows
@@ -206,7 +207,7 @@ def test_kill_and_resume_with_sparse_adam_and_cosine(sparse_data, tmp_path):
 def test_bf16_autocast_and_device_resident_batches_on_cpu(kind, monkeypatch):
     """What runs on a GPU, run on the CPU: bfloat16 autocast (MELI_CPU_AUTOCAST=1) and batches
     gathered from matrices that already live on the training device (``on_device``)."""
-    monkeypatch.setenv(neural.CPU_AUTOCAST_ENV, "1")
+    monkeypatch.setenv(runtime.CPU_AUTOCAST_ENV, "1")
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     n, classes = 256, 3
@@ -222,7 +223,7 @@ def test_bf16_autocast_and_device_resident_batches_on_cpu(kind, monkeypatch):
         x = torch.from_numpy(ids)
         model = MeanMLP(15, 8, classes, hidden=[16]) if kind == "mean_mlp" else KimCNN(15, 8, classes, filters=8)
     device = torch.device("cpu")
-    with neural.autocast(device):
+    with runtime.autocast(device):
         assert model(x[torch.arange(4)]).dtype == torch.bfloat16  # autocast is really on
     opt = neural.make_optimizer(model, {"lr": 0.02, "weight_decay": 0.0, "optimizer": "adam"})
     losses = []

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from meli.models import runtime
 from meli.train import neural as train_mod
 from meli.inference import load_predictor
 from meli.metrics import balanced_accuracy
@@ -270,13 +271,13 @@ def test_batched_evaluation_equals_the_whole_split_computation():
     model = _toy_model(k)
     model.train()  # evaluation must switch dropout off itself
     cpu = torch.device("cpu")
-    logits = train_mod.predict_logits(model, ids, cpu, batch_size=n)
+    logits = runtime.predict_logits(model, ids, cpu, batch_size=n)
     whole_loss = float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum")) / n
     whole_bacc = balanced_accuracy(labels.numpy(), logits.argmax(1).numpy())
     for batch in (64, 333, 4096):
         loss, bacc = train_mod.evaluate(model, train_mod.Split(ids, labels, 0), k, cpu, batch_size=batch)
         assert loss == pytest.approx(whole_loss, rel=1e-6) and bacc == whole_bacc
-        pred, prob = train_mod.predict_labels(model, ids, cpu, batch_size=batch)
+        pred, prob = runtime.predict_labels(model, ids, cpu, batch_size=batch)
         assert (pred == logits.argmax(1).numpy()).all()
         np.testing.assert_allclose(prob, torch.softmax(logits, 1).max(1).values.numpy(), rtol=1e-6)
     empty = train_mod.Split(ids[:0], labels[:0], 0)

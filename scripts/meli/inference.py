@@ -24,7 +24,7 @@ import torch
 
 from meli.io import read_json
 from meli.models.nets import build_model
-from meli.train.neural import EVAL_BATCH, predict_labels, predict_logits, select_device
+from meli.models.runtime import EVAL_BATCH, predict_labels, predict_logits, select_device
 from meli.train.sparse import CsrRows
 
 

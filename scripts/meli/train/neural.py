@@ -44,6 +44,7 @@ from meli.grid import combo_id
 from meli.io import Progress, atomic_path, format_seconds, peak_rss_mb, read_json, setup_logging
 from meli.metrics import balanced_accuracy
 from meli.models.nets import build_model
+from meli.models.runtime import EVAL_BATCH, autocast, iter_logits, predict_labels, select_device
 from meli.jobstatus import DIVERGED_EXIT
 from meli.train import memory
 from meli.train.sparse import CsrRows
@@ -61,7 +62,6 @@ CHECKPOINT_VERSION = 1
 KILL_ENV = "MELI_KILL_AFTER_EPOCH"
 KILL_SIGNAL_ENV = "MELI_KILL_SIGNAL"
 NAN_CHECK_EVERY = 256  # batches between loss finiteness checks (each one is a device sync)
-EVAL_BATCH = 4096
 # Divergence without NaN (Adam with a huge lr: losses of 1e19, chance accuracy): an epoch whose
 # mean train loss is over DIVERGE_FACTOR x max(loss before training, log(classes), 1) is a
 # diverged epoch; DIVERGE_EPOCHS of them in a row (or every epoch of a shorter run) fail the job.
@@ -110,23 +110,9 @@ def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class DeviceError(MeliError, RuntimeError):
-    """The requested device is not there."""
-
-
 def uses_tfidf(params: dict[str, Any]) -> bool:
     """The combination reads the shared sparse TF-IDF rows instead of token ids + an embedding matrix."""
     return params.get("input", "embedding") == "tfidf"
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        why = ("this torch build has no CUDA support (a CPU wheel)" if torch.version.cuda is None
-               else "no CUDA GPU is visible (CUDA_VISIBLE_DEVICES? a login node instead of a GPU job?)")
-        raise DeviceError(f"--device cuda requested, but {why}; use --device cpu or auto (train.device in the config)")
-    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -333,17 +319,6 @@ def class_weight_tensor(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return weights.float()
 
 
-# bfloat16 autocast on CPU too (tests set it: the GPU's mixed-precision path runs without a GPU).
-CPU_AUTOCAST_ENV = "MELI_CPU_AUTOCAST"
-
-
-def autocast(device: torch.device):
-    """bfloat16 autocast on CUDA (and on CPU when MELI_CPU_AUTOCAST=1); losses are computed in float32."""
-    if device.type == "cuda" or (device.type == "cpu" and os.environ.get(CPU_AUTOCAST_ENV) == "1"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -421,42 +396,6 @@ def check_divergence(state: dict[str, Any], train_loss: float, epoch: int, n_cla
             f"costs log({n_classes}) = {math.log(max(n_classes, 2)):.2f}): the model is worse than guessing. "
             f"Lower the learning rate (this combination has lr={params['lr']}, optimizer={params['optimizer']}; "
             f"set in train.{family}.grid.lr or train.{family}.combinations); no outputs were written.")
-
-
-def iter_logits(model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH):
-    """``(start, float32 logits of rows start..start+len)`` batch by batch, in eval mode (dropout off).
-
-    Callers reduce each batch before asking for the next one, so memory stays at one batch x
-    classes whatever the split's size (a whole split's logits are rows x classes x 4 bytes:
-    1.2 GB per 100k rows at 1,588 classes).
-    """
-    model.eval()
-    for start in range(0, ids.shape[0], batch_size):
-        x = ids[start : start + batch_size].to(device, non_blocking=True)
-        with torch.no_grad(), autocast(device):  # per batch: no grad mode leaks to the caller at yield
-            logits = model(x)
-        yield start, logits.float()
-
-
-def predict_logits(model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH):
-    """Float32 logits ``[rows, classes]`` for every row: only for a handful of rows (e.g. raw titles)."""
-    out = [logits for _, logits in iter_logits(model, ids, device, batch_size)]
-    if not out:
-        return torch.empty((0, model.out.out_features), device=device)
-    return torch.cat(out)
-
-
-def predict_labels(
-    model: nn.Module, ids: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH
-) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 argmax, float32 max softmax probability) per row, without holding rows x classes."""
-    n = ids.shape[0]
-    pred, prob = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
-    for start, logits in iter_logits(model, ids, device, batch_size):
-        p, k = torch.softmax(logits, dim=1).max(dim=1)
-        pred[start : start + len(k)] = k.cpu().numpy()
-        prob[start : start + len(p)] = p.cpu().numpy()
-    return pred, prob
 
 
 def evaluate(
