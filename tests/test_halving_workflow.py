@@ -140,6 +140,13 @@ def test_halving_final_and_pruned_runs(halving_run):
     assert search.count("pruned at rung 0") == 2 and search.count("pruned at rung 1") == 1
     spent = 2 * 2 + 1 * 4 + 6  # pruned at 0, pruned at 1, final
     assert f"{spent:,} epochs trained in all" in search and "against at most 24 for the full grid" in search
+    # elsewhere in the report: pruned runs are counted, labelled and never ranked or coloured
+    comparison = html[html.index('<section id="comparison">'):]
+    comparison = comparison[: comparison.index("</section>")]
+    assert "4 (3 pruned)" in comparison and comparison.count("pruned at rung ") == 3
+    assert "best of 1 run trained to the end (3 pruned) on validation" in html
+    curves = html[html.index('<section id="curves">'):]
+    assert "3 pruned by the search" in curves[: curves.index("</section>")]
     # MLflow: one run per combination, the pruned ones tagged so
     imported = json.loads((res / "mlflow" / "imported.json").read_text())
     from mlflow.tracking import MlflowClient

@@ -198,9 +198,12 @@ def section_summary(r: Results) -> str:
         ci = (f"95% CI [{fmt(t['bacc_ci_low'], 4)}, {fmt(t['bacc_ci_high'], 4)}]" if t is not None
               else "not evaluated")
         run_dir = chosen.get("run_dir") or f"results/runs/{family}/{chosen.get('combo', '')}"
+        pool = plural(chosen["n_runs"], "run") if "n_runs" in chosen else DASH
+        if chosen.get("n_pruned"):  # a halving search: the candidates are the runs trained to the end
+            pool = f"{pool} trained to the end ({chosen['n_pruned']} pruned)"
         cards.append(
             f'<div class="card"><div class="label">{escape(family_name(family))} · best of '
-            f'{escape(plural(chosen["n_runs"], "run")) if "n_runs" in chosen else DASH} on validation</div>'
+            f'{escape(pool)} on validation</div>'
             f'<div class="big">{escape(fmt(t["test_bacc"], 4) if t is not None else DASH)}</div>'
             f'<div class="label">test balanced accuracy, {escape(ci)} · validation '
             f'{escape(fmt(chosen.get("val_bacc"), 4))}{escape(_seed_note(chosen))}</div>'
@@ -300,7 +303,30 @@ def section_embeddings(r: Results) -> str:
 
 
 def _family_runs(r: Results, family: str) -> pd.DataFrame:
-    return r.runs[r.runs["family"] == family]
+    """A family's runs in runs.csv's order, a halving search's pruned runs last."""
+    sub = r.runs[r.runs["family"] == family]
+    stopped = _pruned(sub)
+    return pd.concat([sub[~stopped], sub[stopped]]) if stopped.any() else sub
+
+
+def _pruned(sub: pd.DataFrame) -> pd.Series:
+    """Runs a successive-halving search stopped at a rung: shown, never ranked or coloured."""
+    if "pruned_at_rung" not in sub.columns:
+        return pd.Series(False, index=sub.index)
+    return sub["pruned_at_rung"].notna()
+
+
+def _ranks(sub: pd.DataFrame, k: int = charts.TOP_K) -> list[int | None]:
+    """Per row of :func:`_family_runs`: its rank among the runs trained to the end (top ``k``), else None."""
+    out, rank = [], 0
+    for stopped in _pruned(sub):
+        rank += not stopped
+        out.append(rank if not stopped and rank <= k else None)
+    return out
+
+
+def _search_cell(row: pd.Series) -> str:
+    return "final" if pd.isna(row["pruned_at_rung"]) else f"pruned at rung {int(row['pruned_at_rung'])}"
 
 
 def _value(v: Any) -> Any:
@@ -318,7 +344,7 @@ def _value(v: Any) -> Any:
 def _top_legend(sub: pd.DataFrame, varied: list[str], k: int = charts.TOP_K) -> str:
     """Rank -> hyperparameters and validation bacc of a family's top runs (colours as on the charts)."""
     items = []
-    for rank, (_, row) in enumerate(sub.head(k).iterrows(), start=1):
+    for rank, (_, row) in enumerate(sub[~_pruned(sub)].head(k).iterrows(), start=1):
         what = " · ".join(f"{p} {fmt_param(_value(row[p]))}" for p in varied) or row["combo"]
         items.append(f'<li><span class="swatch" style="background:{charts.rank_colour(rank)}">{rank}</span>'
                      f"{escape(what)} — val bacc {fmt(row['val_bacc'], 4)}"
@@ -331,8 +357,9 @@ def section_comparison(r: Results) -> str:
     rows = []
     for family in r.families():
         sub = _family_runs(r, family)
-        b = sub["val_bacc"]
-        rows.append([family_name(family), len(sub), b.max(), b.median(), b.min(), r.selected(family) or DASH])
+        b, n_pruned = sub["val_bacc"], int(_pruned(sub).sum())
+        runs = f"{len(sub)} ({n_pruned} pruned)" if n_pruned else len(sub)
+        rows.append([family_name(family), runs, b.max(), b.median(), b.min(), r.selected(family) or DASH])
     out.append("<h3>Per family</h3>" + table(
         ["family", "runs", "best val bacc", "median", "worst", "selected run"], rows))
     params = hyperparameters(r.runs)
@@ -344,9 +371,13 @@ def section_comparison(r: Results) -> str:
         metric_cols = [c for c in ("val_loss", "best_epoch", "epochs_run", "stopped_early", "train_time_s")
                        if sub[c].notna().any()]
         # Key columns first (rank, the metric, what was swept); the long run id last, wrapped.
-        header = ["#", "val bacc", *varied, *(COLUMN_LABELS.get(c, c) for c in metric_cols), "run"]
-        body = [[i, row["val_bacc"], *(fmt_param(_value(row[p])) for p in varied), *(row[c] for c in metric_cols),
-                 row["combo"]] for i, (_, row) in enumerate(sub.iterrows(), start=1)]
+        searched = bool(_pruned(sub).any()) or ("rung" in sub and sub["rung"].notna().any())
+        header = ["#", "val bacc", *varied, *(COLUMN_LABELS.get(c, c) for c in metric_cols),
+                  *(["search"] if searched else []), "run"]
+        ranks = _ranks(sub, k=len(sub))  # the "#": rank among the runs trained to the end
+        body = [[rank or DASH, row["val_bacc"], *(fmt_param(_value(row[p])) for p in varied),
+                 *(row[c] for c in metric_cols), *([_search_cell(row)] if searched else []), row["combo"]]
+                for rank, (_, row) in zip(ranks, sub.iterrows())]
         sel = [row["combo"] == r.selected(family) for _, row in sub.iterrows()]
         filters = [" ".join([f"family={family}"] + [f"{p}={fmt_param(_value(row[p]))}".lower().replace(" ", "")
                                                     for p in params if not pd.isna(row[p])])
@@ -358,7 +389,7 @@ def section_comparison(r: Results) -> str:
         if len(varied) > 1:  # one hyperparameter: the effects section's strip chart says it all
             axes = [charts.Axis(p, [_value(v) for v in sub[p]]) for p in varied]
             axes.append(charts.Axis("val bacc", list(sub["val_bacc"])))
-            ranks = [i if i <= charts.TOP_K else None for i in range(1, len(sub) + 1)]
+            ranks = _ranks(sub)
             out.append('<div class="scroll-x">' + charts.parallel_coordinates(
                 axes, list(sub["combo"]), ranks, f"{name}: hyperparameters → validation balanced accuracy") + "</div>")
             out.append(_top_legend(sub, varied))
@@ -377,7 +408,8 @@ def section_curves(r: Results) -> str:
     for family in r.families():
         sub = _family_runs(r, family)
         histories = [(row["combo"], r.histories.get(row["run_dir"])) for _, row in sub.iterrows()]
-        ranked = {c: i for i, (c, h) in enumerate(histories, start=1) if i <= charts.TOP_K}
+        ranked = {c: rank for (c, _), rank in zip(histories, _ranks(sub)) if rank is not None}
+        n_pruned = int(_pruned(sub).sum())
         histories = [(c, h) for c, h in histories if h is not None and not h.empty]
         name = family_name(family)
         if not histories:
@@ -396,7 +428,9 @@ def section_curves(r: Results) -> str:
         out.append(f"<h3>{escape(name)}: {plural(len(histories), 'run')}</h3>"
                    f'<div class="charts">{"".join(charts_html)}</div>'
                    + _top_legend(sub, swept(r.runs, family))
-                   + (f'<p class="note">Grey: the other {plural(more, "run")}.</p>' if more > 0 else ""))
+                   + (f'<p class="note">Grey: the other {plural(more, "run")}'
+                      + (f" ({n_pruned} pruned by the search: see <a href=\"#search\">Search</a>)" if n_pruned else "")
+                      + ".</p>" if more > 0 else ""))
     return "\n".join(out)
 
 
