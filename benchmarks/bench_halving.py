@@ -1,6 +1,7 @@
 """Successive halving against the full grid, on real MeLi titles (the course's 38k Spanish sample).
 
-    .venv/bin/python benchmarks/bench_halving.py                  # 27 MLP combinations: 25-45 min on 2 shared cores
+    .venv/bin/python benchmarks/bench_halving.py                  # 27 MLP combinations, course regime
+    .venv/bin/python benchmarks/bench_halving.py --grid short --seed 1   # the first grid, another replicate
     .venv/bin/python benchmarks/bench_halving.py --quick          # 8 combinations, fewer epochs (a smoke run)
 
 1. The workflow's own data and embedding stages (``snakemake`` in a temporary copy of the
@@ -39,17 +40,25 @@ from meli.train.neural import run  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "meli2019-es-sample.jsonl.gz"
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "report", "envs")
-GRID = {  # 3 x 3 x 3 = 27 combinations; small dims so the whole grid fits in minutes on 2 cores
-    "embedding": ["w2v"],
-    "hidden": [[32], [128], [64, 64]],
-    "dropout": [0.0, 0.3, 0.6],
-    "lr": [0.01, 0.003, 0.001],
-    "batch_size": [512],
-    "epochs": [9],
-    "patience": [2],
-    "seed": [0],
+GRIDS = {
+    # 3 x 3 x 3 = 27 combinations each; small dims so a grid fits in minutes on 2 cores.
+    # "course": the training regime of config/meli2019.yaml (batch 128, up to 20 epochs, patience 3):
+    # ~240 optimizer steps per epoch on the sample, runs stop when they stop improving.
+    "course": {
+        "embedding": ["w2v"],
+        "hidden": [[32], [128], [64, 64]],
+        "dropout": [0.0, 0.3, 0.6],
+        "lr": [0.01, 0.003, 0.001],
+        "batch_size": [128],
+        "epochs": [20],
+        "patience": [3],
+        "seed": [0],
+    },
 }
-QUICK_GRID = {**GRID, "hidden": [[32]], "dropout": [0.0, 0.5], "lr": [0.01, 0.003, 0.001, 0.0003], "epochs": [4]}
+# "short": the first benchmark's grid (batch 512, 9 epochs, patience 2): 60 steps per epoch, so
+# rung 0 ranks after almost no training and every run is still improving at its last epoch.
+GRIDS["short"] = {**GRIDS["course"], "batch_size": [512], "epochs": [9], "patience": [2]}
+QUICK_GRID = {**GRIDS["short"], "hidden": [[32]], "dropout": [0.0, 0.5], "lr": [0.01, 0.003, 0.001, 0.0003], "epochs": [4]}
 
 
 def prepare(work: Path, source: Path, seed: int = 42) -> tuple[Path, Path]:
@@ -122,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", type=Path, default=SAMPLE)
     ap.add_argument("--quick", action="store_true", help="8 combinations, 4 epochs")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="course", help="the 27-combination grid (see GRIDS)")
     ap.add_argument("--settings", default="3:1,2:1,4:1",
                     help="halving searches to run against the one grid, as eta:min_epochs,...")
     ap.add_argument("--threads", type=int, default=2)
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.source.exists():
         print(f"{args.source} not found (../shared/data is only beside the developers' checkout)", file=sys.stderr)
         return 2
-    grid_cfg = QUICK_GRID if args.quick else GRID
+    grid_cfg = QUICK_GRID if args.quick else GRIDS[args.grid]
     if args.seed != 42:
         grid_cfg = {**grid_cfg, "seed": [args.seed]}
     combos = expand_family({"grid": grid_cfg}, embeddings=["w2v"])
@@ -146,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         grid = grid_search(combos, features, matrix, work / "grid", args.threads)
         grid_s = time.perf_counter() - t0
+        # The noise floor: the grid's best combination again with two other model seeds (same data).
+        best_combo = search.rank(grid.values())[0]["combo"]
+        reseeded = [run("mlp", {**combos[best_combo], "seed": seed}, features, matrix, work / "reseed" / str(seed),
+                        "cpu", args.threads, work / "ck-reseed" / str(seed))["val_bacc"]
+                    for seed in (args.seed + 100, args.seed + 200)]
         settings = [tuple(int(v) for v in s.split(":")) for s in args.settings.split(",")]
         searches = []
         for eta, min_epochs in settings:
@@ -156,16 +171,21 @@ def main(argv: list[str] | None = None) -> int:
 
     grid_best = search.rank(grid.values())[0]
     grid_epochs = sum(m["epochs_run"] for m in grid.values())
+    seed_baccs = [grid_best["val_bacc"], *reseeded]
+    seed_sd = 100 * float(__import__("numpy").std(seed_baccs, ddof=1))
     grid_order = [m["combo"] for m in search.rank(grid.values())]
     figures = {
         "combinations": len(combos), "train_rows": n_train, "seed": args.seed,
+        "grid_name": "quick" if args.quick else args.grid,
         "grid": {"best": grid_best["combo"], "val_bacc": grid_best["val_bacc"], "epochs": grid_epochs,
                  "epochs_x_rows": grid_epochs * n_train, "wall_s": grid_s,
-                 "runs": {c: {"val_bacc": m["val_bacc"], "epochs_run": m["epochs_run"]} for c, m in grid.items()}},
+                 "runs": {c: {"val_bacc": m["val_bacc"], "epochs_run": m["epochs_run"]} for c, m in grid.items()},
+                 "best_over_3_model_seeds": seed_baccs, "best_seed_sd_points": seed_sd},
         "halving": [],
     }
     print(f"\ngrid: best val bacc {grid_best['val_bacc']:.4f} ({grid_best['combo']}), {grid_epochs} epochs x "
-          f"{n_train:,} rows, {grid_s:.0f} s")
+          f"{n_train:,} rows, {grid_s:.0f} s; the same combination over 3 model seeds: "
+          f"{' / '.join(f'{b:.4f}' for b in seed_baccs)} (sd {seed_sd:.2f} points: the noise floor)")
     all_ok = True
     for (finals, trained, plan, selections, halving_s), (eta, min_epochs) in zip(searches, settings):
         best = search.rank(finals.values())[0]
