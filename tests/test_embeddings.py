@@ -136,11 +136,26 @@ def test_bad_vectors_files_name_file_and_line(vocab_path: Path, tmp_path: Path):
     expect_error(vocab_path, bad, out, r"bad\.txt, line 6: not a number")
     bad.write_text(vector_text(VECTORS, header=f"9 {DIM}"))
     expect_error(vocab_path, bad, out, r"bad\.txt: the header announces 9 vectors, the file has 4")
-    bad.write_text("casa 1 2 3\n")
-    expect_error(vocab_path, bad, out, r"bad\.txt, line 1: expected a word2vec header")
+    bad.write_text("casa uno dos tres\n")
+    expect_error(vocab_path, bad, out, r"bad\.txt, line 1: expected a word2vec header 'count dim' or \(GloVe")
+    bad.write_text("casa 1 2 3 4\nperro 1 2 3 4\n")  # GloVe-style (no header), but 4-dimensional
+    expect_error(vocab_path, bad, out, r"bad\.txt, line 1: a vector of dimension 4 without a header \(GloVe")
+    bad.write_text(vector_text(VECTORS).split("\n", 1)[1] + "gato 1 2\n")
+    expect_error(vocab_path, bad, out, r"bad\.txt, line 5: expected a word and 3 values, got 2")  # no header: line 5
     bad.write_text(vector_text({"zzz": [1, 2, 3]}))
     expect_error(vocab_path, bad, out, r"none of the 5 vocabulary words has a vector")
     expect_error(vocab_path, tmp_path / "nope.txt", out, r"nope\.txt: no such file")
+
+
+def test_glove_text_without_header_reads_like_word2vec_text(vocab_path: Path, tmp_path: Path):
+    """GloVe's files are word2vec text without the 'count dim' line: same matrix, compressed or not."""
+    with_header = tmp_path / "w2v.txt"
+    with_header.write_text(vector_text(VECTORS))
+    glove = tmp_path / "glove.txt.gz"
+    glove.write_bytes(gzip.compress(vector_text(VECTORS).split("\n", 1)[1].encode()))
+    m1, cov1 = build(vocab_path, with_header, tmp_path / "a")
+    m2, cov2 = build(vocab_path, glove, tmp_path / "b")
+    assert np.array_equal(m1, m2) and cov1["found"] == cov2["found"] == 3
 
 
 @pytest.mark.parametrize("codec", [gzip, bz2], ids=["gz", "bz2"])

@@ -3,8 +3,9 @@
     python -m meli.embeddings.matrix --vocab results/features/vocab.tsv --source PATH \
         --spec '{"name": ..., "kind": ..., "dim": ...}' --out-dir results/embeddings/NAME
 
-kind: pretrained  ``--source`` is a word2vec-format file: text with a ``count dim`` header (plain,
-                  gzip or bzip2, told apart by their magic bytes), the C binary format
+kind: pretrained  ``--source`` is a word2vec-format file: text with a ``count dim`` header or,
+                  as GloVe writes it, without one (plain, gzip or bzip2, told apart by their
+                  magic bytes), the C binary format
                   (``binary: true``), or a gensim KeyedVectors ``.kv`` file. The file is streamed
                   and only vocabulary words are kept: a line is split at its first space, the word
                   looked up in a dict, and only kept lines are parsed, in chunks, by Arrow's CSV
@@ -32,6 +33,7 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -249,18 +251,33 @@ def _lines(fh, block: int = 1 << 22) -> Iterator[bytes]:
         yield tail
 
 
-def _read_header(fh, path: Path, dim: int) -> int:
+def _read_header(fh, path: Path, dim: int, headerless_ok: bool = False) -> tuple[int | None, bytes | None]:
+    """``(count, None)`` after a word2vec header ``count dim``; with ``headerless_ok``, ``(None, line)``
+    when line 1 is already a vector (GloVe's text format: a word and ``dim`` numbers, no header)."""
     line = fh.readline()
     parts = line.split()
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise EmbeddingError(
-            f"{path}, line 1: expected a word2vec header 'count dim', got {line[:60]!r}"
-            " (text vectors need the header; gensim binary needs `binary: true`)"
-        )
-    count, file_dim = int(parts[0]), int(parts[1])
-    if file_dim != dim:
-        raise EmbeddingError(f"{path}, line 1: the vectors have dimension {file_dim}, the config says dim: {dim}")
-    return count
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        count, file_dim = int(parts[0]), int(parts[1])
+        if file_dim != dim:
+            raise EmbeddingError(f"{path}, line 1: the vectors have dimension {file_dim}, the config says dim: {dim}")
+        return count, None
+    if headerless_ok and len(parts) == dim + 1 and _numbers(parts[1:]):
+        return None, line
+    if headerless_ok and len(parts) > 2 and _numbers(parts[-2:]):
+        raise EmbeddingError(f"{path}, line 1: a vector of dimension {len(parts) - 1} without a header (GloVe "
+                             f"format?), the config says dim: {dim}")
+    raise EmbeddingError(
+        f"{path}, line 1: expected a word2vec header 'count dim' or (GloVe text) a word and {dim} values, "
+        f"got {line[:60]!r} (gensim binary needs `binary: true`)"
+    )
+
+
+def _numbers(fields: list[bytes]) -> bool:
+    try:
+        [float(f) for f in fields]
+    except ValueError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4)
@@ -309,12 +326,17 @@ def _corrupt(path: Path, err: Exception, lineno: int) -> EmbeddingError:
 def read_text_vectors(path: Path, collector: _Collector, dim: int, logger: logging.Logger) -> int:
     """Stream a word2vec text file into ``collector``; return the number of vectors in the file."""
     pending: list[tuple[int, int, bytes]] = []
-    lineno = 1
+    lineno = first_line = 2  # line 1 is the header ...
     with _open(path) as fh:
         try:
-            count = _read_header(fh, path, dim)
+            count, first = _read_header(fh, path, dim, headerless_ok=True)
+            lines = _lines(fh)
+            if first is not None:  # ... unless the file has none (GloVe): then line 1 is a vector
+                lines, first_line = itertools.chain([first.rstrip(b"\n")], lines), 1
+                logger.info("%s has no 'count dim' header: reading it as GloVe-style text vectors", path.name)
+            lineno = first_line - 1
             progress = Progress(logger, count, f"reading {path.name}")
-            for lineno, line in enumerate(_lines(fh), 2):
+            for lineno, line in enumerate(lines, first_line):
                 line = line.rstrip()  # the trailing blank the C tool writes, a \r
                 if line.count(b" ") != dim and len(line.split()) != dim + 1:
                     raise EmbeddingError(
@@ -334,8 +356,8 @@ def read_text_vectors(path: Path, collector: _Collector, dim: int, logger: loggi
         if pending:
             _parse_rows(pending, collector, path, dim)
         progress.update(lineno - 1 - progress.done, force=True)
-    n = lineno - 1
-    if n != count:
+    n = lineno - first_line + 1
+    if count is not None and n != count:
         raise EmbeddingError(f"{path}: the header announces {count} vectors, the file has {n} (truncated?)")
     return n
 
@@ -360,7 +382,7 @@ def _binary_records(fh, path: Path, dim: int, count: int) -> Iterator[tuple[byte
 def read_binary_vectors(path: Path, collector: _Collector, dim: int, logger: logging.Logger) -> int:
     with _open(path) as fh:
         try:
-            count = _read_header(fh, path, dim)
+            count, _ = _read_header(fh, path, dim)
             progress = Progress(logger, count, f"reading {path.name}")
             for i, (word, raw) in enumerate(_binary_records(fh, path, dim, count), 1):
                 row = collector.claim(word)
