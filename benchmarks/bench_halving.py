@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", type=Path, default=SAMPLE)
     ap.add_argument("--quick", action="store_true", help="8 combinations, 4 epochs")
     ap.add_argument("--grid", choices=sorted(GRIDS), default="course", help="the 27-combination grid (see GRIDS)")
-    ap.add_argument("--settings", default="3:1,2:1,4:1",
+    ap.add_argument("--settings", default="3:1,3:2,2:1",
                     help="halving searches to run against the one grid, as eta:min_epochs,...")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here too")
