@@ -155,6 +155,8 @@ def test_halving_final_and_pruned_runs(halving_run):
     pruned = client.search_runs([imported["experiment_id"]], "tags.search = 'pruned'")
     assert sorted(r.data.tags["combo"] for r in pruned) == sorted(sel0["pruned"] + sel1["pruned"])
     assert {r.data.tags["pruned_at_rung"] for r in pruned} == {"0", "1"}
+    tag = client.get_experiment(imported["experiment_id"]).tags["search.mlp"]
+    assert "3 pruned (rung 0: 2, rung 1: 1)" in tag and f"{spent} epochs trained against at most 24" in tag
 
 
 def test_halving_rerun_does_nothing(halving_run):

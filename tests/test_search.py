@@ -198,3 +198,20 @@ def test_sweep_counts_pruned_combinations_as_finished_not_missing(tmp_path):
     assert s.counts == {"done": 0, "running": 0, "failed": 0, "left": 2, "pruned": 2}
     assert sorted(c.combo for c in s.missing) == sorted(sel["kept"])
     assert "in the search: rung 0 done" in sweep.progress_text(s) and "pruned 2" in sweep.progress_text(s)
+
+
+def test_mlflow_experiment_summary_of_a_search():
+    """The experiment's ``search.<family>`` tag: where the pruned runs stopped, epochs against the grid."""
+    from meli.tracking import search_summaries
+
+    records = [
+        {"family": "mlp", "rung": 2, "pruned_at_rung": None, "epochs_run": 6, "params": {"epochs": 6}},
+        {"family": "mlp", "rung": 1, "pruned_at_rung": 1, "epochs_run": 4, "params": {"epochs": 6}},
+        {"family": "mlp", "rung": 0, "pruned_at_rung": 0, "epochs_run": 2, "params": {"epochs": 6}},
+        {"family": "mlp", "rung": 0, "pruned_at_rung": 0, "epochs_run": 2, "params": {"epochs": 6}},
+        {"family": "cnn", "epochs_run": 3, "params": {"epochs": 3}},  # a grid family: no line
+    ]
+    assert search_summaries(records) == {"mlp": (
+        "successive halving over 4 combinations: 1 trained to the end, 3 pruned (rung 0: 2, rung 1: 1); "
+        "14 epochs trained against at most 24 for the full grid (58%)")}
+

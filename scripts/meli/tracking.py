@@ -56,7 +56,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -244,6 +244,25 @@ def search_tags(metrics: dict[str, Any]) -> dict[str, str]:
             **({"pruned_at_rung": str(metrics["pruned_at_rung"])} if pruned else {})}
 
 
+def search_summaries(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Per successive-halving family, one line for the experiment's tags (``search.<family>``):
+    combinations, where the pruned ones stopped, epochs trained against the full grid's bound."""
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for m in records:
+        if "rung" in m:
+            by_family.setdefault(m["family"], []).append(m)
+    out = {}
+    for family, ms in sorted(by_family.items()):
+        pruned = [m["pruned_at_rung"] for m in ms if m.get("pruned_at_rung") is not None]
+        spent = sum(int(m.get("epochs_run") or 0) for m in ms)
+        bound = sum(int((m.get("params") or {}).get("epochs") or 0) for m in ms)
+        at = ", ".join(f"rung {r}: {pruned.count(r)}" for r in sorted(set(pruned)))
+        out[family] = (f"successive halving over {len(ms)} combinations: {len(ms) - len(pruned)} trained to the end, "
+                       f"{len(pruned)} pruned ({at or 'none'}); {spent} epochs trained"
+                       + (f" against at most {bound} for the full grid ({100 * spent / bound:.0f}%)" if bound else ""))
+    return out
+
+
 def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, Any], history: pd.DataFrame,
             dataset: str, log_models: bool, commit: str | None = None, inputs: list[Any] = (),
             origin: dict[str, str] | None = None) -> str:
@@ -365,6 +384,8 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
                                                   dataset or experiment, log_models, commit, inputs, origin)
                 result["imported"].append(run_dir)
             progress.update()
+        for family, line in search_summaries(m for m, _ in runs.values()).items():
+            client.set_experiment_tag(experiment_id, f"search.{family}", line)
         result["archived"] = archive_leftovers(client, present, me,
                                                set(result["runs"].values()) | set(result["replaced"]), data_sha)
         write_json(out, result)
