@@ -1,11 +1,13 @@
 """The TF-IDF family against the issue-12 reference script, and its cost at scale.
 
-    python benchmarks/bench_baseline.py                       # real sample + scale points, then a summary
-    python benchmarks/bench_baseline.py --skip-scale          # only the real-sample comparison
+    python benchmarks/bench_baseline.py --sample $SHARED/data/meli2019-es-sample.jsonl.gz   # real sample + scale
+    python benchmarks/bench_baseline.py --sample PATH --skip-scale   # only the real-sample comparison
     python benchmarks/bench_baseline.py --scale 100000x64,200000x64,100000x128 --threads 2
 
-1. **Real sample** (``../shared/data/meli2019-es-sample.jsonl.gz``; skipped with a note when it is
-   absent): split with the workflow's own ``meli.data.prepare`` (stratified 70/15/15, seed 42, as
+1. **Real sample** (``--sample``: the course's sample of real titles, e.g.
+   ``$SHARED/data/meli2019-es-sample.jsonl.gz``, $SHARED being the shared/ folder beside the
+   developers' checkout; skipped with a
+   note without it): split with the workflow's own ``meli.data.prepare`` (stratified 70/15/15, seed 42, as
    config/meli2019-sample.yaml), then in the same run
    * the **reference**, the issue's ten-line script: its own ``TfidfVectorizer``s (word 1-2 +
      char_wb 2-5, min_df 2, sublinear tf) on the raw titles, ``LinearSVC(C=0.5)``;
@@ -35,7 +37,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
-SAMPLE = ROOT.parent / "shared" / "data" / "meli2019-es-sample.jsonl.gz"
 PREPROCESS = {"lowercase": True, "strip_accents": True, "strip_punctuation": True, "strip_numbers": False,
               "remove_stopwords": True, "min_token_length": 2, "chunk_rows": 500000}
 
@@ -164,7 +165,9 @@ def extrapolate(points: list[dict], rows: int = 1_000_000, classes: int = 1588) 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sample", type=Path, default=SAMPLE)
+    ap.add_argument("--sample", type=Path, default=None,
+                    help="real titles (JSON lines), e.g. $SHARED/data/meli2019-es-sample.jsonl.gz "
+                    "($SHARED: the shared/ folder beside the developers' checkout)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scale", default="100000x64,200000x64", help="ROWSxCLASSES points of synthetic data")
     ap.add_argument("--skip-scale", action="store_true")
@@ -183,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
         tmp = Path(tmp)
         if not args.skip_sample:
-            if not args.sample.exists():
-                print(f"real sample {args.sample} not found: skipping the reference comparison")
+            if args.sample is None or not args.sample.exists():
+                print(f"real sample {args.sample or '(no --sample given)'} not found: skipping the reference comparison")
             else:
                 prepare(args.sample, tmp / "sample", 0.15, 0.15)
                 for part in ("reference", "family"):

@@ -1,12 +1,14 @@
 """Successive halving against the full grid, on real MeLi titles (the course's 38k Spanish sample).
 
-    .venv/bin/python benchmarks/bench_halving.py                  # 27 MLP combinations, course regime
-    .venv/bin/python benchmarks/bench_halving.py --grid short --seed 1   # the first grid, another replicate
-    .venv/bin/python benchmarks/bench_halving.py --quick          # 8 combinations, fewer epochs (a smoke run)
+    S=$SHARED/data/meli2019-es-sample.jsonl.gz   # $SHARED: the shared/ folder beside the developers' checkout
+    .venv/bin/python benchmarks/bench_halving.py --source $S                  # 27 MLP combinations, course regime
+    .venv/bin/python benchmarks/bench_halving.py --source $S --grid short --seed 1   # the first grid, a replicate
+    .venv/bin/python benchmarks/bench_halving.py --source $S --quick          # 8 combinations, a smoke run
 
 1. The workflow's own data and embedding stages (``snakemake`` in a temporary copy of the
    workflow, up to the token matrices and a word2vec matrix trained on the train split) on
-   ``../shared/data/meli2019-es-sample.jsonl.gz`` (its own train/validation/test splits).
+   ``--source``, the course's real titles (``$SHARED/data/meli2019-es-sample.jsonl.gz``, $SHARED being the
+   shared/ folder beside the developers' checkout; its own train/validation/test splits).
 2. The grid: every combination trained by ``meli.train.neural.run`` to its epochs with early
    stopping, as ``train_neural`` runs it.
 3. Halving: the same combinations through the rungs of ``meli.search.plan``, exactly as the rules
@@ -38,7 +40,6 @@ from meli import search  # noqa: E402
 from meli.grid import expand_family  # noqa: E402
 from meli.train.neural import run  # noqa: E402
 
-SAMPLE = ROOT.parent / "shared" / "data" / "meli2019-es-sample.jsonl.gz"
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "report", "envs")
 GRIDS = {
     # 3 x 3 x 3 = 27 combinations each; small dims so a grid fits in minutes on 2 cores.
@@ -129,7 +130,9 @@ def halving_search(combos: dict, features: Path, matrix: Path, out: Path, thread
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--source", type=Path, default=SAMPLE)
+    ap.add_argument("--source", type=Path, required=True,
+                    help="real titles, e.g. $SHARED/data/meli2019-es-sample.jsonl.gz (the course's 38k sample; "
+                    "$SHARED: the shared/ folder beside the developers' checkout)")
     ap.add_argument("--quick", action="store_true", help="8 combinations, 4 epochs")
     ap.add_argument("--grid", choices=sorted(GRIDS), default="course", help="the 27-combination grid (see GRIDS)")
     ap.add_argument("--settings", default="3:1,3:2,2:1",
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default 42: split and word2vec as in the README's figures, models seed 0)")
     args = ap.parse_args(argv)
     if not args.source.exists():
-        print(f"{args.source} not found (../shared/data is only beside the developers' checkout)", file=sys.stderr)
+        print(f"{args.source} not found (the course's sample is in shared/data/ beside the developers' checkout)",
+              file=sys.stderr)
         return 2
     grid_cfg = QUICK_GRID if args.quick else GRIDS[args.grid]
     if args.seed != 42:
