@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -166,3 +167,12 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def git_output(cwd: str | os.PathLike, *args: str) -> str | None:
+    """``git ARGS`` in ``cwd``, stripped stdout; None outside a checkout or without git (a copied workflow)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -51,7 +51,6 @@ import fcntl
 import json
 import logging
 import os
-import subprocess
 import time
 import uuid
 from datetime import datetime
@@ -61,7 +60,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pandas as pd
 
 from meli import mlflow_store, runs
-from meli.io import Progress, atomic_path, read_json, setup_logging, write_json
+from meli.io import Progress, atomic_path, git_output, read_json, setup_logging, write_json
 from meli.redact import redact_url
 
 log = logging.getLogger("meli.tracking")
@@ -167,17 +166,10 @@ def set_experiment_kind(client: Any, experiment_id: str) -> None:
 
 def git_commit(cwd: str | Path = ".") -> str | None:
     """The workflow checkout's commit (``-dirty`` appended when tracked files changed); None outside git."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
+    commit = git_output(cwd, "rev-parse", "HEAD")
     if not commit:
         return None
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + ("-dirty" if git_output(cwd, "status", "--porcelain", "--untracked-files=no") else "")
 
 
 def dataset_input(summary: dict[str, Any] | None, name: str, data_dir: Path, context: str) -> Any | None:

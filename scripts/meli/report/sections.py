@@ -14,13 +14,13 @@ import os
 import platform
 import shlex
 import socket
-import subprocess
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
+from meli.io import git_output
 from meli.redact import redact_config, redact_config_text
 from meli.report import charts
 from meli.report.aggregate import hyperparameters, swept
@@ -68,18 +68,11 @@ def read_benchmark(path: Path) -> dict[str, float] | None:
 
 def git_info(cwd: Path) -> dict[str, str]:
     """Commit and dirty state of the workflow checkout; dashes outside git (a copied workflow)."""
-    def run(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = run("rev-parse", "HEAD")
+    commit = git_output(cwd, "rev-parse", "HEAD")
     if not commit:
         return {"commit": DASH, "describe": "not a git checkout", "dirty": DASH}
-    status = run("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "describe": run("describe", "--always", "--dirty") or DASH,
+    status = git_output(cwd, "status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "describe": git_output(cwd, "describe", "--always", "--dirty") or DASH,
             "dirty": DASH if status is None else ("yes: uncommitted changes" if status else "no")}
 
 
