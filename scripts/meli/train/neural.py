@@ -170,15 +170,8 @@ def load_data(features: str | os.PathLike, matrix_path: str | os.PathLike) -> Da
     bad_rows = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
     if bad_rows.size:
         raise ValueError(f"{matrix_path}: {bad_rows.size} row(s) contain NaN/inf (first: token id {bad_rows[0]})")
-    splits = {}
-    raw = {}
-    for split in ("train", "validation"):
-        ids, y = _load_split(features, split, len(categories), matrix.shape[0])
-        known = y >= 0
-        raw[split] = (ids, y)
-        splits[split] = Split(torch.from_numpy(ids[known]), torch.from_numpy(y[known]), int((~known).sum()))
-    if len(splits["train"].labels) == 0:
-        raise ValueError(f"{features}/train_labels.npy: no training rows with a known label")
+    raw = {split: _load_split(features, split, len(categories), matrix.shape[0]) for split in ("train", "validation")}
+    splits = _known_splits(features, raw, torch.from_numpy)
     if raw["train"][0].shape[1] != raw["validation"][0].shape[1]:
         raise ValueError(f"{features}: train and validation ids have different max_len")
     return Data(
@@ -189,6 +182,18 @@ def load_data(features: str | os.PathLike, matrix_path: str | os.PathLike) -> Da
         categories=categories,
         matrix=torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)),
     )
+
+
+def _known_splits(features: Path, raw: dict[str, tuple[Any, np.ndarray]], rows) -> dict[str, Split]:
+    """Train and validation rows with a known label (``rows`` turns the kept input rows into
+    tensors); rows whose category train never saw (label -1) are counted, not trained on."""
+    splits = {}
+    for split, (x, y) in raw.items():
+        known = y >= 0
+        splits[split] = Split(rows(x[known]), torch.from_numpy(y[known]), int((~known).sum()))
+    if len(splits["train"].labels) == 0:
+        raise ValueError(f"{features}/train_labels.npy: no training rows with a known label")
+    return splits
 
 
 def _load_labels(features: Path, split: str, n_classes: int, rows: int, what: Path) -> np.ndarray:
@@ -207,16 +212,12 @@ def load_sparse_data(features: str | os.PathLike, tfidf_dir: str | os.PathLike) 
 
     features, tfidf_dir = Path(features), Path(tfidf_dir)
     categories = list(read_json(features / "labels.json")["categories"])
-    splits, raw = {}, {}
+    raw = {}
     for split in ("train", "validation"):
         path = tfidf_dir / f"{split}.npz"
         x = load_csr(path)
-        y = _load_labels(features, split, len(categories), x.shape[0], path)
-        known = y >= 0
-        raw[split] = (x, y)
-        splits[split] = Split(CsrRows.from_scipy(x[known]), torch.from_numpy(y[known]), int((~known).sum()))
-    if len(splits["train"].labels) == 0:
-        raise ValueError(f"{features}/train_labels.npy: no training rows with a known label")
+        raw[split] = (x, _load_labels(features, split, len(categories), x.shape[0], path))
+    splits = _known_splits(features, raw, CsrRows.from_scipy)
     if raw["train"][0].shape[1] != raw["validation"][0].shape[1]:
         raise ValueError(f"{tfidf_dir}: train and validation have different numbers of columns")
     return Data(
