@@ -221,7 +221,7 @@ class FakePredictor:
         proba = self.predict_proba_split(split)
         return proba.argmax(axis=1), proba.max(axis=1)
 
-    def predict_proba_texts(self, titles):
+    def predict_proba(self, titles):
         proba = np.full((len(titles), len(self.categories)), 0.1, dtype=np.float32)
         for i, t in enumerate(titles):
             proba[i, len(t) % len(self.categories)] = 0.5

@@ -17,8 +17,10 @@ SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
 # directories, so a change here would orphan every finished run.
 # Issue 12 added input, lr_schedule and label_smoothing (absent from an id unless set, so old ids
 # stand) and moved the TF-IDF family's ngram_max/max_features to the tfidf_features section.
+# Issue 21 added the rnn family's own keys (between the CNN's and the shared tail: no id changes).
 ID_KEY_ORDER = [
-    "input", "embedding", "freeze_embeddings", "hidden", "filters", "kernel_sizes", "dropout", "batch_size", "lr",
+    "input", "embedding", "freeze_embeddings", "hidden", "filters", "kernel_sizes", "cell", "hidden_size", "layers",
+    "bidirectional", "pooling", "dropout", "batch_size", "lr",
     "weight_decay", "optimizer", "epochs", "patience", "class_weights", "lr_schedule", "label_smoothing", "C",
     "seed",
 ]
@@ -60,12 +62,12 @@ def test_merged_id_order_is_unchanged_and_keeps_each_family_order():
 
 
 def test_registry_lists_neural_families_with_networks():
-    assert models.names() == ("mlp", "cnn", "tfidf")
-    assert models.neural_names() == ("mlp", "cnn")
-    assert [models.display_name(n) for n in models.names()] == ["MLP", "CNN", "TF-IDF baseline"]
-    assert models.display_name("rnn") == "rnn"  # a run of an unregistered family keeps its key
-    with pytest.raises(ValueError, match="unknown model family 'rnn'"):
-        models.get("rnn")
+    assert models.names() == ("mlp", "cnn", "rnn", "tfidf")
+    assert models.neural_names() == ("mlp", "cnn", "rnn")
+    assert [models.display_name(n) for n in models.names()] == ["MLP", "CNN", "BiLSTM/GRU", "TF-IDF baseline"]
+    assert models.display_name("gbm") == "gbm"  # a run of an unregistered family keeps its key
+    with pytest.raises(ValueError, match="unknown model family 'gbm'"):
+        models.get("gbm")
 
 
 def test_defaults_are_fresh_copies():
@@ -84,10 +86,48 @@ def test_a_definition_whose_aliases_miss_a_parameter_fails():
         Family(name="x", display_name="X", params=P, aliases={"a": "a"}, neural=False, model_file="m")
     with pytest.raises(ValueError, match="build"):
         Family(name="x", display_name="X", params=P, aliases={"a": "a", "b": "b"}, neural=True, model_file="m")
+    # A neural family without its own memory estimate is refused, never estimated as the MLP.
+    with pytest.raises(ValueError, match="memory"):
+        Family(name="x", display_name="X", params=P, aliases={"a": "a", "b": "b"}, neural=True, model_file="m",
+               build=lambda *a: None)
+    with pytest.raises(ValueError, match="module:callable"):
+        Family(name="x", display_name="X", params=P, aliases={"a": "a", "b": "b"}, neural=False, model_file="m",
+               predictor="nowhere")
 
 
 def test_training_defaults_come_from_the_definitions():
     from meli.train import baseline, neural
 
-    assert neural.DEFAULTS == {"mlp": models.get("mlp").defaults(), "cnn": models.get("cnn").defaults()}
+    assert neural.DEFAULTS == {name: models.get(name).defaults() for name in ("mlp", "cnn", "rnn")}
     assert baseline.DEFAULTS == models.get("tfidf").defaults()
+
+
+@pytest.mark.parametrize("name", models.neural_names())
+def test_every_neural_family_declares_its_inputs_memory_and_predictor(name):
+    import importlib
+
+    from meli.models.family import INPUT_KINDS, Shapes
+
+    family = models.get(name)
+    params = {**family.defaults(), "embedding": "w2v"}
+    assert family.inputs(params) in INPUT_KINDS
+    est = family.memory(params, Shapes(rows=1000, max_len=20, vocab_size=500, dim=16, n_classes=10))
+    assert est.weights > 0 and est.per_row > 0
+    module, _, attr = family.predictor.partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_family_default_is_the_validated_configs_default(name):
+    """The validated config is the one source of defaults: a config that leaves the family's grid to
+    the schema trains exactly the family's defaults (keys without a schema default stay out)."""
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "tiny.yaml").read_text())
+    cfg["train"].pop(name, None)
+    validate(cfg, str(ROOT / "config" / "schema.yaml"))
+    filled = cfg["train"][name]["grid"]
+    defaults = models.get(name).defaults()
+    assert {k: v[0] for k, v in filled.items()} == {k: v for k, v in defaults.items() if k in filled}
+    documented = set(defaults) - set(filled)
+    assert documented <= {"input", "lr_schedule", "label_smoothing"}, documented

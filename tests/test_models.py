@@ -109,7 +109,7 @@ def test_frozen_embeddings_stay_unchanged_and_fine_tuned_ones_move(family):
 
 def test_build_model_errors():
     with pytest.raises(ValueError, match="unknown model family"):
-        build_model("rnn", {}, 10, 4, 2)
+        build_model("transformer", {}, 10, 4, 2)
     with pytest.raises(ValueError, match="shape"):
         build_model("mlp", {}, 10, 4, 2, matrix=torch.zeros(9, 4))
 

@@ -158,7 +158,7 @@ def test_tfidf_mlp_trains_writes_the_contract_and_predicts(sparse_data, tmp_path
     test_y = np.load(features / "test_labels.npy")
     assert (test_pred == test_y).mean() > 0.9
     # Raw titles: cleaned like the data stage, vectorized by the shared vectorizer; typos still land.
-    proba = predictor.predict_proba_texts(["BICICLTA Ruido3", "Taldro ruido9", ""])
+    proba = predictor.predict_proba(["BICICLTA Ruido3", "Taldro ruido9", ""])
     assert proba.shape == (3, 4) and list(proba[:2].argmax(axis=1)) == [2, 0]
     assert predictor.known_words(["bicicleta", "", "qqq"]).tolist()[1:] == [0, 0]
     assert predictor.known_words(["bicicleta"])[0] > 1  # its word and char n-grams

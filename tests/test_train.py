@@ -162,20 +162,27 @@ def test_predictor_cleans_and_encodes_raw_titles(sweep, toy, tmp_path):
     (data_dir / "summary.json").write_text(json.dumps({"preprocess": {"lowercase": True, "strip_punctuation": True}}))
     pred = load_predictor(sweep["mlp"], data_dir, features, device="cpu")
     titles = [" ".join(token(c, j).upper() + "," for j in range(5)) for c in range(4)]
-    proba = pred.predict_proba_texts(titles)
+    proba = pred.predict_proba(titles)
     assert proba.shape == (4, 4) and proba.dtype == np.float32
     assert proba.argmax(1).tolist() == [0, 1, 2, 3]
 
 
-def test_predictor_dispatch_and_missing_model(tmp_path, monkeypatch):
-    import meli.train.baseline
+def test_predictor_dispatch_by_the_runs_family_and_missing_model(tmp_path, monkeypatch):
+    """meli.inference asks the run record which family it is and calls that family's predictor (not the file name)."""
+    import meli.inference
+    from meli.runs import RunNotFinished
 
-    (tmp_path / "tfidf").mkdir()
-    (tmp_path / "tfidf" / "model.joblib").write_bytes(b"")
-    monkeypatch.setattr(meli.train.baseline, "load_predictor", lambda run_dir, data_dir, features_dir: ("tfidf", run_dir))
-    assert load_predictor(tmp_path / "tfidf", "d", "f") == ("tfidf", tmp_path / "tfidf")
-    with pytest.raises(FileNotFoundError, match="model.pt"):
+    run_dir = tmp_path / "runs" / "tfidf" / "x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.pt").write_bytes(b"")  # a file name that used to pick the neural loader
+    (run_dir / "metrics.json").write_text(json.dumps({"family": "tfidf"}))
+    monkeypatch.setattr(meli.inference, "load_tfidf_predictor", lambda *args: ("tfidf", args[0]))
+    assert load_predictor(run_dir, "d", "f") == ("tfidf", run_dir)
+    with pytest.raises(RunNotFinished, match="no metrics.json"):
         load_predictor(tmp_path, "d", "f")
+    (run_dir / "metrics.json").write_text(json.dumps({"family": "mlp"}))
+    with pytest.raises(ValueError, match="model.pt: cannot read the model"):
+        load_predictor(run_dir, "d", "f")
 
 
 def test_kill_and_resume_ends_like_an_uninterrupted_run(toy, tmp_path):

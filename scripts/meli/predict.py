@@ -119,7 +119,7 @@ def predict(run_dir: Path, titles: list[str], k: int, data_dir: Path, features: 
     if load_predictor is None:
         from meli.inference import load_predictor  # torch only when really predicting
     predictor = load_predictor(run_dir, data_dir, features, device)
-    ranked = top_k(predictor.predict_proba_texts(titles), list(predictor.categories), k)
+    ranked = top_k(predictor.predict_proba(titles), list(predictor.categories), k)
     known = predictor.known_words(titles) if hasattr(predictor, "known_words") else [None] * len(titles)
     out = []
     for title, row, n in zip(titles, ranked, known):

@@ -9,7 +9,8 @@
 - ``val_predictions.parquet``: label, pred, prob per validation row;
 - the fitted model: the family's ``model_file`` (``model.pt`` or ``model.joblib``).
 
-Read by meli.report.aggregate, meli.report.evaluate, meli.tracking, meli.predict, the report.
+Written by :func:`write_record` (every trainer: neural runs, halving rungs, the baseline) and
+read by meli.report.aggregate, meli.report.evaluate, meli.tracking, meli.predict, the report.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from meli.cli import MeliError
-from meli.io import write_json
+from meli.io import atomic_path, write_json
 
 METRICS = "metrics.json"
 HISTORY = "history.csv"
@@ -51,6 +52,18 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
     if missing:
         raise ValueError(f"run record for {run_dir} lacks {missing}")  # a trainer bug, not user input
     write_json(Path(run_dir) / METRICS, metrics)
+
+
+def write_record(run_dir: str | Path, history: Iterable[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The run record: history.csv (HISTORY_COLUMNS, one row per epoch), then metrics.json (last: its
+    presence marks a complete record). Write the model and predictions before calling it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(list(history), columns=list(HISTORY_COLUMNS))
+    with atomic_path(run_dir / HISTORY) as tmp:
+        frame.to_csv(tmp, index=False)
+    write_metrics(run_dir, metrics)
+    return metrics
 
 
 def read_metrics(run_dir: str | Path, required: Iterable[str] = REQUIRED_KEYS) -> dict[str, Any]:

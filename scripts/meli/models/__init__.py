@@ -1,18 +1,19 @@
-"""The model families, one module each (mlp.py, cnn.py, tfidf.py), and the registry that lists them.
+"""The model families, one module each (mlp.py, cnn.py, rnn.py, tfidf.py), and the registry that lists them.
 
 Everything that depends on which families exist reads this registry: the grid and the
 Snakefile (which families, which are neural, how ids are spelled), meli.train.neural
-(defaults), meli.train.baseline (tfidf defaults), meli.models.nets.build_model (networks),
-aggregation and the report (order, display names), and the schema test. Adding a family:
-docs/design.md, "Adding a model family".
+(defaults, input kind, validation), meli.train.memory (each family's memory share),
+meli.train.baseline (tfidf defaults), meli.models.nets.build_model (networks), meli.inference
+(each family's predictor), aggregation and the report (order, display names), and the schema
+test. Adding a family: docs/design.md, "Adding a model family".
 """
 from __future__ import annotations
 
-from meli.models import cnn, mlp, tfidf
+from meli.models import cnn, mlp, rnn, tfidf
 from meli.models.family import Family
 
 # Registration order is the order of tables, selection and report sections.
-REGISTRY: dict[str, Family] = {f.name: f for f in (mlp.FAMILY, cnn.FAMILY, tfidf.FAMILY)}
+REGISTRY: dict[str, Family] = {f.name: f for f in (mlp.FAMILY, cnn.FAMILY, rnn.FAMILY, tfidf.FAMILY)}
 
 
 def get(name: str) -> Family:

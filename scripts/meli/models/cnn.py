@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meli.models.family import NEURAL_ID_HEAD, NEURAL_ID_TAIL, Family, NeuralParams
+from meli.models.family import NEURAL_ID_HEAD, NEURAL_ID_TAIL, Family, NetworkMemory, NeuralParams, Shapes, layer_weights
 
 
 @dataclass
@@ -16,14 +16,17 @@ class CnnParams(NeuralParams):
 def build(params: dict[str, Any], vocab_size: int, dim: int, n_classes: int):
     from meli.models.nets import KimCNN  # torch only when a model is really built
 
-    return KimCNN(
-        vocab_size,
-        dim,
-        n_classes,
-        filters=int(params.get("filters", 100)),
-        kernel_sizes=params.get("kernel_sizes") or (2, 3, 4),
-        hidden=list(params.get("hidden") or []),
-        dropout=float(params.get("dropout", 0.0)),
+    return KimCNN(vocab_size, dim, n_classes, filters=int(params["filters"]), kernel_sizes=params["kernel_sizes"],
+                  hidden=list(params["hidden"]), dropout=float(params["dropout"]))
+
+
+def memory(params: dict[str, Any], shapes: Shapes) -> NetworkMemory:
+    """Convolutions + head; per row: the embedded title and every kernel's feature maps."""
+    kernels, filters, hidden = list(params["kernel_sizes"]), int(params["filters"]), list(params["hidden"])
+    conv = sum(filters * k * shapes.dim + filters for k in kernels)
+    return NetworkMemory(
+        weights=conv + layer_weights([filters * len(kernels), *hidden, shapes.n_classes]),
+        per_row=shapes.max_len * shapes.dim + filters * len(kernels) * shapes.max_len + sum(hidden) + shapes.n_classes,
     )
 
 
@@ -35,4 +38,5 @@ FAMILY = Family(
     neural=True,
     model_file="model.pt",
     build=build,
+    memory=memory,
 )

@@ -1,5 +1,18 @@
 """What defines a model family: the type every ``meli/models/<family>.py`` fills in once.
 
+A family declares what it needs and what it provides:
+
+- its hyperparameters (``params``: a dataclass whose field defaults are the family defaults,
+  equal to the schema's, which tests/test_families.py checks) and their id spelling (``aliases``);
+- for a neural family (trained by meli.train.neural): its **input kind** (``input_kind(params)``:
+  ``"tokens"`` = the token-id matrices + an embedding matrix, or ``"tfidf"`` = the shared sparse
+  TF-IDF rows), its **network** (``build(params, vocab_size, dim, n_classes)``, a
+  :class:`meli.models.nets.Network`) and its **memory** (``memory(params, shapes)``: the weights
+  and per-row activations meli.train.memory adds up; a neural family without it is refused here,
+  never estimated as another family);
+- its **predictor** (``predictor``: ``"module:callable"`` that meli.inference calls with
+  ``(run_dir, data_dir, features_dir, device)`` and that returns a ``meli.inference.Predictor``).
+
 Torch-free on purpose: the Snakefile, the grid, aggregation and the report read family
 definitions at parse time or in light jobs; the networks themselves are in ``nets.py``.
 """
@@ -9,6 +22,37 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+# Input kinds (what meli.train.inputs loads and meli.inference encodes titles into).
+TOKENS = "tokens"  # {split}_ids.npy int32 [rows, max_len] + results/embeddings/{name}/matrix.npy
+TFIDF = "tfidf"  # results/features/tfidf/{split}.npz, the shared sparse TF-IDF rows
+INPUT_KINDS = (TOKENS, TFIDF)
+
+NEURAL_PREDICTOR = "meli.inference:NeuralPredictor"
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """The sizes a training job's memory depends on (read from its inputs before loading them)."""
+
+    rows: int  # train + validation
+    max_len: int
+    vocab_size: int
+    dim: int
+    n_classes: int
+
+
+@dataclass(frozen=True)
+class NetworkMemory:
+    """A network's share of a job's memory, in float32 values (meli.train.memory adds the rest)."""
+
+    weights: int  # parameters besides the embedding table
+    per_row: int  # activations of one row in a forward pass (backward and dropout copies are added)
+
+
+def layer_weights(sizes: list[int]) -> int:
+    """Weights + biases of a stack of Linear layers ``sizes[0] -> sizes[1] -> ...``."""
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
 
 @dataclass(frozen=True)
 class Family:
@@ -16,14 +60,22 @@ class Family:
     display_name: str  # how the report and tables name it
     params: type  # dataclass of the family's hyperparameters; a field's default is the family default
     aliases: dict[str, str]  # hyperparameter -> its spelling in combination ids, in id order
-    neural: bool  # trained by meli.train.neural on an embedding (else by its own trainer)
+    neural: bool  # trained by meli.train.neural (else by its own trainer and rule)
     model_file: str  # the fitted model in the run directory
-    # (params, vocab_size, dim, n_classes) -> torch.nn.Module; None for a family that is not neural.
+    # (params, vocab_size, dim, n_classes) -> meli.models.nets.Network; neural families only.
     build: Callable[..., Any] | None = None
+    # (params, Shapes) -> NetworkMemory; neural families only (required: see meli.train.memory).
+    memory: Callable[[dict[str, Any], Shapes], NetworkMemory] | None = None
+    # params -> TOKENS | TFIDF; None: always TOKENS.
+    input_kind: Callable[[dict[str, Any]], str] | None = None
+    # params -> None, raising ValueError for a value only this family refuses (after the shared checks).
+    validate: Callable[[dict[str, Any]], None] | None = None
     # params -> params without the keys that do not apply to them (the MLP with input tfidf has no
     # embedding): applied to every combination before its id is made, so an unused key neither
     # names a run nor multiplies the grid. None: every key always applies.
     prune: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # "module:callable" returning the run's meli.inference.Predictor (imported only when serving).
+    predictor: str = NEURAL_PREDICTOR
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -40,11 +92,23 @@ class Family:
                 out[f.name] = f.default
         return out
 
+    def inputs(self, params: dict[str, Any]) -> str:
+        """What this combination reads: TOKENS or TFIDF."""
+        kind = self.input_kind(params) if self.input_kind is not None else TOKENS
+        if kind not in INPUT_KINDS:
+            raise ValueError(f"family {self.name}: input kind {kind!r} not one of {INPUT_KINDS}")
+        return kind
+
     def __post_init__(self):
         if set(self.aliases) != set(self.parameters):
             raise ValueError(f"family {self.name}: aliases {sorted(self.aliases)} != parameters {sorted(self.parameters)}")
         if self.neural != (self.build is not None):
             raise ValueError(f"family {self.name}: a neural family needs `build`, and only a neural one has it")
+        if self.neural and self.memory is None:
+            raise ValueError(f"family {self.name}: a neural family needs `memory` (its share of a job's memory "
+                             "estimate, meli.train.memory): no estimate is borrowed from another family")
+        if ":" not in self.predictor:
+            raise ValueError(f"family {self.name}: predictor {self.predictor!r} must be 'module:callable'")
 
 
 @dataclass

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meli.models.family import NEURAL_ID_HEAD, NEURAL_ID_TAIL, Family, NeuralParams
+from meli.models.family import (NEURAL_ID_HEAD, NEURAL_ID_TAIL, TFIDF, TOKENS, Family, NetworkMemory, NeuralParams,
+                                Shapes, layer_weights)
 
-INPUTS = ("embedding", "tfidf")
+INPUTS = {"embedding": TOKENS, "tfidf": TFIDF}  # the `input` value -> what the trainer loads
 # Keys that only mean something for word-vector input.
 EMBEDDING_ONLY = ("embedding", "freeze_embeddings")
 
@@ -32,15 +33,36 @@ def prune(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def input_kind(params: dict[str, Any]) -> str:
+    return INPUTS[params["input"]]
+
+
+def validate(params: dict[str, Any]) -> None:
+    if params["input"] not in INPUTS:
+        raise ValueError(f"input {params['input']!r} not one of {tuple(INPUTS)}")
+    if params["input"] == "tfidf" and not params["hidden"]:
+        raise ValueError("input tfidf needs a hidden layer: hidden[0] is the width of its sparse bag (e.g. [512])")
+
+
 def build(params: dict[str, Any], vocab_size: int, dim: int, n_classes: int):
     """``vocab_size`` is the number of TF-IDF columns for ``input: tfidf`` (``dim`` is then unused)."""
     from meli.models.nets import MeanMLP, TfidfMLP  # torch only when a model is really built
 
-    hidden = list(params.get("hidden") or [])
-    dropout = float(params.get("dropout", 0.0))
-    if params.get("input", "embedding") == "tfidf":
+    hidden, dropout = list(params["hidden"]), float(params["dropout"])
+    if input_kind(params) == TFIDF:
         return TfidfMLP(vocab_size, n_classes, hidden=hidden, dropout=dropout)
     return MeanMLP(vocab_size, dim, n_classes, hidden=hidden, dropout=dropout)
+
+
+def memory(params: dict[str, Any], shapes: Shapes) -> NetworkMemory:
+    """Token input: the head over the mean vector; per row the embedded title. TF-IDF input
+    (``vocab_size`` = its columns, ``dim`` 0): the sparse bag is a weight of ``columns x hidden[0]``."""
+    hidden = list(params["hidden"])
+    if input_kind(params) == TFIDF:
+        bag = shapes.vocab_size * hidden[0] + hidden[0]
+        return NetworkMemory(bag + layer_weights([*hidden, shapes.n_classes]), sum(hidden) + shapes.n_classes)
+    return NetworkMemory(layer_weights([shapes.dim, *hidden, shapes.n_classes]),
+                         shapes.max_len * shapes.dim + sum(hidden) + shapes.n_classes)
 
 
 FAMILY = Family(
@@ -51,5 +73,8 @@ FAMILY = Family(
     neural=True,
     model_file="model.pt",
     build=build,
+    memory=memory,
+    input_kind=input_kind,
+    validate=validate,
     prune=prune,
 )

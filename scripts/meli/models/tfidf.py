@@ -24,4 +24,5 @@ FAMILY = Family(
     aliases={"class_weights": "cw", "C": "C", "seed": "seed"},
     neural=False,
     model_file="model.joblib",
+    predictor="meli.inference:load_tfidf_predictor",
 )

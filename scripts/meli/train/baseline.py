@@ -167,115 +167,24 @@ def fit_ovr_svc(x, y: np.ndarray, n_classes: int, C: float, class_weight: dict[i
     return LinearOvr(coef, intercept)
 
 
-@dataclass
-class TfidfPredictor:
-    """A fitted :class:`~meli.embeddings.tfidf.TitleVectorizer` + :class:`LinearOvr` whose probability
-    columns are the labels.json categories."""
-
-    vectorizer: Any
-    classifier: Any
-    categories: list[str]
-    data_dir: Path | None = None
-    preprocess: dict[str, Any] | None = None
-    language: str | None = "spanish"  # of the training data's stopwords; None: guessed per title
-
-    def __post_init__(self) -> None:
-        classes = np.asarray(self.classifier.classes_)
-        if not np.array_equal(classes, np.arange(len(self.categories))):
-            raise ValueError(
-                f"classifier classes {classes[:5]}... do not align with the {len(self.categories)} categories"
-            )
-
-    def predict_proba_cleaned(self, texts: Sequence[str] | pd.Series, what: str = "rows") -> np.ndarray:
-        """float32 ``[n, n_classes]`` for already-cleaned texts, scored in chunks."""
-        texts = list(texts)
-        out = np.empty((len(texts), len(self.categories)), dtype=np.float32)
-        progress = Progress(log, len(texts), f"scoring {what}", every_s=30)
-        for start in range(0, len(texts), CHUNK_ROWS):
-            chunk = texts[start : start + CHUNK_ROWS]
-            out[start : start + len(chunk)] = self.classifier.predict_proba(self.vectorizer.transform(chunk))
-            progress.update(len(chunk))
-        return out
-
-    def score_cleaned(
-        self, texts: Sequence[str] | pd.Series, labels: np.ndarray | None = None, what: str = "rows",
-        batch_size: int = CHUNK_ROWS,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Per row: int64 argmax, float32 its probability and (given ``labels``, -1 allowed) the
-        float32 probability of the true label; one chunk x classes in memory, not rows x classes."""
-        texts = list(texts)
-        return self._score(lambda s: self.vectorizer.transform(texts[s]), len(texts), labels, what, batch_size)
-
-    def score_matrix(self, x, labels: np.ndarray | None = None, what: str = "rows", batch_size: int = CHUNK_ROWS):
-        """:meth:`score_cleaned` for rows already vectorized (the shared TF-IDF matrix)."""
-        return self._score(lambda s: x[s], x.shape[0], labels, what, batch_size)
-
-    def _score(self, rows, n: int, labels, what: str, batch_size: int):
-        pred, prob = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
-        true_prob = None if labels is None else np.empty(n, dtype=np.float32)
-        progress = Progress(log, n, f"scoring {what}", every_s=30)
-        for start in range(0, n, batch_size):
-            done = slice(start, min(start + batch_size, n))
-            proba = self.classifier.predict_proba(rows(done)).astype(np.float32, copy=False)
-            idx = np.arange(proba.shape[0])
-            pred[done] = proba.argmax(axis=1)
-            prob[done] = proba[idx, pred[done]]
-            if true_prob is not None:
-                true_prob[done] = proba[idx, np.maximum(labels[done], 0)]
-            progress.update(proba.shape[0])
-        return pred, prob, true_prob
-
-    def _split_texts(self, split: str) -> pd.Series:
-        if self.data_dir is None:
-            raise ValueError("predictor was loaded without a data_dir")
-        return read_split(self.data_dir, split, ("text",))["text"]
-
-    def predict_proba_split(self, split: str) -> np.ndarray:
-        return self.predict_proba_cleaned(self._split_texts(split), split)
-
-    def predict_split(self, split: str, batch_size: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-        """(int64 predicted label, float32 its probability) per row of a split, streamed."""
-        pred, prob, _ = self.score_cleaned(self._split_texts(split), what=split, batch_size=batch_size)
-        return pred, prob
-
-    def predict_proba_texts(self, titles: Sequence[str]) -> np.ndarray:
-        """Raw titles, cleaned exactly as the data stage cleaned the training set."""
-        from meli.data.text import clean_titles  # the data stage's cleaner (imported only when needed)
-
-        if self.preprocess is None:
-            raise ValueError("predictor was loaded without the data stage's summary.json (preprocess)")
-        cleaned = clean_titles(list(titles), self.preprocess, self.language)
-        return self.predict_proba_cleaned(list(cleaned), "titles")
-
-    def known_words(self, titles: Sequence[str]) -> np.ndarray:
-        """Per title, how many of the vectorizer's n-grams it contains (0: the output is the prior)."""
-        from meli.data.text import clean_titles
-
-        if self.preprocess is None:
-            raise ValueError("predictor was loaded without the data stage's summary.json (preprocess)")
-        cleaned = clean_titles(list(titles), self.preprocess, self.language)
-        return np.asarray(self.vectorizer.transform(list(cleaned)).getnnz(axis=1))
-
-
-def load_predictor(run_dir: str | Path, data_dir: str | Path, features_dir: str | Path) -> TfidfPredictor:
-    """The run's model.joblib, checked against ``features_dir/labels.json``."""
-    import joblib
-
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
-    try:
-        bundle = joblib.load(run_dir / "model.joblib")
-        bundle["categories"], bundle["vectorizer"], bundle["classifier"]
-    except (EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError, AttributeError, ImportError) as err:
-        raise ValueError(f"{run_dir}/model.joblib: cannot read the model ({type(err).__name__}: {str(err)[:200]}); "
-                         "is the file complete and written by meli.train.baseline? Rerun its training job") from None
-    categories = load_categories(features_dir)
-    if list(bundle["categories"]) != categories:
-        raise ValueError(f"{run_dir}/model.joblib was trained on other categories than {features_dir}/labels.json")
-    summary_path = data_dir / "summary.json"
-    from meli.data.text import cleaning_for
-
-    preprocess, language = cleaning_for(read_json(summary_path) if summary_path.exists() else None)
-    return TfidfPredictor(bundle["vectorizer"], bundle["classifier"], categories, data_dir, preprocess, language)
+def score_rows(classifier: Any, rows, n: int, labels: np.ndarray | None = None, what: str = "rows",
+               batch_size: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per row: int64 argmax, float32 its probability and (given ``labels``, -1 allowed) the float32
+    probability of the true label; ``rows(slice)`` gives a chunk's sparse rows, so one chunk x classes
+    is in memory, never rows x classes (also how meli.inference.TfidfPredictor streams a split)."""
+    pred, prob = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+    true_prob = None if labels is None else np.empty(n, dtype=np.float32)
+    progress = Progress(log, n, f"scoring {what}", every_s=30)
+    for start in range(0, n, batch_size):
+        done = slice(start, min(start + batch_size, n))
+        proba = classifier.predict_proba(rows(done)).astype(np.float32, copy=False)
+        idx = np.arange(proba.shape[0])
+        pred[done] = proba.argmax(axis=1)
+        prob[done] = proba[idx, pred[done]]
+        if true_prob is not None:
+            true_prob[done] = proba[idx, np.maximum(labels[done], 0)]
+        progress.update(proba.shape[0])
+    return pred, prob, true_prob
 
 
 def mean_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
@@ -342,9 +251,8 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         clf = fit_ovr_svc(x_train, y_train, n_classes, float(params["C"]), class_weight, threads, int(params["seed"]))
         train_time = time.monotonic() - start
         log.info("LinearSVC: %s classes in %s", f"{n_classes:,}", format_seconds(train_time))
-        predictor = TfidfPredictor(vectorizer, clf, categories)
         train_loss = _chunked_log_loss(clf, x_train, y_train, "train")
-        pred, prob, true_prob = predictor.score_matrix(x_val, y_val, "validation")
+        pred, prob, true_prob = score_rows(clf, lambda s: x_val[s], x_val.shape[0], y_val, "validation")
     val_bacc = balanced_accuracy(y_val[known], pred[known])
     val_loss = mean_neg_log(true_prob[known])
     elapsed = time.monotonic() - start
@@ -360,10 +268,6 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
     predictions = pd.DataFrame({"label": y_val, "pred": pred, "prob": prob.astype(np.float64)})
     with atomic_path(out_dir / "val_predictions.parquet") as tmp:
         predictions.to_parquet(tmp, index=False)
-    history = pd.DataFrame([{"epoch": 1, "train_loss": train_loss, "val_loss": val_loss,
-                             "val_bacc": val_bacc, "samples_per_s": samples_per_s, "elapsed_s": elapsed}])
-    with atomic_path(out_dir / "history.csv") as tmp:
-        history.to_csv(tmp, index=False)
     metrics = {
         "family": "tfidf",
         "combo": combo,
@@ -386,7 +290,9 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         "stopped_early": False,
         "finished_at": runs.finished_at(),  # the importer's identity
     }
-    runs.write_metrics(out_dir, metrics)  # last: its presence marks a complete run
+    history = [{"epoch": 1, "train_loss": train_loss, "val_loss": val_loss, "val_bacc": val_bacc,
+                "samples_per_s": samples_per_s, "elapsed_s": elapsed}]
+    runs.write_record(out_dir, history, metrics)  # metrics.json last: its presence marks a complete run
     log.info("wrote %s", out_dir)
     return metrics
 

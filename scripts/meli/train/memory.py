@@ -8,16 +8,20 @@ being killed by the scheduler after queueing for a GPU, or swapping a shared nod
 The estimate counts what scales: the token-id matrices (train + validation), the embedding
 matrix with its gradient and Adam state, the other weights likewise, and one training batch's
 activations (forward + backward) and one evaluation batch; plus a fixed allowance for the Python,
-torch and Arrow runtime. It is meant to be within a factor of ~1.5 of the measured peak RSS
-(benchmarks/), never a guarantee.
+torch and Arrow runtime. The network's share (its weights, its activations per row) is the
+family's own ``memory`` (meli/models/<family>.py); a family without one cannot be registered as
+neural. It is meant to be within a factor of ~1.5 of the measured peak RSS (benchmarks/), never
+a guarantee.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
+from meli import models
 from meli.cli import MeliError
+from meli.models.family import Shapes
 
 RUNTIME_MB = 400  # the interpreter, torch, numpy, pandas, pyarrow once imported (measured ~350 MB)
 FLOAT, TOKEN, LABEL = 4, 4, 8
@@ -46,31 +50,23 @@ class Estimate:
                 f"one batch's activations {self.batch_mb:,.0f} MB, runtime {self.runtime_mb:,.0f} MB)")
 
 
-def _layers(sizes: Sequence[int]) -> int:
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-
-
 def estimate(family: str, params: Mapping[str, Any], rows: int, max_len: int, vocab_size: int, dim: int,
              n_classes: int, eval_batch: int = 4096) -> Estimate:
     """Peak memory of training ``family`` with ``params`` on ``rows`` (train + validation) titles."""
+    spec = models.get(family)
+    if spec.memory is None:
+        raise ValueError(f"family {family!r} has no memory estimate (it is not trained by meli.train.neural)")
+    params = {**spec.defaults(), **params}
+    shapes = Shapes(rows=rows, max_len=max_len, vocab_size=vocab_size, dim=dim, n_classes=n_classes)
+    net = spec.memory(params, shapes)
     mb = 1 / 2**20
     tokens = rows * (max_len * TOKEN + LABEL) * 1.1  # ids + labels (+ the known-label subset's index)
     frozen = bool(params.get("freeze_embeddings"))
     embedding = vocab_size * dim * FLOAT * (2 if frozen else 5)  # loaded copy + weight (+ grad + 2 Adam moments)
-    hidden = list(params.get("hidden") or [])
-    batch = min(int(params.get("batch_size", 128)), max(rows, 1))
+    batch = min(int(params["batch_size"]), max(rows, 1))
     eval_batch = min(eval_batch, max(rows, 1))
-    if family == "cnn":
-        kernels = list(params.get("kernel_sizes") or [3])
-        filters = int(params.get("filters", 100))
-        conv = sum(filters * k * dim + filters for k in kernels)
-        weights = conv + _layers([filters * len(kernels), *hidden, n_classes])
-        per_row = max_len * dim + filters * len(kernels) * max_len + sum(hidden) + n_classes
-    else:
-        weights = _layers([dim, *hidden, n_classes])
-        per_row = max_len * dim + sum(hidden) + n_classes
-    activations = max(batch * per_row * FLOAT * ACTIVATION_COPIES, eval_batch * per_row * FLOAT)
-    return Estimate(tokens * mb, embedding * mb, weights * FLOAT * 4 * mb, activations * mb)
+    activations = max(batch * net.per_row * FLOAT * ACTIVATION_COPIES, eval_batch * net.per_row * FLOAT)
+    return Estimate(tokens * mb, embedding * mb, net.weights * FLOAT * 4 * mb, activations * mb)
 
 
 def check(est: Estimate, mem_mb: int | None, family: str) -> None:
@@ -81,4 +77,4 @@ def check(est: Estimate, mem_mb: int | None, family: str) -> None:
     raise MemoryEstimateError(
         f"this {family} job needs {est.describe()}, more than its mem_mb={mem_mb:,}: it would be killed or swap. "
         f"Set train.{family}.resources.mem_mb (or train.resources.mem_mb) to at least {need:,}, or make it "
-        "smaller (vocab.max_len, vocab.max_size, batch_size, filters, hidden, split.subsample)")
+        "smaller (vocab.max_len, vocab.max_size, batch_size, filters, hidden, hidden_size, split.subsample)")
