@@ -34,5 +34,5 @@ rule train_tfidf:
         CONDA_ENV
     shell:
         "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
-        " python -m meli.train.baseline --params {params.hp} --data-dir {params.data_dir} --features {params.features}"
+        " python -m meli.train.baseline --params {params.hp} --combo {wildcards.combo} --data-dir {params.data_dir} --features {params.features}"
         " --tfidf {params.tfidf:q} --out-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"

@@ -24,7 +24,7 @@ rule train_neural:
         CONDA_ENV
     shell:
         "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
-        " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
+        " python -m meli.train.neural --family {wildcards.neural} --params {params.hp} --combo {wildcards.combo}"
         " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q}"
         " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb} > {log:q} 2>&1"
@@ -63,7 +63,7 @@ if HALVING:
             CONDA_ENV
         shell:
             "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
-            " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
+            " python -m meli.train.neural --family {wildcards.neural} --params {params.hp} --combo {wildcards.combo}"
             " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
             " --checkpoint-dir {params.checkpoint_dir:q}"
             " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
@@ -144,7 +144,7 @@ if HALVING:
             CONDA_ENV
         shell:
             "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
-            " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
+            " python -m meli.train.neural --family {wildcards.neural} --params {params.hp} --combo {wildcards.combo}"
             " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
             " --checkpoint-dir {params.checkpoint_dir:q}"
             " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from meli.data.fetch import FetchError, fetch, local_path, main
+from meli.data.fetch import FetchError, fetch, main
+from meli.io import UnsupportedSource, local_path
 
 PAYLOAD = gzip.compress(b"title,category\n" + b"Funda Samsung A10,CELLPHONE_COVERS\n" * 5000, mtime=0)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -141,7 +142,7 @@ def test_file_url_and_path_are_resolved_in_place_and_checked(tmp_path):
     assert leftovers(tmp_path / "out2") == []
     with pytest.raises(FetchError, match="no such file"):
         fetch(str(tmp_path / "absent.gz"), tmp_path / "x.gz")
-    with pytest.raises(FetchError, match="unsupported URL scheme 'ftp'"):
+    with pytest.raises(UnsupportedSource, match="unsupported URL scheme 'ftp'"):
         local_path("ftp://host/file")
 
 

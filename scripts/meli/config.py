@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import jsonschema
 
 from meli.cli import MeliError
-from meli.data.fetch import FetchError, local_path
+from meli.io import UnsupportedSource, local_path
 from meli.redact import redact_url
 
 
@@ -87,7 +87,7 @@ def check_source(key: str, source: str, workdir: str | os.PathLike = ".") -> Non
     """A source the workflow can get: http(s)://, file:// or an existing local path."""
     try:
         path = local_path(source)
-    except FetchError as err:
+    except UnsupportedSource as err:
         raise ConfigError(f"config {key}: {err}") from None
     if path is None:
         return

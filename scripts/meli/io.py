@@ -1,8 +1,11 @@
-"""Small shared helpers: atomic writes, JSON, logging with progress/ETA."""
+"""Small shared helpers: atomic writes, JSON, logging with progress/ETA, where a source is and how it is compressed."""
 from __future__ import annotations
 
+import bz2
 import contextlib
 import errno
+import gzip
+import hashlib
 import json
 import logging
 import os
@@ -11,7 +14,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
+from urllib.parse import unquote, urlparse
+
+from meli.cli import MeliError
 
 
 def setup_logging(name: str = "meli", level: int = logging.INFO) -> logging.Logger:
@@ -176,3 +182,47 @@ def git_output(cwd: str | os.PathLike, *args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+class UnsupportedSource(MeliError, ValueError):
+    """A source URL whose scheme the workflow cannot read."""
+
+
+def local_path(source: str | os.PathLike) -> Path | None:
+    """The file a file:// URL or plain path names (not copied), or None for http(s) URLs."""
+    source = str(source)
+    parsed = urlparse(source)
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive, not a scheme
+        raise UnsupportedSource(f"unsupported URL scheme {parsed.scheme!r} in {source!r} "
+                                "(use http(s)://, file:// or a path)")
+    return Path(source)
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# Compression by content, never by name: a .gz that is not gzip, or gzip without the suffix, happen.
+GZIP_MAGIC, BZIP2_MAGIC = b"\x1f\x8b", b"BZh"
+
+
+def compression(path: str | os.PathLike) -> str | None:
+    """``"gzip"``, ``"bz2"`` or None (not compressed), from the file's first bytes."""
+    with open(path, "rb") as f:
+        magic = f.read(3)
+    return "gzip" if magic[:2] == GZIP_MAGIC else "bz2" if magic == BZIP2_MAGIC else None
+
+
+def open_decompressed(path: str | os.PathLike) -> BinaryIO:
+    """The file's bytes, decompressed when it is gzip or bzip2 (by :func:`compression`)."""
+    kind = compression(path)
+    opener = {"gzip": gzip.open, "bz2": bz2.open}.get(kind, open)
+    return opener(path, "rb")

@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from meli.cli import entry_point  # standard library only, like this module
+
 # meli.train.neural exits with this code when the loss diverged: NaN/inf, or far above its start
 # for epochs in a row (NonFiniteLoss.exit_code).
 DIVERGED_EXIT = 3
@@ -108,6 +110,7 @@ def run(status_path: str | os.PathLike, command: list[str], log: str | None = No
     return returncode if returncode >= 0 else 128 - returncode
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--status", required=True, help="the record: results/sweep/jobs/{family}/{combo}.json")
@@ -121,4 +124,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -20,12 +20,12 @@ import argparse
 import csv
 import gzip
 import io
-import sys
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 
+from meli.cli import entry_point
 from meli.io import atomic_path, setup_logging
 
 # family -> brands, words shared by the family's categories, "para ..." targets
@@ -169,7 +169,8 @@ def _pick(items: list[str], rng: np.random.Generator) -> str:
 
 def make_title(category: str, rng: np.random.Generator, hard: bool) -> str:
     """One title for ``category``; a ``hard`` title borrows a related category's head noun or
-    has none at all, as sloppy real listings do."""
+    has none at all, as sloppy real listings do. (The random draws are made in a fixed order:
+    the demo set is a function of its seed.)"""
     family, nouns, words = CATEGORIES[category]
     brands, shared, targets = FAMILIES[family]
     if hard:
@@ -178,25 +179,29 @@ def make_title(category: str, rng: np.random.Generator, hard: bool) -> str:
         words = words if rng.random() < 0.4 else CATEGORIES[sibling][2] + shared
     else:
         noun = nouns[min(int(rng.geometric(0.55)) - 1, len(nouns) - 1)]  # first noun most common
-    parts: list[str] = []
-    for _ in range(int(rng.integers(1, 3))):
-        parts.append(_pick(words, rng))
-    if rng.random() < 0.35:
-        parts.append(_pick(shared, rng))
-    if rng.random() < 0.6:
-        parts.append(_pick(brands, rng))
-    if rng.random() < 0.45:
-        parts.append(_model_number(rng))
-    if rng.random() < 0.35:
-        parts.append(_pick(COLORS, rng))
-    if rng.random() < 0.35:
-        parts.append(_pick(SALES_WORDS, rng))
-    rng.shuffle(parts)
+    parts = _descriptors(words, shared, brands, rng)
     if rng.random() < 0.3:
         parts.insert(int(rng.integers(len(parts) + 1)), "para " + _pick(targets, rng))
     if noun:
         parts.insert(0 if rng.random() < 0.8 else int(rng.integers(len(parts) + 1)), noun)
-    title = " ".join(parts)
+    return _sloppy(" ".join(parts), rng)
+
+
+def _descriptors(words: list[str], shared: list[str], brands: list[str], rng: np.random.Generator) -> list[str]:
+    """A title's words besides its head noun, shuffled: the category's words, maybe a shared word,
+    a brand, a model number, a colour, a sales word."""
+    parts = [_pick(words, rng) for _ in range(int(rng.integers(1, 3)))]
+    for chance, pick in ((0.35, lambda: _pick(shared, rng)), (0.6, lambda: _pick(brands, rng)),
+                         (0.45, lambda: _model_number(rng)), (0.35, lambda: _pick(COLORS, rng)),
+                         (0.35, lambda: _pick(SALES_WORDS, rng))):
+        if rng.random() < chance:
+            parts.append(pick())
+    rng.shuffle(parts)
+    return parts
+
+
+def _sloppy(title: str, rng: np.random.Generator) -> str:
+    """What sellers do to titles: accents dropped, a typo, Title Case or CAPITALS, trailing noise."""
     if rng.random() < 0.5:
         title = _strip_accents(title)
     if rng.random() < 0.12:
@@ -259,6 +264,7 @@ def write_csv_gz(records: list[tuple[str, str, str, str]], out: str | Path) -> N
             gz.write(text.getvalue().encode("utf-8"))
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=6000)
@@ -278,4 +284,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import base64
-import bz2
-import gzip
 import hashlib
 import http.client
 import logging
 import os
 import shutil
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from meli.cli import MeliError
-from meli.io import Progress, atomic_path, setup_logging
+from meli.cli import MeliError, entry_point
+from meli.io import Progress, atomic_path, compression, local_path, open_decompressed, setup_logging, sha256_file
 from meli.redact import redact_url
 
 log = logging.getLogger("meli.data.fetch")
@@ -45,41 +42,18 @@ class _Transient(Exception):
     """Worth another attempt."""
 
 
-def local_path(source: str | os.PathLike) -> Path | None:
-    """The file a file:// URL or plain path names (not copied), or None for http(s) URLs."""
-    source = str(source)
-    parsed = urlparse(source)
-    if parsed.scheme in ("http", "https"):
-        return None
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive, not a scheme
-        raise FetchError(f"unsupported URL scheme {parsed.scheme!r} in {source!r} (use http(s)://, file:// or a path)")
-    return Path(source)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK * 4), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_archive(path: str | os.PathLike, name: str | None = None) -> None:
     """Decompress a .gz/.bz2 file to the end (by magic bytes); a truncated or corrupt one raises FetchError."""
     path = Path(path)
-    with open(path, "rb") as f:
-        magic = f.read(3)
-    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else None
-    if opener is None:
+    kind = compression(path)
+    if kind is None:
         return
     try:
-        with opener(path, "rb") as f:
+        with open_decompressed(path) as f:
             while f.read(CHUNK * 8):
                 pass
     except (EOFError, OSError, ValueError) as err:
-        raise FetchError(f"{name or path}: truncated or corrupt {opener.__module__} archive ({err})") from err
+        raise FetchError(f"{name or path}: truncated or corrupt {kind} archive ({err})") from err
 
 
 # What a file must start with, by its name: a download whose bytes disagree is not the file.
@@ -215,6 +189,7 @@ def _download(url: str, out: Path, sha256: str | None, timeout: float) -> None:
     log.info("%s -> %s (%d bytes, sha256 %s)", redact_url(url), out, received, digest.hexdigest())
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="http(s):// URL, file:// URL or local path")
@@ -234,4 +209,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -40,9 +39,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from meli.cli import MeliError
-from meli.data.fetch import FetchError, local_path, sha256_file
-from meli.io import atomic_path, format_seconds, peak_rss_mb, setup_logging
+from meli.cli import MeliError, entry_point
+from meli.data.fetch import FetchError
+from meli.io import UnsupportedSource, atomic_path, format_seconds, local_path, peak_rss_mb, setup_logging, sha256_file
 from meli.data.readers import (DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_SOURCE_BYTES, READER_BAD_REASONS, Chunk, Limits,
                                SourceError, detect_format, read_chunks)
 from meli.data import duplicates
@@ -518,6 +517,7 @@ def _value_counts(column: pa.Array) -> dict[str, int]:
     return {v.as_py(): c.as_py() for v, c in zip(counts.field("values"), counts.field("counts"))}
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="local file or directory (file:// URLs too)")
@@ -540,11 +540,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg[section][key] = value
     try:
         prepare(args.source, args.out_dir, cfg, max(args.threads, 1))
-    except (PrepareError, SourceError, FetchError) as err:
+    except (PrepareError, SourceError, FetchError, UnsupportedSource) as err:
         log.error("%s", err)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -33,6 +33,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from meli.cli import MeliError
+from meli.io import compression as compression_of
 
 COLUMNS = ("title", "category", "label_quality", "language", "split")
 SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
@@ -196,7 +197,7 @@ def _refuse_foreign(path: Path) -> None:
         what = "an Excel workbook; save it as CSV UTF-8" if path.suffix.lower() in (".xlsx", ".xlsm") \
             else "a zip archive; unzip it and point dataset.source at the CSV/JSON-lines file inside"
         raise SourceError(f"{path}: this is {what}")
-    if magic[:2] == b"\x1f\x8b" and not path.name.lower().endswith((".tar.gz", ".tgz")):
+    if compression_of(path) == "gzip" and not path.name.lower().endswith((".tar.gz", ".tgz")):
         try:  # a gzip whose member is cut short or damaged fails here, not 10 minutes into the read
             with gzip.open(path, "rb") as f:
                 f.read(1 << 16)
@@ -204,14 +205,8 @@ def _refuse_foreign(path: Path) -> None:
             raise SourceError(f"{path}: corrupt or truncated gzip file ({err}); download it again") from None
 
 
-def _compression(path: Path) -> str | None:
-    with open(path, "rb") as f:
-        magic = f.read(3)
-    return "gzip" if magic[:2] == b"\x1f\x8b" else "bz2" if magic == b"BZh" else None
-
-
 def _open_text_bytes(path: Path) -> BinaryIO:
-    return pa.input_stream(str(path), compression=_compression(path))
+    return pa.input_stream(str(path), compression=compression_of(path))
 
 
 def _conform(table: pa.Table, path: object, first_row: int = 1,
@@ -326,7 +321,7 @@ def read_raw_csv(path: Path, chunk_rows: int = 500_000, limits: Limits | None = 
 
     limits = limits or Limits()
     position = _Position(path)
-    compression = _compression(path)
+    compression = compression_of(path)
     stream = pa.CompressedInputStream(position.raw, compression) if compression else pa.PythonFile(position.raw)
     stream = pa.PythonFile(_CappedStream(stream, limits, path), mode="r")
     # A block holds whole lines: a line longer than the block fails in Arrow ("straddling"), below.
@@ -474,7 +469,7 @@ def read_course_jsonl(path: Path, chunk_rows: int = 500_000, limits: Limits | No
     done = 0
     for file in files:
         position = _Position(file)
-        compression = _compression(file)
+        compression = compression_of(file)
         try:
             stream = pa.CompressedInputStream(position.raw, compression) if compression else pa.PythonFile(position.raw)
             yield from _jsonl_chunks(stream, file.name, chunk_rows,

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from meli.cli import MeliError
+from meli.cli import MeliError, entry_point
 from meli.io import Progress, atomic_path, peak_rss_mb, setup_logging
 
 PAD, UNK = "[PAD]", "[UNK]"
@@ -333,7 +333,8 @@ def run(data_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Mapping, l
     return stats
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="directory with {train,validation,test}.parquet")
     parser.add_argument("--out-dir", required=True)
@@ -344,8 +345,9 @@ def main(argv: list[str] | None = None) -> None:
         run(args.data_dir, args.out_dir, json.loads(args.config), logger)
     except FeatureError as err:
         logger.error("%s", err)
-        raise SystemExit(1) from None
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -28,10 +28,8 @@ written together, atomically: a bad input leaves neither.
 from __future__ import annotations
 
 import argparse
-import bz2
 import contextlib
 import functools
-import gzip
 import hashlib
 import itertools
 import json
@@ -50,8 +48,9 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from meli.cli import entry_point
 from meli.embeddings.features import PAD_ID, UNK_ID, FeatureError, Vocab, load_vocab
-from meli.io import Progress, atomic_path, peak_rss_mb, setup_logging
+from meli.io import Progress, atomic_path, compression, open_decompressed, peak_rss_mb, setup_logging
 
 KINDS = ("pretrained", "word2vec", "fasttext")
 SPEC_DEFAULTS = {
@@ -226,14 +225,11 @@ class _Prefetched:
 def _open(path: Path) -> Iterator:
     """A binary file object, decompressing gzip/bzip2 (recognised by magic bytes) ahead of the
     parser in a background thread."""
-    with open(path, "rb") as fh:
-        magic = fh.read(3)
-    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else None
-    if opener is None:
+    if compression(path) is None:
         with open(path, "rb") as fh:
             yield fh
         return
-    reader = _Prefetched(opener(path, "rb"))
+    reader = _Prefetched(open_decompressed(path))
     try:
         yield reader
     finally:
@@ -503,6 +499,30 @@ def _binary(source: Path, spec: Mapping, logger: logging.Logger) -> bool:
     return looks_binary
 
 
+def _collect(source: Path, spec: Mapping, collector: _Collector, logger: logging.Logger):
+    """Feed the spec's vectors into ``collector``: (the gensim KeyedVectors or None, vectors in the source)."""
+    dim = spec["dim"]
+    if spec["kind"] != "pretrained":
+        kv = train_vectors(source, spec, collector, logger)
+        return kv, len(kv.index_to_key)
+    if source.suffix == ".kv":
+        kv = read_keyed_vectors(source, collector, dim)
+        return kv, len(kv.index_to_key)
+    if _binary(source, spec, logger):
+        return None, read_binary_vectors(source, collector, dim, logger)
+    return None, read_text_vectors(source, collector, dim, logger)
+
+
+def _subword_rows(kv, source: Path, vocab, collector: _Collector) -> None:
+    """oov_init: fasttext: every real word without a vector gets its FastText subword vector."""
+    if not hasattr(kv, "get_vector") or not hasattr(kv, "buckets_word"):
+        raise EmbeddingError(f"{source}: oov_init: fasttext needs FastText vectors (kind: fasttext or a FastText .kv)")
+    for row in np.flatnonzero(collector.how <= NONE):
+        if row > UNK_ID:  # real words only
+            collector.matrix[row] = kv.get_vector(vocab.words[row])
+            collector.how[row] = SUBWORD
+
+
 def build(vocab_path: str | os.PathLike, source: str | os.PathLike, spec: Mapping, logger: logging.Logger):
     """(matrix, coverage dict) for one embedding spec; nothing is written."""
     started = time.monotonic()
@@ -517,17 +537,7 @@ def build(vocab_path: str | os.PathLike, source: str | os.PathLike, spec: Mappin
         raise EmbeddingError(f"{source}: oov_init: fasttext needs FastText vectors (kind: fasttext or a FastText .kv)")
     dim = spec["dim"]
     collector = _Collector(vocab, dim, normalize=spec["normalize_words"] and spec["kind"] == "pretrained")
-    kv, source_vectors = None, None
-    if spec["kind"] != "pretrained":
-        kv = train_vectors(source, spec, collector, logger)
-        source_vectors = len(kv.index_to_key)
-    elif source.suffix == ".kv":
-        kv = read_keyed_vectors(source, collector, dim)
-        source_vectors = len(kv.index_to_key)
-    elif _binary(source, spec, logger):
-        source_vectors = read_binary_vectors(source, collector, dim, logger)
-    else:
-        source_vectors = read_text_vectors(source, collector, dim, logger)
+    kv, source_vectors = _collect(source, spec, collector, logger)
 
     matrix, how = collector.matrix, collector.how
     found = how > NONE
@@ -537,12 +547,7 @@ def build(vocab_path: str | os.PathLike, source: str | os.PathLike, spec: Mappin
             " (another language, or the titles cleaned differently?)"
         )
     if spec["oov_init"] == "fasttext":
-        if not hasattr(kv, "get_vector") or not hasattr(kv, "buckets_word"):
-            raise EmbeddingError(f"{source}: oov_init: fasttext needs FastText vectors (kind: fasttext or a FastText .kv)")
-        for row in np.flatnonzero(~found):
-            if row > UNK_ID:  # real words only
-                matrix[row] = kv.get_vector(vocab.words[row])
-                how[row] = SUBWORD
+        _subword_rows(kv, source, vocab, collector)
     # Seeded noise drawn for every row, so a word's noise depends on the seed and its id only.
     scale = float(matrix[found].std()) or 1.0
     noise = np.random.default_rng(spec["seed"]).standard_normal(matrix.shape, dtype=np.float32)
@@ -599,7 +604,8 @@ def run(vocab_path, source, spec: Mapping, out_dir, logger: logging.Logger) -> d
     return coverage
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vocab", required=True, help="vocab.tsv of the features stage")
     parser.add_argument("--source", required=True, help="vectors file (pretrained) or train.parquet")
@@ -611,8 +617,9 @@ def main(argv: list[str] | None = None) -> None:
         run(args.vocab, args.source, json.loads(args.spec), args.out_dir, logger)
     except FeatureError as err:
         logger.error("%s", err)
-        raise SystemExit(1) from None
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

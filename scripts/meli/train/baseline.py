@@ -31,16 +31,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from meli.cli import entry_point
 from meli import models, runs
 from meli.embeddings.tfidf import load_csr, load_vectorizer
 from meli.grid import combo_id
@@ -198,17 +197,18 @@ def mean_neg_log(true_prob: np.ndarray) -> float:
 
 
 def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path, out_dir: str | Path,
-          threads: int = 1, tfidf_dir: str | Path | None = None) -> dict[str, Any]:
+          threads: int = 1, tfidf_dir: str | Path | None = None, combo: str | None = None) -> dict[str, Any]:
     """Fit, score validation, write the run directory; returns metrics.json's content.
 
-    ``tfidf_dir`` (default ``features_dir/tfidf``) holds the shared sparse matrices and vectorizer.
+    ``tfidf_dir`` (default ``features_dir/tfidf``) holds the shared sparse matrices and vectorizer;
+    ``combo`` is the grid's combination id (default: computed from ``params`` as given).
     """
     from sklearn.utils.class_weight import compute_class_weight
     from threadpoolctl import threadpool_limits
 
     given = params
     params = check_params(given)
-    combo = combo_id(given)  # from the params as given: the rule named the run directory after them
+    combo = combo if combo is not None else combo_id(given)  # the id the rule named the run directory after
     out_dir = Path(out_dir)
     tfidf_dir = Path(tfidf_dir) if tfidf_dir is not None else Path(features_dir) / "tfidf"
     categories = load_categories(features_dir)
@@ -308,9 +308,11 @@ def _chunked_log_loss(classifier: Any, x: Any, labels: np.ndarray, what: str) ->
     return total / len(labels)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m meli.train.baseline", description=__doc__.split("\n")[0])
     ap.add_argument("--params", required=True, help="JSON object: C, class_weights, seed")
+    ap.add_argument("--combo", default=None, help="the combination id the grid gave it (default: from --params)")
     ap.add_argument("--data-dir", required=True, type=Path)
     ap.add_argument("--features", required=True, type=Path, help="directory with labels.json")
     ap.add_argument("--tfidf", type=Path, default=None, help="shared sparse features (default FEATURES/tfidf)")
@@ -328,8 +330,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from meli.train import baseline
 
     baseline.train(params, args.data_dir, args.features, args.out_dir, threads=max(1, args.threads),
-                   tfidf_dir=args.tfidf)
+                   tfidf_dir=args.tfidf, combo=args.combo)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
