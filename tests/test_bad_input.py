@@ -505,7 +505,8 @@ def test_predict_titles_file_in_latin1_names_the_file(tmp_path, capsys):
 
 def test_tfidf_predictor_counts_known_ngrams(tmp_path):
     from meli.embeddings.tfidf import TitleVectorizer
-    from meli.train.baseline import TfidfPredictor, fit_ovr_svc
+    from meli.inference import TfidfPredictor
+    from meli.train.baseline import fit_ovr_svc
 
     texts = ["taladro percutor", "funda celular", "taladro bosch", "funda silicona"]
     vectorizer = TitleVectorizer({"word_ngrams": [1, 1], "char_ngrams": [], "min_df": 1})

@@ -13,6 +13,7 @@ import pytest
 
 from meli.embeddings import tfidf as tfidf_features
 from meli.grid import combo_id
+from meli.inference import load_predictor
 from meli.train import baseline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_fit_writes_contract_and_learns(dataset, tmp_path):
     assert (out / "model.joblib").exists()
     assert not list(out.glob(".*"))  # no temporary file left behind
 
-    predictor = baseline.load_predictor(out, data, features)
+    predictor = load_predictor(out, data, features)  # the family from the run record: tfidf
     assert predictor.categories == [f"cat_{k}" for k in range(N_CLASSES)]
     proba = predictor.predict_proba_split("validation")
     assert proba.dtype == np.float32 and proba.shape == (180, N_CLASSES)
@@ -110,7 +111,7 @@ def test_predict_proba_texts_cleans_raw_titles(dataset, tmp_path):
     data, features = dataset
     out = tmp_path / "run"
     baseline.train({"C": 10.0}, data, features, out)
-    predictor = baseline.load_predictor(out, data, features)
+    predictor = load_predictor(out, data, features)  # the family from the run record: tfidf
     # Upper case, punctuation and a stopword: only the data stage's cleaner (summary.json's
     # preprocess section) turns these into the training vocabulary.
     proba = predictor.predict_proba_texts(["C3A, W1 ¡C3B0! para W7", "Cámara C0A de W2 c0b1"])

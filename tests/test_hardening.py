@@ -218,6 +218,8 @@ def test_predict_on_a_damaged_model_is_one_line_without_traceback(tmp_path, monk
     run = tmp_path / "results" / "runs" / "x" / "c"
     run.mkdir(parents=True)
     (run / model_file).write_bytes(content)
+    # The run record names the family (meli.inference dispatches on it, not on the file name).
+    (run / "metrics.json").write_text(json.dumps({"family": "tfidf" if model_file == "model.joblib" else "mlp"}))
     monkeypatch.chdir(tmp_path)
     assert predict.main(["--run", "results/runs/x/c", "--device", "cpu", "t"]) == 2
     err = capsys.readouterr().err
@@ -312,6 +314,7 @@ def test_predict_device_cuda_without_cuda_is_a_clear_message(tmp_path, monkeypat
     run = tmp_path / "results" / "runs" / "mlp" / "c"
     run.mkdir(parents=True)
     (run / "model.pt").write_bytes(b"x")
+    (run / "metrics.json").write_text(json.dumps({"family": "mlp"}))  # the record names the family
     monkeypatch.chdir(tmp_path)
     assert predict.main(["--run", "results/runs/mlp/c", "--device", "cuda", "t"]) == 1
     err = capsys.readouterr().err
