@@ -86,7 +86,7 @@ def test_dry_run_lists_one_gpu_job_per_combination_without_a_cluster(tmp_path, m
     expected = {
         family: math.prod(len(values) for values in full["train"][family]["grid"].values())
         + len(full["train"][family].get("combinations") or [])  # explicit ones (the input-tfidf MLP)
-        for family in ("mlp", "cnn")
+        for family in ("mlp", "cnn", "rnn")
     }
     jobs = _job_blocks(out, "train_neural")
     per_family = {f: sum(f"neural={f}," in b for b in jobs) for f in expected}
@@ -200,8 +200,8 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     assert jobs, "sacct lists no job of this run"
     training = [j for j in jobs if j["Comment"].startswith(("rule_train_neural_wildcards_", "rule_train_final_"))]
     combos = {p.parent.name: p.parent.parent.name for p in (wf / "results" / "runs").glob("*/*/metrics.json")}
-    neural = {c: f for c, f in combos.items() if f in ("mlp", "cnn")}
-    assert len(neural) == 2 and len(combos) == 4
+    neural = {c: f for c, f in combos.items() if f in ("mlp", "cnn", "rnn")}
+    assert len(neural) == 3 and len(combos) == 5
     for combo, family in neural.items():
         rule = "train_final" if family == "mlp" else "train_neural"
         own = [j for j in training if j["Comment"] == f"rule_{rule}_wildcards_{family}_{combo}"]

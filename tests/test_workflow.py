@@ -47,7 +47,7 @@ def test_dry_run_of_every_config(workflow_dir: Path, configfile: Path):
     counts = job_counts(proc.stdout)
     cfg = yaml.safe_load(configfile.read_text())
     assert counts["all"] == 1 and counts["report_html"] == 1
-    used = {e for f in ("mlp", "cnn") for e in cfg["train"][f]["grid"].get("embedding", cfg["embeddings"])}
+    used = {e for f in ("mlp", "cnn", "rnn") for e in cfg["train"][f]["grid"].get("embedding", cfg["embeddings"])}
     assert counts["embedding_matrix"] == len(used)
     assert counts["train_neural"] >= 2 and counts["train_tfidf"] >= 1
     assert counts["tfidf_features"] == 1  # one shared sparse matrix, whatever the number of jobs reading it
@@ -150,7 +150,7 @@ def test_end_to_end_tiny_run_produces_the_report(tiny_run):
         df = pd.read_parquet(res / "data" / f"{split}.parquet")
         assert len(df) > 0 and {"title", "text", "category", "label_quality", "language"} <= set(df.columns)
     runs = pd.read_csv(res / "tables" / "runs.csv")
-    assert set(runs["family"]) == {"mlp", "cnn", "tfidf"}
+    assert set(runs["family"]) == {"mlp", "cnn", "rnn", "tfidf"}
     assert len(runs) == len(list((res / "runs").glob("*/*/metrics.json")))
     for metrics_file in (res / "runs").glob("*/*/metrics.json"):
         metrics = json.loads(metrics_file.read_text())
@@ -158,12 +158,12 @@ def test_end_to_end_tiny_run_produces_the_report(tiny_run):
     # better than chance on 8 categories, but the demo data is not trivially separable
     assert runs["val_bacc"].max() > 0.3
     test = pd.read_csv(res / "tables" / "test.csv")
-    assert set(test["family"]) == {"mlp", "cnn", "tfidf"}
+    assert set(test["family"]) == {"mlp", "cnn", "rnn", "tfidf"}
     html = (res / "report.html").read_text()
     assert "<html" in html.lower() and len(html) > 5000
     assert json.loads((res / "mlflow" / "imported.json").read_text())
     selected = json.loads((res / "mlflow" / "selected.json").read_text())["selected"]
-    assert set(selected) == {"mlp", "cnn", "tfidf"} and all(s["model"] for s in selected.values())
+    assert set(selected) == {"mlp", "cnn", "rnn", "tfidf"} and all(s["model"] for s in selected.values())
     assert not list(res.glob("checkpoints/*/*/*")), "checkpoints should be removed after a finished run"
 
 
@@ -239,7 +239,7 @@ def _stat_mtime(path: Path) -> float:
 @pytest.fixture(scope="module")
 def failed_sweep(tiny_run, tmp_path_factory):
     """The finished tiny run, then its grid extended by a learning rate that diverges: one of
-    four combinations fails (with keep-going, as profiles/slurm runs)."""
+    five combinations fails (with keep-going, as profiles/slurm runs)."""
     wf_ref, _ = tiny_run
     wf = tmp_path_factory.mktemp("failed") / "wf"
     shutil.copytree(wf_ref, wf, symlinks=True)
@@ -257,11 +257,11 @@ def test_a_failed_combination_leaves_partial_tables_report_and_mlflow(failed_swe
     wf, proc, diverged = failed_sweep
     out, res = proc.stdout + proc.stderr, wf / "results"
     assert proc.returncode != 0 and "At least one job did not complete successfully" in out
-    assert "done 3 · running 0 · failed 1 · left 0" in out
+    assert "done 4 · running 0 · failed 1 · left 0" in out
     runs = pd.read_csv(res / "tables" / "runs.csv")
-    assert len(runs) == 3 and diverged not in set(runs["combo"]) and set(runs["family"]) == {"mlp", "cnn", "tfidf"}
+    assert len(runs) == 4 and diverged not in set(runs["combo"]) and set(runs["family"]) == {"mlp", "cnn", "rnn", "tfidf"}
     html = (res / "report.html").read_text()
-    assert "Partial: 1 of 4 combinations missing" in html and '<section id="sweep">' in html
+    assert "Partial: 1 of 5 combinations missing" in html and '<section id="sweep">' in html
     row = re.search(rf"<tr><td>mlp</td><td><code>{re.escape(diverged)}</code></td>(.*?)</tr>", html).group(1)
     assert "<td>diverged</td>" in row and '<td class="num">1</td>' in row and "Lower" in row  # the job's own advice
     assert f"results/logs/train/mlp/{diverged}.log" in row
@@ -406,7 +406,7 @@ def test_every_readme_command_works(tiny_run, tmp_path):
             if words[1] == "predict":
                 assert "%" in out, out
             else:  # a finished sweep: progress only, the final report is left alone
-                assert "done 3 · running 0 · failed 0 · left 0" in out and "every combination has finished" in out
+                assert "done 4 · running 0 · failed 0 · left 0" in out and "every combination has finished" in out
                 assert "Partial" not in (wf / "results" / "report.html").read_text()
         elif words[0] == "meli-predict":
             out = sh(cmd.replace("<combination>", mlp_combo), wf)

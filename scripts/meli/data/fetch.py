@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry")
     parser.add_argument("--backoff", type=float, default=2.0, help="first retry delay, doubled each time")
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging("meli.data.fetch")
     try:
         fetch(args.source, args.out, args.sha256 or None, args.retries, args.timeout, args.backoff)
     except FetchError as err:

@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-line-bytes", type=int, help="dataset.max_line_bytes")
     parser.add_argument("--max-source-bytes", type=int, help="dataset.max_source_bytes")
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging("meli.data.prepare")
     pa.set_cpu_count(max(args.threads, 1))
     cfg = json.loads(args.config)
     for section, key, value in (("preprocess", "chunk_rows", args.chunk_rows),

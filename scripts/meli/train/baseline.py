@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out-dir", required=True, type=Path)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    setup_logging()
+    setup_logging("meli.train.baseline")
     try:
         params = json.loads(args.params)
     except json.JSONDecodeError as err:
