@@ -131,3 +131,30 @@ def test_every_family_default_is_the_validated_configs_default(name):
     assert {k: v[0] for k, v in filled.items()} == {k: v for k, v in defaults.items() if k in filled}
     documented = set(defaults) - set(filled)
     assert documented <= {"input", "lr_schedule", "label_smoothing"}, documented
+
+
+def _schema_defaults(*path: str) -> dict:
+    node = SCHEMA["properties"]
+    for key in path[:-1]:
+        node = node[key]["properties"]
+    props = node[path[-1]]
+    props = props["patternProperties"][next(iter(props["patternProperties"]))] if "patternProperties" in props else props
+    return {k: v["default"] for k, v in props["properties"].items() if "default" in v}
+
+
+@pytest.mark.parametrize("module, name, section", [
+    ("meli.data.text", "DEFAULTS", ("preprocess",)),
+    ("meli.embeddings.features", "DEFAULTS", ("vocab",)),
+    ("meli.embeddings.tfidf", "DEFAULTS", ("tfidf_features",)),
+    ("meli.embeddings.matrix", "SPEC_DEFAULTS", ("embeddings",)),
+    ("meli.report.evaluate", "DEFAULTS", ("report",)),
+])
+def test_stage_defaults_restated_in_code_equal_the_schema(module, name, section):
+    """Stages called outside the workflow (tests, benchmarks, meli-predict) complete a config section
+    with these; the validated config is the source, so they must never drift from it."""
+    import importlib
+
+    restated = getattr(importlib.import_module(module), name)
+    schema = _schema_defaults(*section)
+    assert {k: v for k, v in restated.items() if k in schema} == {k: schema[k] for k in restated if k in schema}
+    assert set(restated) - set(schema) <= {"source"}, set(restated) - set(schema)  # source: no default, required

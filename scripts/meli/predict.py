@@ -12,7 +12,7 @@ top-k, flagged: the model saw only [UNK]/padding, so the probabilities are its p
 categories, not a reading of the title. The text output says so under the title; the JSON has
 ``known_words: 0`` and a ``warning``.
 
-Trust: an MLP/CNN ``model.pt`` is read with ``torch.load(weights_only=True)`` (tensors only, no
+Trust: a neural run's ``model.pt`` is read with ``torch.load(weights_only=True)`` (tensors only, no
 code). A TF-IDF ``model.joblib`` is a pickle: loading it runs whatever code it holds. It is
 loaded only from the run directories of the workflow you are in (``./results/runs/...``, or
 the run ``--family`` selects); for a run directory anywhere else (a colleague's, a download)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None, load_predictor=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="a run directory, results/runs/{family}/{combo}")
-    which.add_argument("--family", help="use this family's run selected on validation (mlp, cnn, tfidf)")
+    which.add_argument("--family", help="use this family's run selected on validation (mlp, cnn, rnn, tfidf)")
     ap.add_argument("--selection", default="results/tables/selection.json")
     ap.add_argument("--data-dir", help="default: <results>/data beside the run")
     ap.add_argument("--features", help="default: <results>/features beside the run")
