@@ -117,3 +117,14 @@ def resolve_run_dir(run_dir: str | Path, selection_path: str | Path) -> Path:
 def results_root(run_dir: str | Path) -> Path:
     """results/ from results/runs/{family}/{combo}."""
     return Path(run_dir).resolve().parents[2]
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run's resumable state lives, outside its declared outputs:
+    results/runs/{family}/{combo} -> results/checkpoints/{family}/{combo}."""
+    parts = list(Path(run_dir).parts)
+    if "runs" in parts:
+        i = len(parts) - 1 - parts[::-1].index("runs")
+        return Path(*parts[:i], "checkpoints", *parts[i + 1 :])
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.checkpoint"

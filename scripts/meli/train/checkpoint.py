@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from meli import runs
 from meli.cli import MeliError
 from meli.io import atomic_path
 
@@ -38,13 +39,7 @@ class StartStateError(MeliError, ValueError):
     """The previous rung's training state cannot be continued."""
 
 
-def default_checkpoint_dir(out_dir: Path) -> Path:
-    """results/runs/{family}/{combo} -> results/checkpoints/{family}/{combo}."""
-    parts = list(out_dir.parts)
-    if "runs" in parts:
-        i = len(parts) - 1 - parts[::-1].index("runs")
-        return Path(*parts[:i], "checkpoints", *parts[i + 1 :])
-    return out_dir.parent / f".{out_dir.name}.checkpoint"
+default_checkpoint_dir = runs.checkpoint_dir  # the run paths live with the run record (meli.runs)
 
 
 def fingerprint(family: str, params: dict[str, Any], inputs: list[Path]) -> dict[str, Any]:
