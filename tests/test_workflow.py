@@ -67,16 +67,16 @@ def test_snakemake_lint_is_clean(workflow_dir: Path):
 
 
 def test_full_config_fans_out_the_seeds_grids(workflow_dir: Path):
-    """config/meli2019.yaml: 2×2×2×2 MLP + 2×2×2×2×2 CNN combinations, each its own job, no network."""
+    """config/meli2019.yaml: 2×2×2×2 MLP + 2×2×2×2×2 CNN + 2×2×2 RNN combinations, each its own job, no network."""
     proc = snakemake(workflow_dir, "-n", "--configfile", "config/meli2019.yaml")
     counts = job_counts(proc.stdout)
-    assert counts["train_neural"] == 16 + 1 + 32  # + the input-tfidf MLP
+    assert counts["train_neural"] == 16 + 1 + 32 + 8  # + the input-tfidf MLP
     assert counts["download_dataset"] == 1 and counts["download_vectors"] == 1
     assert "meli-challenge-2019.tar.bz2" in proc.stdout
     # every combination directory is distinct and readable
-    dirs = set(re.findall(r"results/runs/(?:mlp|cnn)/([^/\s]+)/metrics\.json", proc.stdout))
-    assert len(dirs) == 49
-    assert sum(d.startswith("emb-sbwce_frz-") for d in dirs) == 48
+    dirs = set(re.findall(r"results/runs/(?:mlp|cnn|rnn)/([^/\s]+)/metrics\.json", proc.stdout))
+    assert len(dirs) == 57
+    assert sum(d.startswith("emb-sbwce_frz-") for d in dirs) == 56
     assert sum(d.startswith("in-tfidf_h-512_") for d in dirs) == 1
 
 

@@ -62,7 +62,7 @@ def predict_logits(model: nn.Module, ids: torch.Tensor, device: torch.device, ba
     """Float32 logits ``[rows, classes]`` for every row: only for a handful of rows (e.g. raw titles)."""
     out = [logits for _, logits in iter_logits(model, ids, device, batch_size)]
     if not out:
-        return torch.empty((0, model.out.out_features), device=device)
+        return torch.empty((0, model.n_classes), device=device)  # the network contract (meli.models.nets)
     return torch.cat(out)
 
 
