@@ -332,7 +332,7 @@ def test_lost_outputs_are_retrained_and_make_report_runs_beside_the_sweep(failed
         assert live.returncode == 0, live.stdout + live.stderr
         assert re.search(r"done \d · running [12] · failed 0 · left [01] · ETA ~", live.stdout), live.stdout
         html = (res / "report.html").read_text()
-        assert re.search(r"Partial: [12] of 3 combinations missing", html) and "<td>running</td>" in html
+        assert re.search(r"Partial: [12] of 4 combinations missing", html) and "<td>running</td>" in html
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
@@ -341,7 +341,7 @@ def test_lost_outputs_are_retrained_and_make_report_runs_beside_the_sweep(failed
     assert (mlp / "model.pt").exists() and len(list((res / "runs" / "tfidf").glob("*/model.joblib"))) == 1
     html = (res / "report.html").read_text()
     assert "Partial:" not in html and '<section id="sweep">' not in html
-    assert len(pd.read_csv(res / "tables" / "runs.csv")) == 3 and (res / "tables" / "test.csv").exists()
+    assert len(pd.read_csv(res / "tables" / "runs.csv")) == 4 and (res / "tables" / "test.csv").exists()
     assert _stat_mtime(res / "report.html") > 10**6
     # after full success a rerun is a no-op
     again = snakemake(wf, "--cores", "2", "--configfile", str(TINY_CONFIG))
