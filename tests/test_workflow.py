@@ -480,7 +480,7 @@ def test_cosmetic_and_operational_keys_plan_no_training_job(tiny_run, tmp_path):
     cfg["vocab"]["max_len"] = 12
     changed.write_text(yaml.safe_dump(cfg))
     planned = job_counts(snakemake(wf, "-n", "--configfile", str(changed)).stdout)
-    assert planned["features"] == 1 and planned["train_neural"] == 2
+    assert planned["features"] == 1 and planned["train_neural"] == 3  # mlp, cnn, rnn
 
 
 def test_checkout_path_with_braces_and_percent_encoded_vectors_url(tmp_path):
