@@ -40,12 +40,12 @@ def test_dry_run_lists_rung_0_and_says_later_rungs_depend_on_results(workflow_di
     counts = job_counts(out)
     assert counts["train_rung"] == 4  # rung 0: every MLP combination, 2 epochs each
     assert counts["select_rung"] >= 1 and "train_final" not in counts
-    assert counts["train_neural"] == 1  # the single CNN combination: nothing to prune, trained as in a grid
+    assert counts["train_neural"] == 2  # the single CNN and RNN combinations: nothing to prune, trained as in a grid
     assert out.count("--until-epoch 2 ") == 4
     assert "checkpoint jobs, which will result in alteration of the DAG" in out
     # the default (grid) has no search jobs
     grid = job_counts(snakemake(workflow_dir, "-n", "--configfile", str(TINY_CONFIG)).stdout)
-    assert "train_rung" not in grid and "select_rung" not in grid and grid["train_neural"] == 2
+    assert "train_rung" not in grid and "select_rung" not in grid and grid["train_neural"] == 3
 
 
 @pytest.fixture(scope="module")
