@@ -267,7 +267,11 @@ def inspect(tools: DevTools, html_path: Path, width: int, screenshot_to: Path | 
     tools.events.clear()
     tools.call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1,
                mobile=width < 500)
-    tools.call("Page.navigate", url=html_path.resolve().as_uri())
+    if not Path(html_path).is_file():  # Chromium would show (and screenshot) its own error page
+        raise FileNotFoundError(f"{html_path}: no such report")
+    nav = tools.call("Page.navigate", url=Path(html_path).resolve().as_uri())
+    if nav.get("errorText"):
+        raise RuntimeError(f"{html_path}: Chromium could not open it ({nav['errorText']})")
     tools.wait_for("Page.loadEventFired")
     data = tools.call("Runtime.evaluate", expression=f"{PROBE}({width})", returnByValue=True)["result"]["value"]
     if screenshot_to is not None:
@@ -288,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-out/report-shots", type=Path)
     ap.add_argument("--report", type=Path, help="an existing report.html (default: a synthetic 20-run sweep)")
     args = ap.parse_args(argv)
+    if args.report and not args.report.is_file():
+        print(f"{args.report}: no such report (render it first, e.g. snakemake results/report.html)", file=sys.stderr)
+        return 2
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

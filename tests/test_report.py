@@ -133,7 +133,8 @@ def test_number_formats_are_consistent():
     assert html_parts.fmt_param(True) == "true" and html_parts.signed(-0.01234) == "−0.0123"
     sortable = html_parts.table(["#", "lr", "run"], [[1, 0.01, "a" * 50]], sortable=True, row_filters=["lr=0.01"])
     assert 'class="sortable"' in sortable and 'data-v="0.01"' in sortable and 'data-filter="lr=0.01"' in sortable
-    assert "<td class=id>" + "a" * 50 in sortable  # a run id stays on one line, last
+    # a run id stays on one line, last, and reads in full on hover when the table cuts it
+    assert f'<td class=id title="{"a" * 50}">' + "a" * 50 in sortable
 
 
 def test_parallel_coordinates_scales():
@@ -143,7 +144,7 @@ def test_parallel_coordinates_scales():
     assert kind == "log" and pos(0.001) == 0 and pos(0.01) == 1 and 0.4 < pos(0.003) < 0.5
     assert [t for _, t in ticks] == ["0.001", "0.003", "0.01"]
     kind, ticks, pos = charts.Axis("freeze", [True, False, True]).scale()
-    assert kind == "categorical" and [t for _, t in ticks] == ["False", "True"] and pos(True) == 1
+    assert kind == "categorical" and [t for _, t in ticks] == ["false", "true"] and pos(True) == 1
     kind, _, pos = charts.Axis("dropout", [0.2, 0.5, None]).scale()
     assert kind == "linear" and pos(0.5) == 1 and pos(None) is None
     svg = charts.parallel_coordinates(

@@ -26,6 +26,7 @@ import pandas as pd
 from meli.cli import entry_point
 from meli.grid import FAMILIES, KEY_ORDER
 from meli.io import atomic_path, dir_lock, setup_logging, write_json
+from meli.report import order
 from meli.runs import TABLE_KEYS, RunError, read_metrics
 
 # The run-level columns of runs.csv, after family/combo and the hyperparameters.
@@ -190,10 +191,10 @@ def effects(df: pd.DataFrame) -> pd.DataFrame:
                                       "min_val_bacc", "max_val_bacc"])
     if out.empty:
         return out
-    out["_num"] = pd.to_numeric(out["value"], errors="coerce")
-    out["_rank"] = out["family"].map(_family_rank)
-    out = out.sort_values(["_rank", "family", "hyperparameter", "_num", "value"], kind="stable")
-    return out.drop(columns=["_num", "_rank"]).reset_index(drop=True)
+    # Values in their natural order ([16] < [64] < [128]; 3e-05 < 0.001), not as text.
+    keys = [(_family_rank(f), f, h, order.value_key(v)) for f, h, v in zip(out["family"], out["hyperparameter"],
+                                                                            out["value"])]
+    return out.iloc[sorted(range(len(out)), key=keys.__getitem__)].reset_index(drop=True)
 
 
 def markdown(df: pd.DataFrame, selection: dict[str, Any]) -> str:

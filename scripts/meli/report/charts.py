@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Callable, Sequence
 
+from meli.report import order
+
 WIDTH, HEIGHT = 420, 260
 MARGIN = {"left": 58, "right": 14, "top": 30, "bottom": 42}
 MUTED = "#9aa5b1"
@@ -146,17 +148,13 @@ def _spread(ys: list[float], gap: float, lo: float, hi: float) -> list[float]:
 
 
 def _end_labels(ends: list[tuple[int, float, float]], x_max: float, top: float, bottom: float) -> list[str]:
-    """Rank numbers beside the last point of each ranked line, nudged apart so none overlap."""
+    """Rank numbers in the right margin beside the last point of each ranked line, nudged apart so
+    none overlap. No leader lines: a dotted line from a curve's end reads as more data."""
     if not ends:
         return []
     ys = _spread([y for _, _, y in ends], 12.0, top + 6, bottom)
-    out = []
-    for (rank, x, y), ly in zip(ends, ys):
-        out.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{x_max + 3:.1f}" y2="{ly:.1f}" stroke="{rank_colour(rank)}" '
-                   'stroke-width="0.8" stroke-dasharray="2 2"/>')
-        out.append(f'<text x="{x_max + 5:.1f}" y="{ly + 4:.1f}" font-weight="700" fill="{rank_colour(rank)}">'
-                   f"{rank}</text>")
-    return out
+    return [f'<text x="{x_max + 5:.1f}" y="{ly + 4:.1f}" font-weight="700" fill="{rank_colour(rank)}">{rank}</text>'
+            for (rank, _, _), ly in zip(ends, ys)]
 
 
 def line_chart(series: list[Series], title: str, xlabel: str, ylabel: str) -> str:
@@ -199,27 +197,43 @@ class Axis:
         """(kind, ticks as (position 0..1, label), value -> position 0..1 or None)."""
         given = [v for v in self.values if v is not None]
         if given and all(_num(v) is not None for v in given):
-            present = sorted({_num(v) for v in given})
-            lo, hi = present[0], present[-1]
-            log = lo > 0 and hi / lo >= 10
-            f = (lambda v: math.log10(v)) if log else (lambda v: v)
-            span = (f(hi) - f(lo)) or 1.0
-
-            def pos(v: object) -> float | None:
-                n = _num(v)
-                return None if n is None else (0.5 if hi == lo else (f(n) - f(lo)) / span)
-
-            exact = [pos(v) for v in present]
-            crowded = len(present) > 6 or any(b - a < 0.08 for a, b in zip(exact, exact[1:]))
-            shown = [t for t in nice_ticks(lo, hi, 4) if lo <= t <= hi] or [lo, hi] if crowded else present
-            return ("log" if log else "linear"), [(pos(v), _fmt_tick(v)) for v in shown], pos
-        cats = sorted({str(v) for v in self.values if v is not None})
+            return self._numeric_scale(sorted({_num(v) for v in given}))
+        # Lists (layer sizes, kernels), booleans, names: evenly spaced in their natural order.
+        cats = [order.value_key(v) for v in order.sorted_values(given)]
+        labels = {k: _label(v) for k, v in ((order.value_key(v), v) for v in given)}
         step = 1 / max(len(cats) - 1, 1)
 
         def cat_pos(v: object) -> float | None:
-            return None if v is None else (0.5 if len(cats) == 1 else cats.index(str(v)) * step)
+            return None if v is None else (0.5 if len(cats) == 1 else cats.index(order.value_key(v)) * step)
 
-        return "categorical", [(cat_pos(c), c) for c in cats], cat_pos
+        return "categorical", [(0.5 if len(cats) == 1 else i * step, labels[k]) for i, k in enumerate(cats)], cat_pos
+
+    @staticmethod
+    def _numeric_scale(present: list[float]) -> tuple[str, list[tuple[float, str]], Callable[[object], float | None]]:
+        lo, hi = present[0], present[-1]
+        log = lo > 0 and hi / lo >= 10
+        f = (lambda v: math.log10(v)) if log else (lambda v: v)
+        span = (f(hi) - f(lo)) or 1.0
+
+        def pos(v: object) -> float | None:
+            n = _num(v)
+            return None if n is None else (0.5 if hi == lo else (f(n) - f(lo)) / span)
+
+        exact = [pos(v) for v in present]
+        crowded = len(present) > 6 or any(b - a < 0.08 for a, b in zip(exact, exact[1:]))
+        shown = ([t for t in nice_ticks(lo, hi, 4) if lo <= t <= hi] or [lo, hi]) if crowded else present
+        if all(float(v).is_integer() for v in present):  # seeds, sizes: never a "2.5" tick
+            shown = [t for t in shown if float(t).is_integer()] or [lo, hi]
+        return ("log" if log else "linear"), [(pos(v), _fmt_tick(v)) for v in shown], pos
+
+
+def _label(v: object) -> str:
+    v = order.parse(v)
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt_tick(x) if _num(x) is not None else str(x) for x in v) + "]"
+    return str(v)
 
 
 def _num(v: object) -> float | None:

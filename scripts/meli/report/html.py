@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from html import escape
 from typing import Any, Iterable
 
 import pandas as pd
 
 from meli import models
+from meli.report import order
 
 DASH = "—"
 
@@ -84,11 +86,24 @@ code { font-size:.85em; overflow-wrap:anywhere; }
 """
 
 # Progressive enhancement: without it the tables are complete, in validation order. With it, a
-# click on a header sorts (numbers by their data-v value) and a box above each sortable table
-# filters its rows ("lr=0.01 cnn": every word must appear in the row). No network, no globals.
+# click on a header sorts (numbers and lists of numbers by their data-v value) and a box above
+# each sortable table filters its rows ("lr=0.01 cnn": a key=value word must equal one of the
+# row's pairs, any other word appear in the row). No network, no globals.
 SCRIPT = """
 (function () {
-  function key(td) { var v = td.getAttribute('data-v'); return v === null ? td.textContent.trim().toLowerCase() : parseFloat(v); }
+  function key(td) {
+    var v = td.getAttribute('data-v');
+    if (v === null) { return td.textContent.trim().toLowerCase(); }
+    return v.charAt(0) === '[' ? JSON.parse(v) : parseFloat(v);
+  }
+  function nan(x) { return typeof x === 'number' && isNaN(x); }
+  // Numbers by value, lists of numbers element-wise ([16] < [64] < [128] < [128,64]), text as text.
+  function cmp(x, y) {
+    if (typeof x === 'string' || typeof y === 'string') { x = String(x); y = String(y); return x < y ? -1 : x > y ? 1 : 0; }
+    x = Array.isArray(x) ? x : [x]; y = Array.isArray(y) ? y : [y];
+    for (var i = 0; i < Math.min(x.length, y.length); i++) { if (x[i] !== y[i]) { return x[i] < y[i] ? -1 : 1; } }
+    return x.length - y.length;
+  }
   document.querySelectorAll('table.sortable').forEach(function (table) {
     var tbody = table.tBodies[0];
     table.querySelectorAll('thead th').forEach(function (th, col) {
@@ -101,9 +116,9 @@ SCRIPT = """
         var rows = Array.prototype.slice.call(tbody.rows);
         rows.sort(function (a, b) {
           var x = key(a.cells[col]), y = key(b.cells[col]);
-          var bad = (typeof x === 'number' && isNaN(x)) - (typeof y === 'number' && isNaN(y));
+          var bad = nan(x) - nan(y);
           if (bad) { return bad; }
-          return (x < y ? -1 : x > y ? 1 : 0) * (down ? -1 : 1);
+          return cmp(x, y) * (down ? -1 : 1);
         });
         rows.forEach(function (r) { tbody.appendChild(r); });
       }
@@ -122,8 +137,10 @@ SCRIPT = """
     box.addEventListener('input', function () {
       var words = box.value.toLowerCase().split(/\\s+/).filter(Boolean), shown = 0;
       Array.prototype.forEach.call(tbody.rows, function (r) {
-        var text = (r.getAttribute('data-filter') || '') + ' ' + r.textContent.toLowerCase();
-        var ok = words.every(function (w) { return text.indexOf(w) >= 0; });
+        var pairs = (r.getAttribute('data-filter') || '').split(' ');
+        var text = pairs.join(' ') + ' ' + r.textContent.toLowerCase();
+        // key=value matches that value exactly (C=1 is not C=10); other words anywhere in the row.
+        var ok = words.every(function (w) { return w.indexOf('=') > 0 ? pairs.indexOf(w) >= 0 : text.indexOf(w) >= 0; });
         r.hidden = !ok; shown += ok;
       });
       count.textContent = words.length ? ' ' + shown + ' shown' : '';
@@ -194,6 +211,22 @@ def _is_num(v: Any) -> bool:
 RUN_COLUMNS = ("run", "selected run")  # combination ids: kept on one line, last, in small print
 
 
+@dataclass(frozen=True)
+class Keyed:
+    """A cell shown as ``text`` and sorted by ``key`` (a hyperparameter: ``[256, 128]`` sorts
+    element-wise by its numbers, ``3e-05`` below ``0.001``); ``key`` None sorts as text."""
+    text: str
+    key: tuple[float, ...] | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def keyed(value: Any) -> Keyed:
+    """A hyperparameter value as a sortable cell (see :mod:`meli.report.order`)."""
+    return Keyed(fmt_param(order.parse(value)), order.numbers(value) if not _missing(value) else None)
+
+
 def _cell_class(value: Any, numeric: bool, column: str = "") -> str:
     if numeric:
         return " class=num"
@@ -201,6 +234,25 @@ def _cell_class(value: Any, numeric: bool, column: str = "") -> str:
         return " class=id"
     # Long ids (combination names, hashes) wrap instead of pushing the numbers off screen.
     return " class=wrap" if isinstance(value, str) and len(value) > 32 else ""
+
+
+def _sort_attr(c: Any, numeric: bool, sortable: bool) -> str:
+    if not sortable:
+        return ""
+    if isinstance(c, Keyed):
+        if c.key is None:
+            return ""
+        return f' data-v="{json.dumps(list(c.key)) if len(c.key) != 1 else repr(c.key[0])}"'
+    if numeric and _is_number(c):
+        return f' data-v="{float(c)!r}"'
+    return ' data-v="NaN"' if numeric and _missing(c) else ""
+
+
+def _cell(c: Any, column: str, numeric: bool, digits: int | None, raw: bool, sortable: bool) -> str:
+    text = c if raw and isinstance(c, str) else escape(c.text if isinstance(c, Keyed) else fmt(c, digits))
+    # A run id cut at the table's edge still reads in full on hover.
+    tip = f' title="{escape(str(c))}"' if column in RUN_COLUMNS and not _missing(c) else ""
+    return f"<td{_cell_class(c, numeric, column)}{_sort_attr(c, numeric, sortable)}{tip}>{text}</td>"
 
 
 def table(header: list[str], rows: Iterable[list[Any]], selected: Iterable[bool] | None = None,
@@ -221,13 +273,7 @@ def table(header: list[str], rows: Iterable[list[Any]], selected: Iterable[bool]
     head = "".join(f'<th{" class=num" if numeric[i] else ""}>{escape(h)}</th>' for i, h in enumerate(header))
     body = []
     for row, flag, filt in zip(rows, flags, filters):
-        cells = []
-        for i, c in enumerate(row):
-            text = c if raw and isinstance(c, str) else escape(fmt(c, digits[i]))
-            key = f' data-v="{float(c)!r}"' if sortable and numeric[i] and _is_number(c) else ""
-            if sortable and numeric[i] and _missing(c):
-                key = ' data-v="NaN"'
-            cells.append(f"<td{_cell_class(c, numeric[i], header[i])}{key}>{text}</td>")
+        cells = [_cell(c, header[i], numeric[i], digits[i], raw, sortable) for i, c in enumerate(row)]
         attrs = (" class=selected" if flag else "") + (f' data-filter="{escape(filt)}"' if filt else "")
         body.append(f"<tr{attrs}>{''.join(cells)}</tr>")
     cls = ' class="sortable"' if sortable else ""

@@ -27,9 +27,11 @@ from meli.report.aggregate import hyperparameters, swept
 from meli.report.html import (
     COLUMN_LABELS,
     DASH,
+    Keyed,
     family_name,
     fmt,
     fmt_param,
+    keyed,
     kv_list,
     kv_table,
     pct,
@@ -66,14 +68,25 @@ def read_benchmark(path: Path) -> dict[str, float] | None:
     return {k: pd.to_numeric(row.get(k), errors="coerce") for k in ("s", "max_rss", "cpu_time", "mean_load")}
 
 
-def git_info(cwd: Path) -> dict[str, str]:
-    """Commit and dirty state of the workflow checkout; dashes outside git (a copied workflow)."""
+def git_info(cwd: Path, configfiles: Iterable[str] = ()) -> dict[str, str]:
+    """Commit and dirty state of the workflow checkout; dashes outside git (a copied workflow).
+
+    A config file that git does not track (or ignores) is an uncommitted change too: the commit
+    alone cannot reproduce this sweep."""
     commit = git_output(cwd, "rev-parse", "HEAD")
     if not commit:
         return {"commit": DASH, "describe": "not a git checkout", "dirty": DASH}
     status = git_output(cwd, "status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "describe": git_output(cwd, "describe", "--always", "--dirty") or DASH,
-            "dirty": DASH if status is None else ("yes: uncommitted changes" if status else "no")}
+    untracked = [f for f in configfiles if (cwd / f).exists() and git_output(cwd, "ls-files", "--error-unmatch", "--",
+                                                                              f) is None]
+    if status is None:
+        dirty = DASH
+    elif untracked:
+        dirty = "yes: config file not committed: " + ", ".join(untracked) + (" (and tracked files changed)"
+                                                                              if status else "")
+    else:
+        dirty = "yes: uncommitted changes" if status else "no"
+    return {"commit": commit, "describe": git_output(cwd, "describe", "--always", "--dirty") or DASH, "dirty": dirty}
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
@@ -345,36 +358,60 @@ def _top_legend(sub: pd.DataFrame, varied: list[str], k: int = charts.TOP_K) -> 
     return f'<ol class="legend">{"".join(items)}</ol>'
 
 
+def _family_row(r: Results, family: str) -> list[Any]:
+    """Best/median/worst validation bacc over the runs trained to the end (a halving search's
+    pruned runs stopped after a rung or two: their scores are not comparable)."""
+    sub = _family_runs(r, family)
+    stopped = _pruned(sub)
+    b, n_pruned = sub.loc[~stopped, "val_bacc"], int(stopped.sum())
+    runs = f"{len(sub)} ({n_pruned} pruned, not counted)" if n_pruned else len(sub)
+    return [family_name(family), runs, b.max(), b.median(), b.min(), r.selected(family) or DASH]
+
+
+def _seeded(sub: pd.DataFrame) -> bool:
+    return "n_seeds" in sub and bool((sub["n_seeds"] > 1).any())
+
+
+def _group_cell(row: pd.Series) -> Keyed:
+    """The seed group's mean ± sd (what selection ranks on), sortable by the mean."""
+    mean, sd, n = row.get("val_bacc_mean"), row.get("val_bacc_sd"), int(row.get("n_seeds") or 1)
+    text = fmt(mean, 4) + (f" ± {fmt(sd, 4)} ({n})" if n > 1 and not pd.isna(sd) else " (1)")
+    return Keyed(text, None if pd.isna(mean) else (float(mean),))
+
+
+def _comparison_table(r: Results, family: str, sub: pd.DataFrame, varied: list[str]) -> str:
+    params = hyperparameters(r.runs)
+    # Cost columns (samples/s, memory, device) are in the cost section: this table stays narrow.
+    metric_cols = [c for c in ("val_loss", "best_epoch", "epochs_run", "stopped_early", "train_time_s")
+                   if sub[c].notna().any()]
+    seeded = _seeded(sub)
+    # Key columns first (rank, the metric, what was swept); the long run id last, wrapped.
+    searched = bool(_pruned(sub).any()) or ("rung" in sub and sub["rung"].notna().any())
+    header = ["#", "val bacc", *(["seed-group mean ± sd (seeds)"] if seeded else []), *varied,
+              *(COLUMN_LABELS.get(c, c) for c in metric_cols), *(["search"] if searched else []), "run"]
+    ranks = _ranks(sub, k=len(sub))  # the "#": rank among the runs trained to the end
+    body = [[rank or DASH, row["val_bacc"], *([_group_cell(row)] if seeded else []),
+             *(keyed(_value(row[p])) for p in varied), *(row[c] for c in metric_cols),
+             *([_search_cell(row)] if searched else []), row["combo"]]
+            for rank, (_, row) in zip(ranks, sub.iterrows())]
+    sel = [row["combo"] == r.selected(family) for _, row in sub.iterrows()]
+    filters = [" ".join([f"family={family}"] + [f"{p}={fmt_param(_value(row[p]))}".lower().replace(" ", "")
+                                                for p in params if not pd.isna(row[p])])
+               for _, row in sub.iterrows()]
+    example = f"{varied[0]}={fmt_param(_value(sub[varied[0]].iloc[-1]))}" if varied else ""
+    return table(header, body, sel, sortable=True, row_filters=filters, tall=len(body) > 15,
+                 example=example.replace(" ", ""))
+
+
 def section_comparison(r: Results) -> str:
-    out = []
-    rows = []
-    for family in r.families():
-        sub = _family_runs(r, family)
-        b, n_pruned = sub["val_bacc"], int(_pruned(sub).sum())
-        runs = f"{len(sub)} ({n_pruned} pruned)" if n_pruned else len(sub)
-        rows.append([family_name(family), runs, b.max(), b.median(), b.min(), r.selected(family) or DASH])
-    out.append("<h3>Per family</h3>" + table(
-        ["family", "runs", "best val bacc", "median", "worst", "selected run"], rows))
+    out = ["<h3>Per family</h3>" + table(
+        ["family", "runs", "best val bacc", "median", "worst", "selected run"],
+        [_family_row(r, family) for family in r.families()])]
     params = hyperparameters(r.runs)
     for family in r.families():
         sub = _family_runs(r, family)
         varied = swept(r.runs, family)
         fixed = {p: _value(sub[p].iloc[0]) for p in params if p not in varied and sub[p].notna().any()}
-        # Cost columns (samples/s, memory, device) are in the cost section: this table stays narrow.
-        metric_cols = [c for c in ("val_loss", "best_epoch", "epochs_run", "stopped_early", "train_time_s")
-                       if sub[c].notna().any()]
-        # Key columns first (rank, the metric, what was swept); the long run id last, wrapped.
-        searched = bool(_pruned(sub).any()) or ("rung" in sub and sub["rung"].notna().any())
-        header = ["#", "val bacc", *varied, *(COLUMN_LABELS.get(c, c) for c in metric_cols),
-                  *(["search"] if searched else []), "run"]
-        ranks = _ranks(sub, k=len(sub))  # the "#": rank among the runs trained to the end
-        body = [[rank or DASH, row["val_bacc"], *(fmt_param(_value(row[p])) for p in varied),
-                 *(row[c] for c in metric_cols), *([_search_cell(row)] if searched else []), row["combo"]]
-                for rank, (_, row) in zip(ranks, sub.iterrows())]
-        sel = [row["combo"] == r.selected(family) for _, row in sub.iterrows()]
-        filters = [" ".join([f"family={family}"] + [f"{p}={fmt_param(_value(row[p]))}".lower().replace(" ", "")
-                                                    for p in params if not pd.isna(row[p])])
-                   for _, row in sub.iterrows()]
         fixed_txt = ", ".join(f"{k} = {fmt_param(v)}" for k, v in fixed.items()) or DASH
         name = family_name(family)
         out.append(f"<h3>{escape(name)}: {plural(len(sub), 'run')}</h3>"
@@ -382,17 +419,17 @@ def section_comparison(r: Results) -> str:
         if len(varied) > 1:  # one hyperparameter: the effects section's strip chart says it all
             axes = [charts.Axis(p, [_value(v) for v in sub[p]]) for p in varied]
             axes.append(charts.Axis("val bacc", list(sub["val_bacc"])))
-            ranks = _ranks(sub)
             out.append('<div class="scroll-x">' + charts.parallel_coordinates(
-                axes, list(sub["combo"]), ranks, f"{name}: hyperparameters → validation balanced accuracy") + "</div>")
+                axes, list(sub["combo"]), _ranks(sub), f"{name}: hyperparameters → validation balanced accuracy")
+                + "</div>")
             out.append(_top_legend(sub, varied))
-        example = f"{varied[0]}={fmt_param(_value(sub[varied[0]].iloc[-1]))}" if varied else ""
-        out.append(table(header, body, sel, sortable=True, row_filters=filters, tall=len(body) > 15,
-                         example=example.replace(" ", "")))
-    out.append('<p class="note">Each family\'s runs, best on validation first (the selected run highlighted). '
-               "Click a column to sort; type in the box above a table to filter (words like <code>lr=0.01</code> "
-               "must all match). Parallel coordinates: one line per run from its hyperparameters to its validation "
-               "balanced accuracy; the top runs in colour, numbered by rank.</p>")
+        out.append(_comparison_table(r, family, sub, varied))
+    out.append('<p class="note">Each family\'s runs, best on validation first (the selected run highlighted; '
+               "with seeds, ordered by their seed group's mean, which selection ranks on). "
+               "Click a column to sort (numbers by value, lists like <code>[256, 128]</code> element by element); "
+               "type in the box above a table to filter (<code>lr=0.01</code> matches that value exactly, other "
+               "words anywhere in the row). Parallel coordinates: one line per run from its hyperparameters to its "
+               "validation balanced accuracy; the top runs in colour, numbered by rank.</p>")
     return "\n".join(out)
 
 
@@ -558,7 +595,7 @@ def section_cost(r: Results) -> str:
 
 
 def section_provenance(r: Results, config: dict[str, Any], configfiles: list[str], workdir: Path) -> str:
-    git = git_info(workdir)
+    git = git_info(workdir, configfiles)
     src = r.summary.get("source") if isinstance(r.summary.get("source"), dict) else {}
     facts = {
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
