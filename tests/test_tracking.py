@@ -100,14 +100,18 @@ def test_concurrent_jobs_then_import_is_complete_and_idempotent(tmp_path, monkey
     for run_dir in runs:
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
         run = client.get_run(first["runs"][run_dir])
-        assert run.info.run_name == metrics["combo"] and run.info.status == "FINISHED"
+        # the family first: MLP and CNN runs differ even where the UI truncates the name
+        assert run.info.run_name == f"{metrics['family']} · {metrics['combo']}" and run.info.status == "FINISHED"
         assert run.data.tags["family"] == metrics["family"] and run.data.tags["dataset"] == "tiny"
         assert run.data.tags["finished_at"] == metrics["finished_at"]
         assert run.data.params["hidden"] == "[32, 16]" and run.data.params["dropout"] == str(metrics["params"]["dropout"])
-        assert run.data.metrics["best_val_bacc"] == pytest.approx(metrics["val_bacc"])
+        # val_bacc in the runs table is the best epoch's (what selection uses), not the last epoch's
         history = pd.read_csv(Path(run_dir) / "history.csv")
+        assert run.data.metrics["val_bacc"] == pytest.approx(metrics["val_bacc"]) == pytest.approx(
+            history["val_bacc"].max())
+        assert run.data.metrics["best_val_bacc"] == pytest.approx(metrics["val_bacc"])
         for name in ("train_loss", "val_loss", "val_bacc", "samples_per_s"):
-            series = client.get_metric_history(run.info.run_id, name)
+            series = client.get_metric_history(run.info.run_id, f"epoch/{name}")
             assert sorted(m.step for m in series) == list(history["epoch"])
             assert sorted(m.value for m in series) == pytest.approx(sorted(history[name]))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -126,7 +130,7 @@ def test_concurrent_jobs_then_import_is_complete_and_idempotent(tmp_path, monkey
     assert third["replaced"] == [first["runs"][retrained]]
     assert len(active_runs(store)) == 6
     new_id = third["runs"][retrained]
-    assert len(client.get_metric_history(new_id, "val_bacc")) == 7
+    assert len(client.get_metric_history(new_id, "epoch/val_bacc")) == 7
     assert "model.pt" in {a.path for a in client.list_artifacts(new_id)}
     assert client.get_run(first["runs"][retrained]).info.lifecycle_stage == "deleted"
 
@@ -269,3 +273,52 @@ def test_mark_selected_is_idempotent_and_follows_the_selection(tmp_path, monkeyp
     # A selected run missing from the import is a clear error naming it.
     with pytest.raises(KeyError, match="rerun the mlflow_import rule"):
         tracking.mark_selected(store / "imported.json", details(str(tmp_path / "nope"), cnn[0]), out)
+
+
+def test_mlflow_agrees_with_the_report_records_failures_and_survives_a_copy(tmp_path, monkeypatch):
+    """Issue 24.7: val_bacc is the best epoch's, the commit shows with its source tags, a failed
+    combination is a FAILED run with its reason, and a copied store still shows its artifacts."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "git_commit", lambda cwd=".": "e" * 40)
+    runs = make_runs(tmp_path / "results" / "runs", n=2, epochs=3)
+    run = Path(runs[0])  # the best epoch is not the last one
+    pd.read_csv(run / "history.csv").assign(val_bacc=[0.5, 0.9, 0.7]).to_csv(run / "history.csv", index=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    write_json(run / "metrics.json", {**metrics, "val_bacc": 0.9, "best_epoch": 2})
+    reason = "training diverged: mean train loss 1e19 over 3 x max(start, log(classes)) for 2 epochs; " * 4 + \
+        "Lower the learning rate (lr=10.0, set in train.mlp.grid.lr)"
+    failed = [{"family": "mlp", "combo": "lr-10_seed-0", "state": "diverged", "detail": reason, "attempts": 1,
+               "log": "results/logs/train/mlp/lr-10_seed-0.log", "params": {"lr": 10.0, "hidden": [64]}}]
+    store = tmp_path / "results" / "mlflow"
+    first = tracking.import_runs(runs, EXPERIMENT, "", store, store / "imported.json", failed=failed)
+    client = client_for(store)
+    best = client.get_run(first["runs"][runs[0]])
+    assert best.data.metrics["val_bacc"] == pytest.approx(0.9)  # MLflow's runs table sorts as selection does
+    assert best.data.tags["mlflow.source.git.commit"] == "e" * 40
+    assert best.data.tags["mlflow.source.name"] == "Snakefile" and best.data.tags["mlflow.source.type"] == "PROJECT"
+    assert best.data.tags["run_dir"] == str(Path("results/runs") / run.parent.name / run.name)  # relative
+    [failed_id] = first["failed"].values()
+    bad = client.get_run(failed_id)
+    assert bad.info.status == "FAILED" and bad.data.tags["meli.state"] == "diverged"
+    assert bad.data.tags["meli.failure"].endswith("Lower the learning rate (lr=10.0, set in train.mlp.grid.lr)")
+    assert bad.data.params["lr"] == "10.0" and bad.info.run_name == "mlp · lr-10_seed-0"
+    again = tracking.import_runs(runs, EXPERIMENT, "", store, store / "imported.json", failed=failed)
+    assert again["failed"] == first["failed"] and again["replaced"] == []  # idempotent
+    # The combination finishes later: its FAILED run is replaced by the finished one.
+    later = tmp_path / "results" / "runs" / "mlp" / "lr-10_seed-0"
+    write_run(str(later), epochs=2, seed=5)
+    third = tracking.import_runs([*runs, str(later)], EXPERIMENT, "", store, store / "imported.json")
+    assert failed_id in third["replaced"] and client.get_run(failed_id).info.lifecycle_stage == "deleted"
+
+    # results/ moved to another machine: the copy's artifacts resolve after `relocate` (or any import).
+    moved = tmp_path / "elsewhere" / "results"
+    moved.parent.mkdir()
+    (tmp_path / "results").rename(moved)
+    copy = client_for(moved / "mlflow")
+    artifact_dir = copy.get_run(first["runs"][runs[0]]).info.artifact_uri
+    assert str(moved) not in artifact_dir  # MLflow's absolute path of the old place
+    assert tracking.main(["relocate", "--store-dir", str(moved / "mlflow")]) is None
+    copy = client_for(moved / "mlflow")
+    assert copy.get_run(first["runs"][runs[0]]).info.artifact_uri.startswith((moved / "mlflow").resolve().as_uri())
+    got = copy.download_artifacts(first["runs"][runs[0]], "metrics.json", str(tmp_path))
+    assert json.loads(Path(got).read_text())["val_bacc"] == 0.9

@@ -187,7 +187,7 @@ def slurm_verdict(text: str) -> tuple[str, str] | None:
     return None
 
 
-def last_error(log_path: Path, limit: int = 300) -> str:
+def last_error(log_path: Path, limit: int = 2000) -> str:
     """The last line of a job's log that says what went wrong ('' if none)."""
     try:
         with open(log_path, "rb") as fh:
@@ -198,7 +198,8 @@ def last_error(log_path: Path, limit: int = 300) -> str:
     for line in reversed(lines):
         if ERROR_LINE.search(line) and "meli.jobstatus" not in line:
             line = line.strip()
-            return line if len(line) <= limit else line[: limit - 1] + "…"
+            # a long reason keeps its end, where the advice is ("... Lower the learning rate")
+            return line if len(line) <= limit else line[: limit // 2 - 1] + " … " + line[-(limit // 2 - 2):]
     return ""
 
 
@@ -374,25 +375,35 @@ def status_html(sweep: Sweep, final: bool) -> dict[str, str]:
               f"{counts['left']} not run yet"
               + (f", {counts['pruned']} pruned by the search" if "pruned" in counts else "")
               + f"; {'the sweep ended' if final else 'rendered'} {escape(when)}). "
-              "Tables and selection cover the finished runs only; test scores are computed once every "
-              'combination has finished. <a href="#sweep">Which are missing and why</a>.</p>')
-    rows = "".join(
-        f"<tr><td>{escape(c.family)}</td><td><code>{escape(c.combo)}</code></td><td>{escape(c.state)}</td>"
-        f'<td class="num">{c.attempts}</td><td class="wrap">{escape(c.detail)}</td>'
-        f"<td><code>{escape(c.log)}</code></td></tr>"
-        for c in missing)
-    section = ("<table><thead><tr><th>family</th><th>combination</th><th>state</th><th class=num>attempts</th>"
-               f"<th>detail</th><th>log</th></tr></thead><tbody>{rows}</tbody></table>"
-               '<p class="note">Rerun the same <code>snakemake</code> command: it retrains only these '
-               "combinations (with <code>--profile profiles/slurm</code>, up to 3 attempts each with more "
-               "memory and time), then rebuilds the tables, the test scores and this report.</p>")
-    return {"banner": banner, "section": f'<div class="table-wrap">{section}</div>'}
+              "Tables and selection cover the finished runs only; test scores only for the families whose "
+              'combinations have all finished. <a href="#sweep">Which are missing, why, and what to do</a>.</p>')
+    from meli.report import failures
+
+    return {"banner": banner, "section": failures.section(missing)}
 
 
 def _backdate(paths: list[Path]) -> None:
     for p in paths:
         if p.exists():
             os.utime(p, (PARTIAL_MTIME, PARTIAL_MTIME))
+
+
+def _evaluate_complete(results: Path, sweep: Sweep, config: dict[str, Any]) -> None:
+    """Test scores of the families whose every combination has finished: their selection is final
+    (one failed MLP combination need not hide the CNN's and the baseline's scores)."""
+    from meli.report import evaluate
+
+    waiting = {c.family for c in sweep.missing}
+    complete = sorted({c.family for c in sweep.combinations} - waiting)
+    if not complete or not (results / "features" / "test_labels.npy").exists():
+        return
+    try:
+        evaluate.evaluate_families(results / "tables" / "selection.json", results / "data", results / "features",
+                                   complete, config.get("report") or {}, (config.get("train") or {}).get("device", "auto"),
+                                   results / "tables")
+        log.info("test scores of the complete families: %s", ", ".join(complete))
+    except Exception as err:  # the partial report matters more than these scores
+        log.warning("could not score the complete families (%s): %s", ", ".join(complete), err)
 
 
 def write_partial(results: str | os.PathLike, sweep: Sweep, final: bool, mlflow: bool) -> Path | None:
@@ -415,11 +426,12 @@ def write_partial(results: str | os.PathLike, sweep: Sweep, final: bool, mlflow:
         for name in TEST_TABLES:  # scores of an earlier selection would contradict this one
             with contextlib.suppress(FileNotFoundError):
                 (tables / name).unlink()
+        _evaluate_complete(results, sweep, config)
         html = render.render(results, config, sweep.manifest.get("configfiles") or [], workdir=results.parent,
                              status=status_html(sweep, final))
         with atomic_path(out) as tmp:
             tmp.write_text(html, encoding="utf-8")
-        _backdate([tables / name for name in TABLES] + [out])
+        _backdate([tables / name for name in TABLES + TEST_TABLES if (tables / name).exists()] + [out])
     log.info("wrote %s and %s/ from %d finished runs (partial: %d of %d missing)",
              out, tables, len(done), len(sweep.missing), len(sweep.combinations))
     if mlflow:
@@ -428,8 +440,13 @@ def write_partial(results: str | os.PathLike, sweep: Sweep, final: bool, mlflow:
         ml = config.get("mlflow") or {}
         dataset = (config.get("dataset") or {}).get("name")
         imported = results / "mlflow" / "imported.json"
+        combos = sweep.manifest.get("combinations") or {}
+        failed = [{"family": c.family, "combo": c.combo, "state": c.state, "detail": c.detail, "attempts": c.attempts,
+                   "log": c.log, "params": (combos.get(c.family) or {}).get(c.combo) or {}}
+                  for c in sweep.by_state(*FAILED_STATES)]
         tracking.import_runs(done, ml.get("experiment") or dataset or "meli", ml.get("tracking_uri") or "",
-                             results / "mlflow", imported, dataset=dataset, log_models=bool(ml.get("log_models")))
+                             results / "mlflow", imported, dataset=dataset, log_models=bool(ml.get("log_models")),
+                             failed=failed)
         _backdate([imported])
         log.info("imported the %d finished runs into MLflow (%s)", len(done), imported)
     return out

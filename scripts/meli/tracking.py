@@ -66,10 +66,15 @@ from meli.redact import redact_url
 log = logging.getLogger("meli.tracking")
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_bacc", "samples_per_s", "elapsed_s")
-# metrics.json key -> MLflow metric name (named apart from the per-epoch series they summarise)
+# Per-epoch series are logged as ``epoch/<name>``: MLflow shows a metric's last step in its runs
+# table, so a series named ``val_bacc`` would rank runs by their last epoch, not by the best
+# epoch that selection uses (issue 24: 0.8743 shown against 0.8876 selected).
+EPOCH_PREFIX = "epoch/"
+# metrics.json key -> MLflow metric name: ``val_bacc``/``val_loss`` are the best epoch's, as in
+# runs.csv and selection.json (``best_val_bacc`` kept for stores and queries from before).
 SUMMARY_METRICS = {
-    "val_bacc": "best_val_bacc",
-    "val_loss": "best_val_loss",
+    "val_bacc": "val_bacc",
+    "val_loss": "val_loss",
     "best_epoch": "best_epoch",
     "epochs_run": "epochs_run",
     "final_train_loss": "final_train_loss",
@@ -77,9 +82,12 @@ SUMMARY_METRICS = {
     "samples_per_s": "mean_samples_per_s",
     "peak_mem_mb": "peak_mem_mb",
 }
+ALIASES = {"val_bacc": "best_val_bacc", "val_loss": "best_val_loss"}
 ARTIFACTS = ("metrics.json", "history.csv", "val_predictions.parquet")
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: show the runs
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+# The UI shows a run's source and its commit only with these beside the commit tag.
+SOURCE_NAME, SOURCE_TYPE = "Snakefile", "PROJECT"
 # test_details.json key -> MLflow metric of the selected run
 TEST_METRICS = {"bacc": "test_bacc", "bacc_ci_low": "test_bacc_ci_low", "bacc_ci_high": "test_bacc_ci_high",
                 "accuracy": "test_accuracy", "macro_f1": "test_macro_f1"}
@@ -172,6 +180,36 @@ def git_commit(cwd: str | Path = ".") -> str | None:
     return commit + ("-dirty" if git_output(cwd, "status", "--porcelain", "--untracked-files=no") else "")
 
 
+def source_tags(cwd: str | Path = ".") -> dict[str, str]:
+    """``mlflow.source.*`` tags as MLflow's own runs carry them: name, type, commit, branch, repo."""
+    commit = git_commit(cwd)
+    if not commit:
+        return {}
+    tags = {"mlflow.source.name": SOURCE_NAME, "mlflow.source.type": SOURCE_TYPE, GIT_COMMIT_TAG: commit}
+    branch = git_output(cwd, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":
+        tags["mlflow.source.git.branch"] = branch
+    remote = git_output(cwd, "remote", "get-url", "origin")
+    if remote:
+        tags["mlflow.source.git.repoURL"] = redact_url(remote)
+    return tags
+
+
+def relative_dir(run_dir: Path) -> str:
+    """A run directory as recorded in tags: relative to the workflow root when under it, so a
+    copied results/ still finds its runs."""
+    resolved = run_dir.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def run_name(family: str, combo: str) -> str:
+    """``mlp · emb-w2v_...``: the family first, so MLP and CNN runs differ even when truncated."""
+    return f"{family} · {combo}"
+
+
 def dataset_input(summary: dict[str, Any] | None, name: str, data_dir: Path, context: str) -> Any | None:
     """The dataset as an MLflow input, from summary.json alone (nothing else is read)."""
     if not summary:
@@ -255,11 +293,27 @@ def search_summaries(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def _metric_entries(metrics: dict[str, Any], history: pd.DataFrame, start_ms: int, end_ms: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    entries = [
+        Metric(EPOCH_PREFIX + name, float(row[name]), start_ms + int(1000 * float(row["elapsed_s"])), int(row["epoch"]))
+        for row in history.to_dict("records")
+        for name in EPOCH_METRICS
+        if pd.notna(row[name])
+    ]
+    for key, name in SUMMARY_METRICS.items():
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            entries += [Metric(n, float(value), end_ms, 0) for n in (name, ALIASES.get(key)) if n]
+    return entries
+
+
 def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, Any], history: pd.DataFrame,
-            dataset: str, log_models: bool, commit: str | None = None, inputs: list[Any] = (),
+            dataset: str, log_models: bool, source: dict[str, str] | None = None, inputs: list[Any] = (),
             origin: dict[str, str] | None = None) -> str:
-    """One run directory -> one finished MLflow run; returns its id."""
-    from mlflow.entities import Metric, Param, RunTag
+    """One run directory -> one finished MLflow run; returns its id. ``source``: :func:`source_tags`."""
+    from mlflow.entities import Param, RunTag
 
     end_ms = _ms(metrics["finished_at"])
     start_ms = end_ms - int(1000 * float(metrics.get("train_time_s") or 0))
@@ -268,25 +322,15 @@ def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, A
         "combo": metrics["combo"],
         "device": str(metrics.get("device", "")),
         "dataset": dataset,
-        "run_dir": str(run_dir.resolve()),
+        "run_dir": relative_dir(run_dir),
         **(origin or {}),
         **search_tags(metrics),
+        **(source or {}),
     }
-    if commit:
-        tags[GIT_COMMIT_TAG] = commit
-    run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=metrics["combo"])
+    run = client.create_run(experiment_id, start_time=start_ms, tags=tags,
+                            run_name=run_name(metrics["family"], metrics["combo"]))
     run_id = run.info.run_id
-    entries = [
-        Metric(name, float(row[name]), start_ms + int(1000 * float(row["elapsed_s"])), int(row["epoch"]))
-        for row in history.to_dict("records")
-        for name in EPOCH_METRICS
-        if pd.notna(row[name])
-    ]
-    entries += [
-        Metric(name, float(metrics[key]), end_ms, 0)
-        for key, name in SUMMARY_METRICS.items()
-        if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)
-    ]
+    entries = _metric_entries(metrics, history, start_ms, end_ms)
     params = [Param(k, v) for k, v in flatten_params(metrics["params"]).items()]
     for i in range(0, len(params), PARAM_BATCH):
         client.log_batch(run_id, params=params[i : i + PARAM_BATCH])
@@ -322,10 +366,87 @@ def archive_leftovers(client: Any, present: dict, me: str, handled: set[str], da
     return archived
 
 
+def relocate_artifacts(store_dir: Path) -> int:
+    """Point this SQLite store's artifact paths at ``<store_dir>/artifacts`` again after a copy or move.
+
+    MLflow records an experiment's artifact location and every run's artifact URI as absolute
+    paths (a relative one is resolved against the creating process's cwd), so a results/ copied
+    elsewhere shows no artifacts. This rewrites the old prefix of the workflow's own experiments
+    (those whose location ends in ``/artifacts`` but no longer exists) to the current one; returns
+    the number of runs changed. Run by every import and by ``python -m meli.tracking relocate``.
+    """
+    import sqlite3
+
+    db = store_dir / "mlflow.db"
+    if not db.exists():
+        return 0
+    new_root = (store_dir / "artifacts").resolve().as_uri()
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        for exp_id, old in con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall():
+            if not old or old == new_root or not old.startswith("file://") or not old.rstrip("/").endswith(
+                    "/artifacts") or Path(old.removeprefix("file://")).exists():
+                continue
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new_root, exp_id))
+            changed += con.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE experiment_id = ? AND "
+                "substr(artifact_uri, 1, ?) = ?", (new_root, len(old) + 1, exp_id, len(old), old)).rowcount
+            log.info("the store moved: artifact paths of experiment %s now under %s (were under %s)", exp_id,
+                     new_root, old)
+    return changed
+
+
+FAILURE_TAG = "meli.failure"
+
+
+def log_failed(client: Any, experiment_id: str, failure: dict[str, Any], dataset: str,
+               tags: dict[str, str]) -> str:
+    """A combination whose job failed as an MLflow run with status FAILED, its state and reason
+    (``failure``: family, combo, state, detail, attempts, log, params from meli.sweep)."""
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, tags={
+        "family": failure["family"], "combo": failure["combo"], "dataset": dataset, **tags,
+        "meli.state": failure["state"], "meli.attempts": str(failure.get("attempts") or 0),
+        FAILURE_TAG: (failure.get("detail") or failure["state"])[:4000], "meli.log": str(failure.get("log") or ""),
+        "mlflow.note.content": f"**{failure['state']}** after {failure.get('attempts') or 0} attempt(s): "
+                               f"{failure.get('detail') or 'no reason recorded'}\n\nlog: {failure.get('log')}",
+    }, run_name=run_name(failure["family"], failure["combo"]))
+    params = [Param(k, v) for k, v in flatten_params(failure.get("params") or {}).items()]
+    for i in range(0, len(params), PARAM_BATCH):
+        client.log_batch(run.info.run_id, params=params[i : i + PARAM_BATCH])
+    client.set_terminated(run.info.run_id, status="FAILED")
+    return run.info.run_id
+
+
+def _failure_key(f: dict[str, Any]) -> tuple[str, str]:
+    return f["state"], str(f.get("attempts") or 0)
+
+
+def _import_failed(client: Any, experiment_id: str, failed: Sequence[dict[str, Any]], present: dict,
+                   result: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """Failed combinations: one FAILED run each, replaced when a later attempt fails otherwise."""
+    for f in failed:
+        key = (ctx["origin"][WORKFLOW_TAG], ctx["origin"][DATASET_SHA_TAG], f["family"], f["combo"])
+        found = present.get(key, [])
+        same = [r for r in found if r.info.status == "FAILED" and "finished_at" not in r.data.tags
+                and (r.data.tags.get("meli.state"), r.data.tags.get("meli.attempts")) == _failure_key(f)]
+        for old in found:
+            if old.info.run_id not in {r.info.run_id for r in same[:1]}:
+                client.delete_run(old.info.run_id)
+                result["replaced"].append(old.info.run_id)
+        run_id = same[0].info.run_id if same else log_failed(client, experiment_id, f, ctx["dataset"],
+                                                             {**ctx["origin"], **ctx["source"]})
+        result["failed"][f"{f['family']}/{f['combo']}"] = run_id
+
+
 def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: str, store_dir: str | Path,
                 out: str | Path, dataset: str | None = None, log_models: bool = False,
-                summary: str | Path | None = None) -> dict[str, Any]:
-    """Import every run directory (idempotently); writes and returns imported.json's content."""
+                summary: str | Path | None = None, failed: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Import every run directory (idempotently); writes and returns imported.json's content.
+
+    ``failed``: combinations whose job failed (meli.sweep's partial report): each becomes a run
+    with status FAILED carrying its state and reason, replaced once the combination finishes."""
     from mlflow.tracking import MlflowClient
 
     store_dir = Path(store_dir)
@@ -335,12 +456,13 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
                                         Path(summary).parent if summary else Path("."), "training")] if i]
     me, data_sha = workflow_id(store_dir.parent), dataset_fingerprint(summary_data)
     origin = {WORKFLOW_TAG: me, DATASET_SHA_TAG: data_sha}
-    commit = git_commit()
+    source = source_tags()
     uri = tracking_uri or default_uri(store_dir)
     artifact_location = None if is_remote(uri) else (store_dir / "artifacts").resolve().as_uri()
     with store_lock(store_dir):
         if not tracking_uri:  # our own SQLite store: built atomically, rebuilt from the run folders if broken
             mlflow_store.ensure(store_dir, artifact_location)
+            relocate_artifacts(store_dir)
         client = MlflowClient(tracking_uri=uri)
         experiment_id = get_or_create_experiment(client, experiment, artifact_location)
         set_experiment_kind(client, experiment_id)
@@ -356,6 +478,7 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
             "skipped": [],
             "replaced": [],
             "archived": [],
+            "failed": {},
             "workflow_id": me,
             "dataset_sha256": data_sha,
         }
@@ -365,7 +488,7 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
             same = [r for r in present.get(key, []) if r.data.tags.get("finished_at") == metrics["finished_at"]]
             keep = {r.info.run_id for r in same[:1]}
             stale = [r for r in present.get(key, []) if r.info.run_id not in keep]
-            for old in stale:  # our own: re-trained, interrupted imports, or duplicates
+            for old in stale:  # our own: re-trained, interrupted imports, failed attempts, or duplicates
                 client.delete_run(old.info.run_id)
                 result["replaced"].append(old.info.run_id)
             if same:
@@ -373,18 +496,20 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
                 result["skipped"].append(run_dir)
             else:
                 result["runs"][run_dir] = log_run(client, experiment_id, Path(run_dir), metrics, history,
-                                                  dataset or experiment, log_models, commit, inputs, origin)
+                                                  dataset or experiment, log_models, source, inputs, origin)
                 result["imported"].append(run_dir)
             progress.update()
+        _import_failed(client, experiment_id, failed, present, result,
+                       {"origin": origin, "source": source, "dataset": dataset or experiment})
         for family, line in search_summaries(m for m, _ in runs.values()).items():
             client.set_experiment_tag(experiment_id, f"search.{family}", line)
-        result["archived"] = archive_leftovers(client, present, me,
-                                               set(result["runs"].values()) | set(result["replaced"]), data_sha)
+        handled = set(result["runs"].values()) | set(result["replaced"]) | set(result["failed"].values())
+        result["archived"] = archive_leftovers(client, present, me, handled, data_sha)
         write_json(out, result)
-    log.info("experiment %r (id %s) at %s: %d imported, %d already there, %d of this checkout's re-trained runs "
-             "replaced, %d of its runs no longer in the config archived (other checkouts' runs untouched)",
-             experiment, experiment_id, redact_url(uri), len(result["imported"]), len(result["skipped"]),
-             len(result["replaced"]), len(result["archived"]))
+    log.info("experiment %r (id %s) at %s: %d imported, %d already there, %d failed combinations recorded, %d of this "
+             "checkout's re-trained runs replaced, %d of its runs no longer in the config archived (other checkouts' "
+             "runs untouched)", experiment, experiment_id, redact_url(uri), len(result["imported"]),
+             len(result["skipped"]), len(result["failed"]), len(result["replaced"]), len(result["archived"]))
     log.info("browse the runs with: %s", result["ui"])
     return result
 
@@ -469,10 +594,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     sel.add_argument("--test-details", required=True, type=Path, help="test_details.json of meli.report.evaluate")
     sel.add_argument("--summary", type=Path, help="results/data/summary.json: logs the test split as an input")
     sel.add_argument("--out", required=True, type=Path, help="selected.json")
+    rel = sub.add_parser("relocate", help="after copying results/ elsewhere: point the store's artifact paths here")
+    rel.add_argument("--store-dir", required=True, type=Path)
     args = ap.parse_args(argv)
     setup_logging()
     start = time.monotonic()
-    if args.command == "import":
+    if args.command == "relocate":
+        with store_lock(args.store_dir):
+            log.info("%d runs' artifact paths rewritten", relocate_artifacts(args.store_dir))
+    elif args.command == "import":
         import_runs(args.run_dirs, args.experiment, args.tracking_uri, args.store_dir, args.out, args.dataset,
                     args.log_models, args.summary)
     else:

@@ -281,6 +281,23 @@ def evaluate(
     return table
 
 
+def evaluate_families(selection_path: str | Path, data_dir: str | Path, features: str | Path, families: list[str],
+                      cfg: dict[str, Any], device: str, out_dir: str | Path, load_predictor=None) -> pd.DataFrame | None:
+    """Test scores of some families only: a partial sweep's families whose every combination has
+    finished (their selection is final), while another family still misses a combination."""
+    selection_path = Path(selection_path)
+    selection = read_json(selection_path)
+    chosen = {f: v for f, v in selection.get("families", {}).items() if f in families}
+    if not chosen:
+        return None
+    subset = selection_path.with_name(".selection.complete-families.json")
+    write_json(subset, {**selection, "families": chosen, "complete_families_only": True})
+    try:
+        return evaluate(subset, data_dir, features, cfg, device, out_dir, load_predictor=load_predictor)
+    finally:
+        subset.unlink(missing_ok=True)
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

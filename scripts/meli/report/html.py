@@ -80,6 +80,12 @@ pre.cmd { white-space:pre-wrap; overflow-wrap:anywhere; margin:.4rem 0; padding:
           border:1px solid var(--line); }
 code { font-size:.85em; overflow-wrap:anywhere; }
 .legend-accent { color:var(--accent); font-weight:600; }
+ul.failures { list-style:none; padding:0; margin:.5rem 0; }
+li.failure { border:1px solid var(--line); border-left:4px solid var(--accent); border-radius:6px; padding:.5rem .8rem;
+             margin:.5rem 0; overflow-wrap:anywhere; }
+li.failure .reason { font-family:ui-monospace,"DejaVu Sans Mono",monospace; font-size:.8rem; margin:.3rem 0;
+                     white-space:pre-wrap; }
+li.failure .todo { margin:.3rem 0; }
 .slot { border:1px dashed var(--line); border-radius:6px; padding:.6rem .9rem; }
 @media (max-width:640px) { main { padding:1rem .6rem 3rem; } body { font-size:14px; } nav { padding:.45rem .6rem; } }
 @media print { nav { display:none; } input.filter { display:none; } }

@@ -1,0 +1,148 @@
+"""Issue 24: the report misleads no careful reader (sorting, failures, small losses, statistics)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from meli import sweep
+from meli.report import aggregate, charts, evaluate, failures, order, render
+from tests.test_aggregate import CNN, MLP, TFIDF, FakePredictor, make_results, make_run
+
+CONFIG = {"dataset": {"name": "issue-24", "source": "demo"}, "report": {"bootstrap": 200}}
+
+
+def build(root: Path, runs: list[tuple[str, dict, float, float]]) -> Path:
+    """results/ and report.html for ``runs`` (family, params, val bacc, test accuracy)."""
+    results = make_results(root, make=False)
+    for family, params, vb, acc in runs:
+        make_run(results, family, params, vb, 1.5 - vb, epochs=1 if family == "tfidf" else 4, test_accuracy=acc)
+    dirs = sorted((results / "runs").glob("*/*"))
+    aggregate.aggregate(dirs, results / "tables")
+    evaluate.evaluate(results / "tables" / "selection.json", results / "data", results / "features",
+                      {"bootstrap": 200}, "cpu", results / "tables", load_predictor=FakePredictor)
+    (root / "config.yaml").write_text("dataset:\n  name: issue-24\n")
+    out = results / "report.html"
+    out.write_text(render.render(results, CONFIG, ["config.yaml"], workdir=root), encoding="utf-8")
+    return out
+
+
+NUMERIC_RUNS = (
+    [("mlp", {**MLP, "hidden": h, "lr": lr}, 0.70 + 0.01 * i, 0.8)
+     for i, (h, lr) in enumerate([([128], 3e-05), ([16], 0.001), ([64], 0.01), ([128, 64], 0.003)])]
+    + [("cnn", {**CNN, "filters": f, "seed": s}, 0.72 + 0.003 * s + 0.01 * (f == 32), 0.8)
+       for f in (128, 32) for s in (0, 1, 2, 3)]
+    + [("tfidf", {**TFIDF, "C": c}, 0.6 + 0.01 * c, 0.7) for c in (0.5, 10.0, 2.0, 1.0)]
+)
+
+
+def test_values_have_a_natural_order():
+    assert order.sorted_values(["[128]", "[16]", "[64]", "[128,64]"]) == ["[16]", "[64]", "[128]", "[128,64]"]
+    assert order.sorted_values([0.5, 10, 2]) == [0.5, 2, 10]
+    assert order.sorted_values(["0.001", "3e-05", "0.01"]) == ["3e-05", "0.001", "0.01"]
+    assert order.sorted_values(["w2v", None, 1]) == [1, "w2v", None]
+    kind, ticks, pos = charts.Axis("hidden", [[128], [16], [64]]).scale()
+    assert kind == "categorical" and [t for _, t in ticks] == ["[16]", "[64]", "[128]"] and pos([16]) == 0
+    _, ticks, _ = charts.Axis("seed", [0, 1, 2, 3, 4, 5, 6, 7]).scale()
+    assert all(float(t).is_integer() for t in (label.replace(",", "") for _, label in ticks))  # no "2.5"
+
+
+def test_effects_are_in_value_order(tmp_path):
+    results = make_results(tmp_path, make=False)
+    for family, params, vb, acc in NUMERIC_RUNS:
+        make_run(results, family, params, vb, 1.0, test_accuracy=acc)
+    df = aggregate.runs_table([aggregate.load_run(d) for d in sorted((results / "runs").glob("*/*"))])
+    eff = aggregate.effects(df)
+    by = {(f, h): list(g["value"]) for (f, h), g in eff.groupby(["family", "hyperparameter"], sort=False)}
+    assert by[("mlp", "hidden")] == ["[16]", "[64]", "[128]", "[128,64]"]
+    assert by[("mlp", "lr")] == ["3e-05", "0.001", "0.003", "0.01"]
+    assert by[("tfidf", "C")] == ["0.5", "1.0", "2.0", "10.0"]
+    assert [float(v) for v in by[("cnn", "filters")]] == [32, 128]
+
+
+def test_failed_runs_say_what_to_do(tmp_path):
+    assert "Lower the learning rate" in failures.advice("diverged") and "Rerun the same" not in failures.advice(
+        "diverged")
+    for state in ("killed for memory", "timed out", "killed"):
+        assert "Rerun the same" in failures.advice(state)
+    assert "Free disk space" in failures.advice("failed", "OSError: [Errno 28] No space left on device: ...")
+    log = tmp_path / "job.log"
+    reason = "RuntimeError: training diverged: " + "x" * 600 + " Lower the learning rate (lr=10.0)"
+    log.write_text("epoch 1\n" + reason + "\n")
+    kept = sweep.last_error(log)
+    assert kept.endswith("Lower the learning rate (lr=10.0)")  # the advice at the end is never cut
+    c = sweep.Combination("mlp", "lr-10", "diverged", attempts=1, detail=kept, log=str(log))
+    html = failures.section([c])
+    assert "Lower the learning rate (lr=10.0)" in html and "<table" not in html  # wraps on a phone
+
+
+def test_complete_families_get_test_scores_in_a_partial_sweep(tmp_path):
+    results = make_results(tmp_path)
+    aggregate.aggregate(sorted((results / "runs").glob("*/*")), results / "tables")
+    table = evaluate.evaluate_families(results / "tables" / "selection.json", results / "data",
+                                       results / "features", ["cnn", "tfidf"], {"bootstrap": 50}, "cpu",
+                                       results / "tables", load_predictor=FakePredictor)
+    assert list(table["family"]) == ["cnn", "tfidf"] and (results / "tables" / "test.csv").exists()
+    assert not list((results / "tables").glob(".selection*"))
+
+
+def test_provenance_counts_an_untracked_config_file(tmp_path):
+    from meli.report.sections import git_info
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.txt").write_text("x")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "a.txt"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    (tmp_path / "mine.yaml").write_text("dataset: {}\n")
+    assert git_info(tmp_path)["dirty"] == "no"
+    assert git_info(tmp_path, ["mine.yaml"])["dirty"].startswith("yes: config file not committed: mine.yaml")
+
+
+def test_report_pages_refuses_a_missing_report(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tests.report_pages", "--report", str(tmp_path / "missing.html"),
+                           "--out", str(tmp_path / "shots")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2 and "no such report" in proc.stderr
+    assert not (tmp_path / "shots").exists()
+
+
+def test_tables_sort_by_value_and_filter_exactly_in_a_browser(tmp_path):
+    """Headless Chromium: a click sorts hidden [16] [64] [128] [128,64], lr 3e-05 first, C 0.5 2 10;
+    `C=1` matches C=1 only; ids have tooltips; no dotted leaders; the seed group's mean is a column."""
+    from tests import report_pages
+
+    if report_pages.chromium() is None:
+        pytest.skip("no Chromium")
+    page = build(tmp_path / "wf", NUMERIC_RUNS)
+    html = page.read_text()
+    assert "stroke-dasharray" not in html  # label leaders looked like data
+    assert "seed-group mean ± sd (seeds)" in html
+    with report_pages.browser(tmp_path) as tools:
+        data, console = report_pages.inspect(tools, page, 1400)
+        assert console == []
+
+        def run(js: str):
+            return tools.call("Runtime.evaluate", expression=js, returnByValue=True)["result"].get("value")
+
+        def column(table: int, name: str) -> list[str]:
+            return run(f"""(() => {{ const t = document.querySelectorAll('#comparison table.sortable')[{table}];
+              const i = [...t.tHead.rows[0].cells].findIndex(c => c.textContent === '{name}');
+              t.tHead.rows[0].cells[i].click(); t.tHead.rows[0].cells[i].click();
+              return [...t.tBodies[0].rows].map(r => r.cells[i].textContent); }})()""")
+
+        assert column(0, "hidden") == ["[16]", "[64]", "[128]", "[128, 64]"]
+        assert column(0, "lr") == ["3e-05", "0.001", "0.003", "0.01"]
+        assert column(2, "C") == ["0.5", "1", "2", "10"]
+        assert column(1, "filters") == ["32"] * 4 + ["128"] * 4
+        shown = run("""(() => { const box = document.querySelectorAll('#comparison input.filter')[2];
+            box.value = 'C=1'; box.dispatchEvent(new Event('input'));
+            return [...document.querySelectorAll('#comparison table.sortable')[2].tBodies[0].rows]
+              .filter(r => !r.hidden).map(r => r.dataset.filter); })()""")
+        assert len(shown) == 1 and "c=1 " in shown[0] + " "
+        tip = run("document.querySelector('#comparison td.id').title")
+        assert tip and tip == run("document.querySelector('#comparison td.id').textContent")
