@@ -17,6 +17,7 @@ rule aggregate:
         runs_md="results/tables/runs.md",
         effects="results/tables/effects.csv",
         selection="results/tables/selection.json",
+        statistics="results/tables/statistics.json",
     log:
         "results/logs/aggregate.log",
     benchmark:
@@ -76,6 +77,7 @@ rule report_html:
         runs="results/tables/runs.csv",
         effects="results/tables/effects.csv",
         selection="results/tables/selection.json",
+        statistics="results/tables/statistics.json",
         test="results/tables/test.csv",
         details="results/tables/test_details.json",
         histories=run_histories(),

@@ -137,7 +137,7 @@ def test_missing_or_broken_metrics_name_the_run(tmp_path, capsys):
 def test_cli(tmp_path):
     dirs = make_runs(tmp_path / "results")
     assert aggregate.main(["--out-dir", str(tmp_path / "t"), *map(str, dirs)]) == 0
-    assert {p.name for p in (tmp_path / "t").iterdir()} == {"runs.csv", "runs.md", "effects.csv", "selection.json"}
+    assert {p.name for p in (tmp_path / "t").iterdir()} == {"runs.csv", "runs.md", "effects.csv", "selection.json", "statistics.json"}
 
 
 # ------------------------------------------------------------------ a whole results/ tree

@@ -179,7 +179,11 @@ def test_evaluate_compares_the_selected_models_on_the_same_rows(tmp_path, monkey
         assert c["n_rows"] == N_TEST - N_UNSEEN and c["resamples"] == 200
         assert c["ci_low"] <= c["diff"] <= c["ci_high"]
         expected = "better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "not distinguishable"
-        assert c["verdict"] == expected
+        assert c["verdict_unadjusted"] == expected
+        # three pairs are three tests: the verdict is Holm-corrected (issue 24)
+        holm = "not distinguishable" if c["p_holm"] >= 0.05 else "better" if c["diff"] > 0 else "worse"
+        assert c["verdict"] == holm and c["p_holm"] >= c["p"]
+    assert out["correction"].startswith("Holm")
     by_pair = {(c["a"], c["b"]): c for c in comparisons}
     assert by_pair[("cnn", "tfidf")]["verdict"] == "better"  # test accuracy 0.75 vs 0.61
     assert by_pair[("mlp", "cnn")]["verdict"] == "worse"  # 0.60 vs 0.75: selection on validation can lose

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -146,3 +147,75 @@ def test_tables_sort_by_value_and_filter_exactly_in_a_browser(tmp_path):
         assert len(shown) == 1 and "c=1 " in shown[0] + " "
         tip = run("document.querySelector('#comparison td.id').title")
         assert tip and tip == run("document.querySelector('#comparison td.id').textContent")
+
+
+# ------------------------------------------------------------------------------- statistics
+def test_holm_and_bootstrap_p():
+    from meli.report import stats
+
+    # Holm 1979: sorted p x (m - rank), running maximum, capped at 1; order and None kept.
+    assert stats.holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None], nan_ok=True)
+    assert stats.holm([0.5, 0.001]) == [0.5, 0.002] and stats.holm([0.6, 0.4, 0.3]) == pytest.approx([0.9, 0.9, 0.9])
+    assert stats.bootstrap_p(np.full(999, 0.01)) == pytest.approx(2 / 1000)  # never exactly 0
+    assert stats.bootstrap_p(np.r_[np.full(500, 0.01), np.full(500, -0.01)]) == 1.0
+    assert stats.verdict(0.02, 0.01) == "better" and stats.verdict(0.02, 0.2) == "not distinguishable"
+
+
+def test_expected_max_matches_simulation():
+    from meli.report import stats
+
+    scores = [0.70, 0.72, 0.75, 0.80, 0.81]
+    em = stats.expected_max(scores)
+    assert list(em["n"]) == [1, 2, 3, 4, 5] and em["expected_max"][0] == pytest.approx(np.mean(scores))
+    rng = np.random.default_rng(0)
+    draws = rng.choice(scores, size=(200_000, 3)).max(axis=1)
+    assert em["expected_max"][2] == pytest.approx(draws.mean(), abs=1e-3)
+    assert em["sd"][2] == pytest.approx(draws.std(), abs=1e-3)
+    assert list(em["expected_max"]) == sorted(em["expected_max"])  # more combinations, higher expected best
+
+
+def test_importance_finds_what_matters_and_says_how_sure():
+    from meli.report import stats
+
+    rng = np.random.default_rng(1)
+    rows = [{"lr": lr, "dropout": do, "hidden": h, "val_bacc": 0.8 - 40 * abs(lr - 0.003) + rng.normal(0, 0.002)}
+            for lr in (0.001, 0.003, 0.01) for do in (0.2, 0.3, 0.5) for h in ("[64]", "[128]", "[256,128]")]
+    imp = stats.importance(pd.DataFrame(rows), ["lr", "dropout", "hidden"])
+    by = {h["hyperparameter"]: h for h in imp["hyperparameters"]}
+    assert imp["hyperparameters"][0]["hyperparameter"] == "lr" and by["lr"]["low"] > 0.3
+    assert by["dropout"]["low"] <= 0.01 and by["hidden"]["low"] <= 0.01  # not resolved: interval reaches 0
+    assert imp["surrogate_r2"] > 0.8 and "random-forest" in imp["method"]
+    assert stats.importance(pd.DataFrame(rows[:5]), ["lr"]) is None  # too few runs
+
+
+def _with_val_predictions(run_dir: Path, y: np.ndarray, accuracy: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pred = np.where(rng.random(len(y)) < accuracy, y, (y + 1) % 6)
+    pd.DataFrame({"label": y, "pred": pred, "prob": 0.9}).to_parquet(run_dir / "val_predictions.parquet")
+
+
+def test_validation_ties_runner_up_drop_and_recommendations(tmp_path):
+    """Issue 24.2: the selected run's statistical ties on validation (paired, same rows), the
+    runner-up, a cheaper tied run recommended, the val->test drop flagged."""
+    results = make_results(tmp_path, make=False)
+    y = np.arange(3000) % 6
+    # (dropout, val bacc, val accuracy on the shared rows, train time): the first two are tied
+    for i, (do, vb, acc, epochs) in enumerate([(0.2, 0.811, 0.81, 8), (0.3, 0.809, 0.808, 2), (0.5, 0.70, 0.70, 4)]):
+        run = make_run(results, "mlp", {**MLP, "dropout": do}, vb, 0.5, epochs=epochs, test_accuracy=0.6)
+        _with_val_predictions(run, y, acc, seed=i)
+    for C, vb in ((1.0, 0.62), (10.0, 0.63)):
+        make_run(results, "tfidf", {**TFIDF, "C": C}, vb, None, epochs=1, test_accuracy=0.6)
+    sel = aggregate.aggregate(sorted((results / "runs").glob("*/*")), results / "tables")
+    ties = sel["families"]["mlp"]["validation_ties"]
+    assert [c["tied"] for c in ties["compared"]] == [True, False] and "Holm" in ties["method"]
+    assert ties["recommendation"]["reason"] == "cheaper" and "do-0.3" in ties["recommendation"]["combo"]
+    evaluate.evaluate(results / "tables" / "selection.json", results / "data", results / "features",
+                      {"bootstrap": 200}, "cpu", results / "tables", load_predictor=FakePredictor)
+    details = json.loads((results / "tables" / "test_details.json").read_text())
+    assert details["families"]["mlp"]["val_test_drop"]["drop"] > 0.15  # val 0.81, test ~0.6
+    assert details["recommendation"]["reason"] == "cheapest"  # MLP and TF-IDF both ~0.6 on test: a tie
+    html = render.render(results, CONFIG, [], workdir=tmp_path)
+    for text in ("statistically tied with the selected run on", "Runner-up:", "Recommended instead (cheaper)",
+                 "validation 0.8110 → test", "the winner's curse", "Recommendation: <strong>",
+                 "Search effort and importance", "Show your work"):
+        assert text in html, text

@@ -53,7 +53,7 @@ from meli.jobstatus import read_status
 log = logging.getLogger("meli.sweep")
 
 # Written by the partial render only; the workflow's aggregate/report/import rules overwrite them.
-TABLES = ("runs.csv", "runs.md", "effects.csv", "selection.json")
+TABLES = ("runs.csv", "runs.md", "effects.csv", "selection.json", "statistics.json")
 TEST_TABLES = ("test.csv", "test_details.json")
 # 1970-01-02: older than every input, so Snakemake rebuilds the file (an mtime of 0 would read as
 # "no output" to Snakemake and be ignored)

@@ -21,7 +21,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from meli.cli import entry_point
 from meli.grid import FAMILIES, KEY_ORDER
@@ -168,8 +171,101 @@ def select(df: pd.DataFrame) -> dict[str, Any]:
                 "combo": others.iloc[0]["combo"], "val_bacc": float(others.iloc[0]["val_bacc"]),
                 "val_bacc_mean": float(others.iloc[0]["val_bacc_mean"]), "n_seeds": int(others.iloc[0]["n_seeds"])},
             **({"n_pruned": int(len(all_runs) - len(sub))} if len(all_runs) > len(sub) else {}),
+            "validation_ties": validation_ties(sub),
         }
     return {"criterion": SELECTION_RULE, "split": "validation", "families": families}
+
+
+TIE_CANDIDATES = 5  # the selected run against the best run of each of the next 4 combinations (seed groups)
+VAL_BOOTSTRAP = 1000
+
+
+def _val_predictions(run_dir: str) -> np.ndarray | None:
+    try:
+        return pq.read_table(Path(run_dir) / "val_predictions.parquet", columns=["label", "pred"]).to_pandas() \
+            .to_numpy(dtype=np.int64)
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+
+
+def validation_ties(sub: pd.DataFrame, k: int = TIE_CANDIDATES, n_boot: int = VAL_BOOTSTRAP,
+                    seed: int = 0) -> dict[str, Any] | None:
+    """Which of a family's next best combinations are statistically tied with the selected run on
+    validation: paired bootstrap of the bacc difference on the same validation rows (each run's
+    val_predictions.parquet), Holm-corrected over the comparisons. ``sub``: the family's runs
+    trained to the end, in selection order. Also a recommendation among the tied runs: the
+    cheapest to train (and, with seeds, the most stable), stated as such."""
+    from meli.report import evaluate, stats
+
+    best = sub.iloc[0]
+    others = sub[sub["seed_group"] != best["seed_group"]].drop_duplicates("seed_group").head(k - 1)
+    if others.empty:
+        return None
+    base = _val_predictions(best["run_dir"])
+    rows = [(row, _val_predictions(row["run_dir"])) for _, row in others.iterrows()]
+    rows = [(row, v) for row, v in rows if v is not None and base is not None and len(v) == len(base)
+            and np.array_equal(v[:, 0], base[:, 0])]
+    if not rows:
+        return None
+    y = base[:, 0]
+    seen = y >= 0
+    samples = evaluate.bootstrap_baccs(y[seen], [base[seen, 1], *(v[seen, 1] for _, v in rows)], n_boot, seed)
+    compared = []
+    for j, (row, v) in enumerate(rows, start=1):
+        diff = samples[0] - samples[j]
+        low, high = evaluate.confidence_interval(diff)
+        compared.append({"combo": row["combo"], "val_bacc": float(row["val_bacc"]),
+                         "val_bacc_mean": float(row["val_bacc_mean"]), "n_seeds": int(row["n_seeds"]),
+                         "train_time_s": _float_or_none(row.get("train_time_s")),
+                         "val_bacc_sd": _float_or_none(row.get("val_bacc_sd")),
+                         "diff": float(best["val_bacc"] - row["val_bacc"]), "ci_low": low, "ci_high": high,
+                         "p": stats.bootstrap_p(diff)})
+    for c, p_adj in zip(compared, stats.holm([c["p"] for c in compared])):
+        c["p_holm"] = p_adj
+        c["tied"] = p_adj is None or p_adj >= stats.ALPHA
+    return {"method": f"paired bootstrap ({n_boot} resamples) over the same {int(seen.sum())} validation rows, "
+                      f"Holm-corrected over {len(compared)} comparisons",
+            "n_rows": int(seen.sum()), "compared": compared,
+            "recommendation": _recommend(best, [c for c in compared if c["tied"]])}
+
+
+def _recommend(best: pd.Series, tied: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Among runs tied with the selected one: a cheaper one (under 2/3 of its training time), else a
+    more stable one (smaller sd over seeds); None when the selected run is also the sensible choice."""
+    cost = _float_or_none(best.get("train_time_s"))
+    cheaper = [c for c in tied if cost and c["train_time_s"] is not None and c["train_time_s"] < 2 / 3 * cost]
+    if cheaper:
+        c = min(cheaper, key=lambda c: c["train_time_s"])
+        return {"combo": c["combo"], "reason": "cheaper", "why": f"statistically tied with the selected run on "
+                f"validation and trains in {c['train_time_s'] / cost:.0%} of its time"}
+    sd = _float_or_none(best.get("val_bacc_sd"))
+    stable = [c for c in tied if sd is not None and c["val_bacc_sd"] is not None and c["n_seeds"] > 1
+              and c["val_bacc_sd"] < sd / 2]
+    if stable:
+        c = min(stable, key=lambda c: c["val_bacc_sd"])
+        return {"combo": c["combo"], "reason": "more stable", "why": f"statistically tied with the selected run on "
+                f"validation with a seed sd of {c['val_bacc_sd']:.4f} against {sd:.4f}"}
+    return None
+
+
+def statistics(df: pd.DataFrame) -> dict[str, Any]:
+    """statistics.json: per family, the expected best validation bacc after n combinations (Dodge et
+    al. 2019) and the hyperparameter importance (meli.report.stats)."""
+    from meli.report import stats
+
+    out: dict[str, Any] = {"expected_max": {}, "importance": {}}
+    final = df[~pruned(df)]
+    for family, sub in final.groupby("family", sort=False):
+        # one score per combination: a seed group counts once, at its mean
+        scores = sub.drop_duplicates("seed_group")["val_bacc_mean"].tolist()
+        out["expected_max"][family] = stats.expected_max(scores).to_dict("records")
+        imp = stats.importance(sub, [p for p in swept(df, family) if p != "seed"])
+        if imp:
+            out["importance"][family] = imp
+    out["expected_max_method"] = ("expected maximum validation bacc of n combinations drawn with replacement from "
+                                  "the family's observed ones (Dodge et al., 2019, 'Show your work'); a seed group "
+                                  "counts once, at its mean")
+    return out
 
 
 def effects(df: pd.DataFrame) -> pd.DataFrame:
@@ -277,6 +373,7 @@ def aggregate(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]
         tmp.write_text(markdown(df, selection))
     with atomic_path(out_dir / "effects.csv") as tmp:
         effects(df).to_csv(tmp, index=False)
+    write_json(out_dir / "statistics.json", statistics(df))
     write_json(out_dir / "selection.json", selection)
     return selection
 

@@ -384,3 +384,36 @@ def empty_chart(title: str, message: str) -> str:
             f'font-family="system-ui, sans-serif" font-size="12"><title>{escape(title)}</title>'
             f'<text x="8" y="20" font-weight="600" fill="{INK}">{escape(title)}</text>'
             f'<text x="8" y="44" fill="{MUTED}">{escape(message)}</text></svg>')
+
+
+FAMILY_COLOURS = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9")
+
+
+def band_chart(series: list[tuple[str, Sequence[float], Sequence[float], Sequence[float]]], title: str, xlabel: str,
+               ylabel: str) -> str:
+    """One line per series (name, x, mean, sd) with a ±1 sd band, in distinct colours, named in a
+    legend row under the title (expected best score against the number of combinations tried)."""
+    pts = [(x, m, s) for _, xs, ms, ss in series for x, m, s in zip(xs, ms, ss) if _finite(m)]
+    if not pts:
+        return empty_chart(title, "no data")
+    frame = _Frame([p[0] for p in pts], [m + sgn * s for _, m, s in pts for sgn in (-1, 1)], title, xlabel, ylabel,
+                   x_integer=True)
+    frame.y1 += 14  # the legend row
+    out = frame.open()
+    x = frame.x0
+    for i, (name, xs, ms, ss) in enumerate(series):
+        colour = FAMILY_COLOURS[i % len(FAMILY_COLOURS)]
+        upper = [(frame.sx(a), frame.sy(m + s)) for a, m, s in zip(xs, ms, ss)]
+        lower = [(frame.sx(a), frame.sy(m - s)) for a, m, s in zip(xs, ms, ss)][::-1]
+        out.append(f'<polygon fill="{colour}" fill-opacity="0.15" stroke="none" '
+                   f'points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in upper + lower)}"/>')
+        line = " ".join(f"{frame.sx(a):.1f},{frame.sy(m):.1f}" for a, m in zip(xs, ms))
+        last = f"{name}: {ms[-1]:.4f} after {xs[-1]}" if len(ms) else name
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}">'
+                   f"<title>{escape(last)}</title></polyline>")
+        out.append(f'<rect x="{x}" y="{MARGIN["top"] - 4}" width="10" height="10" fill="{colour}"/>'
+                   f'<text x="{x + 14}" y="{MARGIN["top"] + 5}" fill="{INK}">{escape(name)}</text>')
+        x += 24 + 7 * len(name)
+    out += frame.x_axis([(t, _fmt_tick(t)) for t in frame.xticks if t >= 1])
+    out.append("</svg>")
+    return "\n".join(out)

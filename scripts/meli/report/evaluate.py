@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,50 @@ def comparison_pairs(selection: dict[str, Any]) -> list[tuple[str, str]]:
     return ([head] if head else []) + [p for p in pairs if p != head]
 
 
+CORRECTION = "Holm (family-wise error rate 5% over every pair compared)"
+DROP = 0.01  # a validation->test drop smaller than this is not worth a flag, whatever the CI
+
+
+def compare(selection: dict[str, Any], samples: dict[str, np.ndarray], details: dict[str, Any], n_rows: int,
+            resamples: int) -> list[dict[str, Any]]:
+    """Every pair of selected models on the same test rows; the verdicts are Holm-corrected over the
+    pairs (``verdict``), the uncorrected ones kept as ``verdict_unadjusted``."""
+    from meli.report import stats
+
+    comparisons = []
+    for a, b in comparison_pairs(selection):
+        c = {"a": a, "b": b, "n_rows": n_rows, "resamples": resamples,
+             **paired_difference(samples[a], samples[b], details[a]["bacc"], details[b]["bacc"])}
+        c["p"] = stats.bootstrap_p(np.asarray(samples[a]) - np.asarray(samples[b]))
+        comparisons.append(c)
+    for c, p_adj in zip(comparisons, stats.holm([c["p"] for c in comparisons])):
+        c["verdict_unadjusted"], c["p_holm"] = c["verdict"], p_adj
+        c["verdict"] = stats.verdict(c["diff"], p_adj) if len(comparisons) > 1 else c["verdict"]
+        LOG.info("%s - %s: %+.4f [%+.4f, %+.4f], p %.3g (Holm %.3g) -> %s", c["a"], c["b"], c["diff"],
+                 c["ci_low"] or float("nan"), c["ci_high"] or float("nan"), c["p"] or float("nan"),
+                 p_adj or float("nan"), c["verdict"])
+    return comparisons
+
+
+def val_test_drop(d: dict[str, Any]) -> dict[str, Any] | None:
+    """A selected run whose validation score lies above its test interval by at least DROP: the
+    best of many on validation is partly luck (winner's curse), or validation and test differ."""
+    val, test, high = d.get("val_bacc"), d.get("bacc"), d.get("bacc_ci_high")
+    if val is None or test is None or high is None or val <= high or val - test < DROP:
+        return None
+    return {"val_bacc": val, "test_bacc": test, "drop": val - test}
+
+
+def recommend(details: dict[str, Any], comparisons: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """When no selected model is distinguishable from another on test: the cheapest to serve
+    (measured prediction time on the test split), said to be chosen for that reason."""
+    if len(details) < 2 or any(c["verdict"] != "not distinguishable" for c in comparisons):
+        return None
+    family = min(details, key=lambda f: (details[f].get("predict_s") or math.inf, f))
+    return {"family": family, "reason": "cheapest", "why": "no selected model is distinguishable from another on "
+            f"test; {family} predicts the test split fastest ({details[family].get('predict_s') or 0:.1f} s)"}
+
+
 def _is_neural(family: str) -> bool:
     try:
         return models.get(family).neural
@@ -264,20 +309,17 @@ def evaluate(
                **{k: result[k] for k in ("n_test", "n_scored", "n_unseen_category")}, "load_s": load_s,
                "predict_s": predict_s}
         rows.append(row)
-    comparisons = []
-    for a, b in comparison_pairs(selection):
-        c = {"a": a, "b": b, "n_rows": int(seen.sum()), "resamples": int(cfg["bootstrap"]),
-             **paired_difference(samples[a], samples[b], details[a]["bacc"], details[b]["bacc"])}
-        LOG.info("%s - %s: %+.4f [%+.4f, %+.4f] -> %s", a, b, c["diff"], c["ci_low"] or float("nan"),
-                 c["ci_high"] or float("nan"), c["verdict"])
-        comparisons.append(c)
-
+    comparisons = compare(selection, samples, details, int(seen.sum()), int(cfg["bootstrap"]))
+    for family, d in details.items():
+        d["val_test_drop"] = val_test_drop(d)
     table = pd.DataFrame(rows).rename(columns={"bacc": "test_bacc"})
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "test.csv") as tmp:
         table.to_csv(tmp, index=False)
     write_json(out_dir / "test_details.json", {"selection_split": selection.get("split", "validation"),
-                                               "families": details, "comparisons": comparisons})
+                                               "families": details, "comparisons": comparisons,
+                                               "correction": CORRECTION if len(comparisons) > 1 else None,
+                                               "recommendation": recommend(details, comparisons)})
     return table
 
 

@@ -34,6 +34,7 @@ h2 { font-size:1.3rem; border-bottom:2px solid var(--line); padding-bottom:.25re
 h3 { font-size:1.05rem; margin:1.4rem 0 .4rem; }
 p.note, .note { color:var(--muted); font-size:.88rem; }
 p.verdict { font-size:1.05rem; }
+p.warn { border-left:4px solid var(--accent); padding:.3rem .6rem; background:#fff4e6; font-size:.9rem; }
 .table-wrap { overflow:auto; margin:.5rem 0 1rem; border:1px solid var(--line); border-radius:6px;
               width:fit-content; max-width:100%; }
 .table-wrap.tall { max-height:32rem; }

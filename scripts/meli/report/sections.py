@@ -116,6 +116,9 @@ class Results:
         details = read_json_or_none(tables / "test_details.json") or {}
         self.details = details.get("families", {})
         self.comparisons = details.get("comparisons", [])
+        self.correction = details.get("correction")
+        self.recommendation = details.get("recommendation")
+        self.statistics = read_json_or_none(tables / "statistics.json") or {}
         self.summary = read_json_or_none(self.root / "data" / "summary.json") or {}
         self.stats = read_json_or_none(self.root / "features" / "stats.json") or {}
         # Only what the current runs use: results/ may still hold a removed embedding's files or
@@ -182,8 +185,47 @@ def comparison_sentence(c: dict[str, Any]) -> str:
             "worse": f"<strong>{a} is worse than {b}</strong> on test"}.get(
         c.get("verdict"), f"<strong>{a} and {b} are not distinguishable</strong> on test")
     level = round(100 * (c.get("level") or 0.95))
+    holm = (f"; p {c['p_holm']:.3g} after Holm's correction" if c.get("p_holm") is not None
+            and c.get("p_holm") != c.get("p") else "")
     return (f"{head}: {signed(c.get('diff'))} balanced accuracy ({level}% CI {signed(c.get('ci_low'))} to "
-            f"{signed(c.get('ci_high'))}; paired bootstrap over the same {fmt(c.get('n_rows'))} test rows).")
+            f"{signed(c.get('ci_high'))}; paired bootstrap over the same {fmt(c.get('n_rows'))} test rows{holm}).")
+
+
+def ties_note(family: str, chosen: dict[str, Any]) -> str:
+    """Which of the family's next best combinations are statistically tied with the selected run
+    on validation, the runner-up, and what that means for the choice (HTML)."""
+    ties = chosen.get("validation_ties") or {}
+    compared = ties.get("compared") or []
+    runner = chosen.get("runner_up")
+    if not compared:
+        return (f"Runner-up: <code>{escape(runner['combo'])}</code> (validation {fmt(runner['val_bacc'], 4)})."
+                if runner else "")
+    tied = [c for c in compared if c["tied"]]
+    first = compared[0]
+    out = [f"Runner-up: <code>{escape(first['combo'])}</code>, validation {fmt(first['val_bacc'], 4)} "
+           f"({signed(first['diff'])} behind, 95% CI {signed(first['ci_low'])} to {signed(first['ci_high'])})."]
+    if tied:
+        out.append(f"<strong>{plural(len(tied), 'other combination')} statistically tied with the selected run on "
+                   f"validation</strong> ({escape(ties['method'])}): the ranking among them is noise, and any of them "
+                   "is as good a choice on this evidence.")
+    else:
+        out.append(f"The selected run is ahead of the next {plural(len(compared), 'combination')} beyond noise "
+                   f"({escape(ties['method'])}).")
+    rec = ties.get("recommendation")
+    if rec:
+        out.append(f"Recommended instead ({escape(rec['reason'])}): <code>{escape(rec['combo'])}</code>, "
+                   f"{escape(rec['why'])}.")
+    return " ".join(out)
+
+
+def drop_note(family: str, d: dict[str, Any] | None) -> str:
+    drop = (d or {}).get("val_test_drop")
+    if not drop:
+        return ""
+    return (f'<p class="warn"><strong>{escape(family_name(family))}: validation {fmt(drop["val_bacc"], 4)} → test '
+            f'{fmt(drop["test_bacc"], 4)}</strong> ({signed(-drop["drop"])}, beyond the test interval). The best of '
+            "many runs on validation is partly lucky (the winner's curse), or validation and test differ: trust the "
+            "test figure, not the validation one.</p>")
 
 
 def _seed_note(chosen: dict) -> str:
@@ -213,6 +255,8 @@ def section_summary(r: Results) -> str:
             f'<div class="big">{escape(fmt(t["test_bacc"], 4) if t is not None else DASH)}</div>'
             f'<div class="label">test balanced accuracy, {escape(ci)} · validation '
             f'{escape(fmt(chosen.get("val_bacc"), 4))}{escape(_seed_note(chosen))}</div>'
+            + drop_note(family, r.details.get(family))
+            + (f'<div class="label">{note}</div>' if (note := ties_note(family, chosen)) else "")
             + kv_list(chosen.get("params") or {}) +
             f'<div class="label">Classify new titles with it:</div><pre class="cmd">'
             f"{escape(predict_command(run_dir))}</pre></div>"
@@ -225,6 +269,13 @@ def section_summary(r: Results) -> str:
         out.append(f'<p class="verdict">{comparison_sentence(head)}</p>')
         if rest:
             out.append('<ul class="note">' + "".join(f"<li>{comparison_sentence(c)}</li>" for c in rest) + "</ul>")
+        if r.correction:
+            out.append(f'<p class="note">{len(r.comparisons)} pairs are {len(r.comparisons)} tests: verdicts are '
+                       f"corrected for multiple comparisons ({escape(r.correction)}).</p>")
+        if r.recommendation:
+            out.append(f'<p class="verdict">Recommendation: <strong>{escape(family_name(r.recommendation["family"]))}'
+                       f'</strong>, chosen because it is the {escape(r.recommendation["reason"])}: '
+                       f'{escape(r.recommendation["why"])}.</p>')
     elif r.test is not None:
         out.append('<p class="note">No paired comparison in test_details.json (rerun evaluate_test).</p>')
     out.append(f'<div class="cards">{"".join(cards)}</div>')
@@ -487,6 +538,45 @@ def section_effects(r: Results) -> str:
                       row["min_val_bacc"], row["max_val_bacc"]] for _, row in fam_eff.iterrows()])
         out.append(f"<h3>{escape(family_name(family))}</h3><div class=charts>{''.join(chart_html)}</div>"
                    f"<details><summary>Table of {escape(family_name(family))} effects</summary>{tbl}</details>")
+    return "\n".join(out)
+
+
+def section_statistics(r: Results) -> str:
+    """Search effort (expected best validation score after n combinations) and hyperparameter importance."""
+    st = r.statistics
+    if not st:
+        return f"<p>{DASH} (results/tables/statistics.json missing)</p>"
+    out = []
+    em = {f: rows for f, rows in (st.get("expected_max") or {}).items() if rows}
+    if em:
+        series = [(family_name(f), [x["n"] for x in rows], [x["expected_max"] for x in rows], [x["sd"] for x in rows])
+                  for f, rows in em.items()]
+        chart = charts.band_chart(series, "Best val bacc expected after n combinations", "combinations tried",
+                                  "expected best val bacc")
+        common = min(len(rows) for rows in em.values())
+        rows = [[family_name(f), len(v), v[0]["expected_max"], v[min(common, len(v)) - 1]["expected_max"],
+                 v[-1]["expected_max"], v[-1]["sd"]] for f, v in em.items()]
+        out.append("<h3>Did a family win by being better, or by being searched more?</h3>"
+                   f'<div class="charts">{chart}</div>'
+                   + table(["family", "combinations", "expected best of 1", f"expected best of {common}",
+                            "expected best of all", "sd"], rows)
+                   + f'<p class="note">{escape(st.get("expected_max_method", ""))}. Compare the families at the '
+                   f"same number of combinations ({common}): a family ahead only at its own, larger n won by being "
+                   "searched more.</p>")
+    for family, imp in (st.get("importance") or {}).items():
+        rows = [[h["hyperparameter"], h["importance"], f"[{fmt(h['low'], 3)}, {fmt(h['high'], 3)}]"]
+                for h in imp["hyperparameters"]]
+        weak = imp["surrogate_r2"] < 0.3
+        out.append(f"<h3>{escape(family_name(family))}: hyperparameter importance</h3>"
+                   + table(["hyperparameter", "importance (drop in R²)", "90% interval"], rows)
+                   + f'<p class="note">{escape(imp["method"])}, over {imp["n_runs"]} runs. The surrogate explains '
+                   f'{fmt(imp["surrogate_r2"], 2)} of the variance of validation bacc out of sample '
+                   f'(90% interval {fmt(imp["surrogate_r2_low"], 2)} to {fmt(imp["surrogate_r2_high"], 2)})'
+                   + ("; too little to read the importances as more than a hint." if weak else ".")
+                   + " An interval that reaches 0 means the hyperparameter's effect is not resolved by these runs.</p>")
+    if not st.get("importance"):
+        out.append('<p class="note">Hyperparameter importance needs at least 8 runs trained to the end in a family '
+                   "with a swept hyperparameter.</p>")
     return "\n".join(out)
 
 
