@@ -32,6 +32,43 @@ rule aggregate:
         "python -m meli.report.aggregate --out-dir results/tables {params.runs} > {log:q} 2>&1"
 
 
+rule ensembles:
+    """Ensembles of finished runs (a family's seeds, its top-k, the families' best), compared on validation only."""
+    input:
+        selection="results/tables/selection.json",
+        runs="results/tables/runs.csv",
+        validation=f"{DATA}/validation.parquet",
+        ids=f"{FEATURES}/validation_ids.npy",
+        y=f"{FEATURES}/validation_labels.npy",
+        labels=f"{FEATURES}/labels.json",
+        tfidf=[f"{TFIDF}/validation.npz", f"{TFIDF}/vectorizer.joblib"] if TFIDF_USED else [],
+        models=run_models(),
+        search=search_summaries(),
+    output:
+        chosen="results/tables/ensembles.json",
+        folders=directory("results/ensembles"),
+    log:
+        "results/logs/ensembles.log",
+    benchmark:
+        "results/benchmarks/ensembles.tsv"
+    params:
+        cfg=as_arg(config["report"]["ensemble"]),
+        device=config["train"]["device"],
+        data_dir=lambda wc, input: os.path.dirname(input.validation),
+        features=lambda wc, input: os.path.dirname(input.labels),
+    threads: lambda wc: family_resources("mlp")["threads"]
+    resources:
+        mem_mb=lambda wc, attempt: family_resources("mlp")["mem_mb"] * attempt,
+        runtime=lambda wc, attempt: family_resources("mlp")["runtime"] * attempt,
+        gpu=lambda wc: family_resources("mlp")["gpu"],
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m meli.ensemble --selection {input.selection:q} --runs {input.runs:q} --data-dir {params.data_dir}"
+        " --features {params.features} --config {params.cfg} --device {params.device}"
+        " --out-dir {output.folders:q} --out {output.chosen:q} > {log:q} 2>&1"
+
+
 rule evaluate_test:
     """Test scores (bacc with bootstrap CI, F1, per-category recall) of the selected models only."""
     input:
@@ -43,6 +80,7 @@ rule evaluate_test:
         tfidf=tfidf_test_inputs(),
         models=run_models(),
         search=search_summaries(),
+        ensembles="results/tables/ensembles.json",
     output:
         test=report("results/tables/test.csv", category="Tables", caption="../report/test.rst"),
         details="results/tables/test_details.json",
@@ -65,7 +103,7 @@ rule evaluate_test:
     shell:
         "python -m meli.report.evaluate --selection {input.selection:q} --data-dir {params.data_dir}"
         " --features {params.features} --config {params.cfg} --device {params.device}"
-        " --out-dir results/tables > {log:q} 2>&1"
+        " --ensembles {input.ensembles:q} --out-dir results/tables > {log:q} 2>&1"
 
 
 rule report_html:
@@ -78,6 +116,7 @@ rule report_html:
         effects="results/tables/effects.csv",
         selection="results/tables/selection.json",
         statistics="results/tables/statistics.json",
+        ensembles="results/tables/ensembles.json",
         test="results/tables/test.csv",
         details="results/tables/test_details.json",
         histories=run_histories(),

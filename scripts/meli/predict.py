@@ -45,12 +45,26 @@ def resolve_run(run: str | None, family: str | None, selection: str | Path) -> P
     if not selection.exists():
         raise FileNotFoundError(f"{selection} missing: run the workflow (or give --run DIR)")
     families = read_json(selection).get("families", {})
+    ensembles = selection.with_name("ensembles.json")
+    if family == "ensemble" and ensembles.exists():  # meli.ensemble's choice on validation
+        chosen = read_json(ensembles).get("chosen")
+        if chosen:
+            families = {**families, "ensemble": read_json(ensembles)["candidates"][chosen]}
     if family not in families:
         raise KeyError(f"{selection}: no selected run for family {family!r} (have: {sorted(families)})")
     path = Path(families[family]["run_dir"])
     if not path.is_absolute() and not path.exists():
         path = workflow_root(selection) / path  # recorded relative to the workflow root
     return path
+
+
+def ensemble_members(run_dir: Path) -> list[Path]:
+    """The run directories of an ensemble folder (results/ensembles/<scope>/<name>), else none."""
+    record = run_dir / "ensemble.json"
+    if not record.exists():
+        return []
+    root = run_dir.resolve().parents[3]
+    return [p if (p := Path(m["run_dir"])).is_absolute() else root / p for m in read_json(record)["members"]]
 
 
 PICKLED_MODELS = ("model.joblib",)
@@ -117,7 +131,7 @@ def format_text(titles: Iterable[str], ranked: list[list[tuple[str, float]]],
 def predict(run_dir: Path, titles: list[str], k: int, data_dir: Path, features: Path, device: str,
             load_predictor=None) -> list[dict[str, Any]]:
     if load_predictor is None:
-        from meli.inference import load_predictor  # torch only when really predicting
+        from meli.ensemble import load_predictor  # a run or an ensemble; torch only when really predicting
     predictor = load_predictor(run_dir, data_dir, features, device)
     ranked = top_k(predictor.predict_proba(titles), list(predictor.categories), k)
     known = predictor.known_words(titles) if hasattr(predictor, "known_words") else [None] * len(titles)
@@ -140,8 +154,10 @@ class PredictError(MeliError):
 def main(argv: list[str] | None = None, load_predictor=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     which = ap.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", help="a run directory, results/runs/{family}/{combo}")
-    which.add_argument("--family", help="use this family's run selected on validation (mlp, cnn, rnn, tfidf)")
+    which.add_argument("--run", help="a run directory, results/runs/{family}/{combo}, or an ensemble, "
+                                      "results/ensembles/{scope}/{name}")
+    which.add_argument("--family", help="use this family's run selected on validation (mlp, cnn, rnn, tfidf), or "
+                                         "'ensemble': the ensemble chosen on validation")
     ap.add_argument("--selection", default="results/tables/selection.json")
     ap.add_argument("--data-dir", help="default: <results>/data beside the run")
     ap.add_argument("--features", help="default: <results>/features beside the run")
@@ -162,6 +178,8 @@ def main(argv: list[str] | None = None, load_predictor=None) -> int:
         if args.family:  # the selection of a workflow you point at is that workflow's own run
             trusted.append(workflow_root(args.selection) / "results" / "runs")
         check_trusted(run_dir, trusted, args.trust_model)
+        for member in ensemble_members(run_dir):  # an ensemble unpickles its members' models
+            check_trusted(member, trusted, args.trust_model)
         root = results_root(run_dir)
         data_dir = Path(args.data_dir) if args.data_dir else root / "data"
         features = Path(args.features) if args.features else root / "features"

@@ -537,6 +537,9 @@ def mark_selected(imported: str | Path, test_details: str | Path, out: str | Pat
                                   "ui": record.get("ui"), "selected": {}, "unselected": []}
         chosen_ids = set()
         for family, d in details["families"].items():
+            if "members" in d:  # an ensemble (meli.ensemble) is not an MLflow run: its members are
+                result["ensemble"] = {"name": d.get("combo"), "members": d["members"], "test_bacc": d.get("bacc")}
+                continue
             run_dir = os.path.normpath(d["run_dir"])
             run_id = by_dir.get(run_dir)
             if run_id is None:

@@ -188,11 +188,29 @@ def comparison_pairs(selection: dict[str, Any]) -> list[tuple[str, str]]:
     them in); every pair is compared. The first pair whose ``b`` is a baseline (not neural) has
     ``a`` = the best neural model on validation: the headline comparison of the report.
     """
-    fams = selection["families"]
+    fams = {f: v for f, v in selection["families"].items() if f != ENSEMBLE}
     order = sorted(fams, key=lambda f: (not _is_neural(f), -(fams[f].get("val_bacc") or 0.0)))
     pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
     head = next(((a, b) for a, b in pairs if a == order[0] and not _is_neural(b) and _is_neural(a)), None)
-    return ([head] if head else []) + [p for p in pairs if p != head]
+    # The ensemble (meli.ensemble) against the best single run on validation, right after the headline.
+    single = max(fams, key=lambda f: fams[f].get("val_bacc") or 0.0) if fams else None
+    extra = [(ENSEMBLE, single)] if ENSEMBLE in selection["families"] and single else []
+    return ([head] if head else []) + extra + [p for p in pairs if p != head]
+
+
+ENSEMBLE = "ensemble"
+
+
+def with_ensemble(selection: dict[str, Any], ensembles: dict[str, Any] | None) -> dict[str, Any]:
+    """The selection plus the ensemble chosen on validation (ensembles.json of meli.ensemble) as
+    one more candidate, ``ensemble``, scored on test like the families' selected runs."""
+    chosen = (ensembles or {}).get("chosen")
+    if not chosen:
+        return selection
+    c = ensembles["candidates"][chosen]
+    entry = {"combo": chosen, "run_dir": c["run_dir"], "val_bacc": c["val_bacc"], "val_loss": c.get("val_loss"),
+             "members": [m["run_dir"] for m in c["members"]], "n_runs": len(ensembles["candidates"])}
+    return {**selection, "families": {**selection["families"], ENSEMBLE: entry}}
 
 
 CORRECTION = "Holm (family-wise error rate 5% over every pair compared)"
@@ -253,13 +271,16 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 def evaluate(
     selection_path: str | Path, data_dir: str | Path, features: str | Path, cfg: dict[str, Any], device: str,
-    out_dir: str | Path, load_predictor=None,
+    out_dir: str | Path, load_predictor=None, ensembles: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Score every selected run on the test split; writes test.csv and test_details.json."""
+    """Score every selected run (and the chosen ensemble) on the test split; writes test.csv and
+    test_details.json."""
     if load_predictor is None:
-        from meli.inference import load_predictor  # torch and the models: only when really scoring
+        from meli.ensemble import load_predictor  # torch and the models: only when really scoring
     selection_path, data_dir, features = Path(selection_path), Path(data_dir), Path(features)
     selection = read_json(selection_path)
+    if ensembles and Path(ensembles).exists():
+        selection = with_ensemble(selection, read_json(ensembles))
     if not selection.get("families"):
         raise EvaluateError(f"{selection_path}: no selected run under 'families'")
     categories = read_json(features / "labels.json")["categories"]
@@ -302,6 +323,7 @@ def evaluate(
                  result["bacc_ci_low"] or float("nan"), result["bacc_ci_high"] or float("nan"), result["n_scored"],
                  result["n_unseen_category"], load_s, predict_s)
         details[family] = {"combo": chosen["combo"], "run_dir": str(chosen["run_dir"]),
+                           **({"members": chosen["members"]} if "members" in chosen else {}),
                            "val_bacc": chosen.get("val_bacc"), "load_s": load_s, "predict_s": predict_s, **result}
         row = {"family": family, "combo": chosen["combo"], "val_bacc": chosen.get("val_bacc"),
                **{k: result[k] for k in ("bacc", "bacc_ci_low", "bacc_ci_high", "accuracy", "macro_f1")},
@@ -348,10 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", required=True, help="directory with test_labels.npy, labels.json")
     ap.add_argument("--config", default="{}", help="the `report` config section as JSON")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--ensembles", help="ensembles.json of meli.ensemble: its chosen ensemble is scored too")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     setup_logging("meli.report.evaluate")
-    evaluate(args.selection, args.data_dir, args.features, json.loads(args.config), args.device, args.out_dir)
+    evaluate(args.selection, args.data_dir, args.features, json.loads(args.config), args.device, args.out_dir,
+             ensembles=args.ensembles)
     return 0
 
 

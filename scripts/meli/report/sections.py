@@ -119,6 +119,7 @@ class Results:
         self.correction = details.get("correction")
         self.recommendation = details.get("recommendation")
         self.statistics = read_json_or_none(tables / "statistics.json") or {}
+        self.ensembles = read_json_or_none(tables / "ensembles.json") or {}
         self.summary = read_json_or_none(self.root / "data" / "summary.json") or {}
         self.stats = read_json_or_none(self.root / "features" / "stats.json") or {}
         # Only what the current runs use: results/ may still hold a removed embedding's files or
@@ -261,6 +262,7 @@ def section_summary(r: Results) -> str:
             f'<div class="label">Classify new titles with it:</div><pre class="cmd">'
             f"{escape(predict_command(run_dir))}</pre></div>"
         )
+    cards += _ensemble_card(r, test)
     best = max(families.items(), key=lambda kv: (kv[1].get("val_bacc") or -1), default=None)
     out = [f"<p>Best on validation overall: <strong>{escape(family_name(best[0]))}</strong> "
            f"(validation balanced accuracy {fmt(best[1]['val_bacc'], 4)}).</p>" if best else "<p>No run selected.</p>"]
@@ -283,6 +285,30 @@ def section_summary(r: Results) -> str:
                "Test scores are computed once, for the selected run of each family only; a difference is called "
                "better or worse only when its 95% interval excludes zero.</p>")
     return "\n".join(out)
+
+
+def _ensemble_card(r: Results, test: pd.DataFrame | None) -> list[str]:
+    """The ensemble chosen on validation (meli.ensemble), as a card beside the families' runs."""
+    chosen = r.ensembles.get("chosen")
+    if not chosen:
+        return []
+    c = r.ensembles["candidates"][chosen]
+    t = test.loc["ensemble"] if test is not None and "ensemble" in test.index else None
+    ci = (f"95% CI [{fmt(t['bacc_ci_low'], 4)}, {fmt(t['bacc_ci_high'], 4)}]" if t is not None else "not evaluated")
+    vs = next((x for x in r.comparisons if x["a"] == "ensemble"), None)
+    others = ", ".join(f"{n} {fmt(v['val_bacc'], 4)}" for n, v in r.ensembles["candidates"].items() if n != chosen)
+    members = "".join(f"<li><code>{escape(m['run_dir'])}</code> (val {fmt(m['val_bacc'], 4)}, "
+                      f"temperature {m['temperature']:.3g})</li>" for m in c["members"])
+    return [f'<div class="card"><div class="label">Ensemble <code>{escape(chosen)}</code> · best of '
+            f'{plural(len(r.ensembles["candidates"]), "ensemble")} on validation</div>'
+            f'<div class="big">{escape(fmt(t["test_bacc"], 4) if t is not None else DASH)}</div>'
+            f'<div class="label">test balanced accuracy, {escape(ci)} · validation {fmt(c["val_bacc"], 4)}'
+            + (f" · other candidates: {escape(others)}" if others else "") + "</div>"
+            + (f'<div class="label">{comparison_sentence(vs)}</div>' if vs else "")
+            + f'<div class="label">Mean of {len(c["members"])} runs\' probabilities, each calibrated on validation '
+            f'by one temperature:</div><ul class="note">{members}</ul>'
+            f'<div class="label">Classify new titles with it:</div><pre class="cmd">'
+            f"{escape(predict_command(c['run_dir']))}</pre></div>"]
 
 
 def _split_table(per_split: dict[str, Any], value_name: str) -> str:
