@@ -53,7 +53,7 @@ def built(tmp_path, monkeypatch):
 
 def test_candidates_are_chosen_on_validation_and_beat_their_members(built):
     results, out = built
-    assert set(out["candidates"]) == {"mlp/top-3", "cnn/top-2", "tfidf/top-2", "all/best-of-families"}
+    assert set(out["candidates"]) == {"mlp/top-3", "cnn/top-2", "tfidf/top-2", "all/best-of-families", "all/top-3"}
     best = out["candidates"][out["chosen"]]
     assert out["chosen"] == max(out["candidates"], key=lambda n: out["candidates"][n]["val_bacc"])
     assert best["val_bacc"] > max(m["val_bacc"] for m in best["members"])  # averaging helps here

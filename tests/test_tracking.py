@@ -287,10 +287,10 @@ def test_mlflow_agrees_with_the_report_records_failures_and_survives_a_copy(tmp_
     write_json(run / "metrics.json", {**metrics, "val_bacc": 0.9, "best_epoch": 2})
     reason = "training diverged: mean train loss 1e19 over 3 x max(start, log(classes)) for 2 epochs; " * 4 + \
         "Lower the learning rate (lr=10.0, set in train.mlp.grid.lr)"
-    failed = [{"family": "mlp", "combo": "lr-10_seed-0", "state": "diverged", "detail": reason, "attempts": 1,
-               "log": "results/logs/train/mlp/lr-10_seed-0.log", "params": {"lr": 10.0, "hidden": [64]}}]
+    failed = [tracking.FailedRun("mlp", "lr-10_seed-0", "diverged", reason, 1, "results/logs/train/mlp/lr-10_seed-0.log",
+                                 {"lr": 10.0, "hidden": [64]})]
     store = tmp_path / "results" / "mlflow"
-    first = tracking.import_runs(runs, EXPERIMENT, "", store, store / "imported.json", failed=failed)
+    first = tracking.import_runs([*runs, *failed], EXPERIMENT, "", store, store / "imported.json")
     client = client_for(store)
     best = client.get_run(first["runs"][runs[0]])
     assert best.data.metrics["val_bacc"] == pytest.approx(0.9)  # MLflow's runs table sorts as selection does
@@ -302,7 +302,7 @@ def test_mlflow_agrees_with_the_report_records_failures_and_survives_a_copy(tmp_
     assert bad.info.status == "FAILED" and bad.data.tags["meli.state"] == "diverged"
     assert bad.data.tags["meli.failure"].endswith("Lower the learning rate (lr=10.0, set in train.mlp.grid.lr)")
     assert bad.data.params["lr"] == "10.0" and bad.info.run_name == "mlp · lr-10_seed-0"
-    again = tracking.import_runs(runs, EXPERIMENT, "", store, store / "imported.json", failed=failed)
+    again = tracking.import_runs([*runs, *failed], EXPERIMENT, "", store, store / "imported.json")
     assert again["failed"] == first["failed"] and again["replaced"] == []  # idempotent
     # The combination finishes later: its FAILED run is replaced by the finished one.
     later = tmp_path / "results" / "runs" / "mlp" / "lr-10_seed-0"

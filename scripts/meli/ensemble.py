@@ -8,7 +8,8 @@ After a sweep the members already exist, so an ensemble costs only their predict
 
 * ``<family>/seeds``: the runs of the family's selected seed group (when it has 2+ seeds);
 * ``<family>/top-<k>``: the family's ``k`` best runs on validation (trained to the end);
-* ``all/best-of-families``: each family's selected run.
+* ``all/best-of-families``: each family's selected run;
+* ``all/top-<k>``: the ``k`` best runs on validation whatever their family.
 
 Each member's probabilities are first calibrated on validation with one temperature (``p**(1/T)``
 renormalised, ``T`` minimising the validation log-loss over a grid): the TF-IDF LinearSVC's
@@ -105,6 +106,10 @@ def candidates(selection: dict[str, Any], runs: pd.DataFrame, cfg: dict[str, Any
     fams = selection.get("families", {})
     if cfg.get("cross_family", True) and len(fams) >= 2:
         out["all/best-of-families"] = [f["run_dir"] for f in fams.values()]
+        k = int(cfg.get("top_k") or 0)
+        top = final.sort_values("val_bacc", ascending=False, kind="stable").head(k)
+        if k >= 2 and top["family"].nunique() > 1:
+            out[f"all/top-{len(top)}"] = list(top["run_dir"])
     unique: dict[tuple, str] = {}
     for name, members in out.items():  # the same members under two names: keep the first
         unique.setdefault(tuple(sorted(members)), name)

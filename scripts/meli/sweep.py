@@ -441,12 +441,11 @@ def write_partial(results: str | os.PathLike, sweep: Sweep, final: bool, mlflow:
         dataset = (config.get("dataset") or {}).get("name")
         imported = results / "mlflow" / "imported.json"
         combos = sweep.manifest.get("combinations") or {}
-        failed = [{"family": c.family, "combo": c.combo, "state": c.state, "detail": c.detail, "attempts": c.attempts,
-                   "log": c.log, "params": (combos.get(c.family) or {}).get(c.combo) or {}}
+        failed = [tracking.FailedRun(c.family, c.combo, c.state, c.detail, c.attempts, c.log,
+                                     (combos.get(c.family) or {}).get(c.combo) or {})
                   for c in sweep.by_state(*FAILED_STATES)]
-        tracking.import_runs(done, ml.get("experiment") or dataset or "meli", ml.get("tracking_uri") or "",
-                             results / "mlflow", imported, dataset=dataset, log_models=bool(ml.get("log_models")),
-                             failed=failed)
+        tracking.import_runs([*done, *failed], ml.get("experiment") or dataset or "meli", ml.get("tracking_uri") or "",
+                             results / "mlflow", imported, dataset=dataset, log_models=bool(ml.get("log_models")))
         _backdate([imported])
         log.info("imported the %d finished runs into MLflow (%s)", len(done), imported)
     return out

@@ -53,6 +53,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -310,9 +311,11 @@ def _metric_entries(metrics: dict[str, Any], history: pd.DataFrame, start_ms: in
 
 
 def log_run(client: Any, experiment_id: str, run_dir: Path, metrics: dict[str, Any], history: pd.DataFrame,
-            dataset: str, log_models: bool, source: dict[str, str] | None = None, inputs: list[Any] = (),
-            origin: dict[str, str] | None = None) -> str:
-    """One run directory -> one finished MLflow run; returns its id. ``source``: :func:`source_tags`."""
+            ctx: dict[str, Any]) -> str:
+    """One run directory -> one finished MLflow run; returns its id. ``ctx``: ``dataset``,
+    ``log_models``, ``source`` (:func:`source_tags`), ``inputs``, ``origin`` (the identity tags)."""
+    dataset, log_models, inputs = ctx["dataset"], ctx.get("log_models", False), ctx.get("inputs") or ()
+    source, origin = ctx.get("source"), ctx.get("origin")
     from mlflow.entities import Param, RunTag
 
     end_ms = _ms(metrics["finished_at"])
@@ -399,12 +402,23 @@ def relocate_artifacts(store_dir: Path) -> int:
 FAILURE_TAG = "meli.failure"
 
 
-def log_failed(client: Any, experiment_id: str, failure: dict[str, Any], dataset: str,
-               tags: dict[str, str]) -> str:
-    """A combination whose job failed as an MLflow run with status FAILED, its state and reason
-    (``failure``: family, combo, state, detail, attempts, log, params from meli.sweep)."""
+@dataclass
+class FailedRun:
+    """A combination whose job failed (meli.sweep's classification), imported as a FAILED run."""
+    family: str
+    combo: str
+    state: str
+    detail: str = ""
+    attempts: int = 0
+    log: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def log_failed(client: Any, experiment_id: str, failed: FailedRun, dataset: str, tags: dict[str, str]) -> str:
+    """A combination whose job failed as an MLflow run with status FAILED, its state and reason."""
     from mlflow.entities import Param
 
+    failure = asdict(failed)
     run = client.create_run(experiment_id, tags={
         "family": failure["family"], "combo": failure["combo"], "dataset": dataset, **tags,
         "meli.state": failure["state"], "meli.attempts": str(failure.get("attempts") or 0),
@@ -419,38 +433,36 @@ def log_failed(client: Any, experiment_id: str, failure: dict[str, Any], dataset
     return run.info.run_id
 
 
-def _failure_key(f: dict[str, Any]) -> tuple[str, str]:
-    return f["state"], str(f.get("attempts") or 0)
-
-
-def _import_failed(client: Any, experiment_id: str, failed: Sequence[dict[str, Any]], present: dict,
+def _import_failed(client: Any, experiment_id: str, failed: Sequence[FailedRun], present: dict,
                    result: dict[str, Any], ctx: dict[str, Any]) -> None:
     """Failed combinations: one FAILED run each, replaced when a later attempt fails otherwise."""
     for f in failed:
-        key = (ctx["origin"][WORKFLOW_TAG], ctx["origin"][DATASET_SHA_TAG], f["family"], f["combo"])
+        key = (ctx["origin"][WORKFLOW_TAG], ctx["origin"][DATASET_SHA_TAG], f.family, f.combo)
         found = present.get(key, [])
         same = [r for r in found if r.info.status == "FAILED" and "finished_at" not in r.data.tags
-                and (r.data.tags.get("meli.state"), r.data.tags.get("meli.attempts")) == _failure_key(f)]
+                and (r.data.tags.get("meli.state"), r.data.tags.get("meli.attempts")) == (f.state, str(f.attempts))]
         for old in found:
             if old.info.run_id not in {r.info.run_id for r in same[:1]}:
                 client.delete_run(old.info.run_id)
                 result["replaced"].append(old.info.run_id)
         run_id = same[0].info.run_id if same else log_failed(client, experiment_id, f, ctx["dataset"],
                                                              {**ctx["origin"], **ctx["source"]})
-        result["failed"][f"{f['family']}/{f['combo']}"] = run_id
+        result["failed"][f"{f.family}/{f.combo}"] = run_id
 
 
-def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: str, store_dir: str | Path,
-                out: str | Path, dataset: str | None = None, log_models: bool = False,
-                summary: str | Path | None = None, failed: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+def import_runs(run_dirs: Sequence[str | Path | FailedRun], experiment: str, tracking_uri: str,
+                store_dir: str | Path, out: str | Path, dataset: str | None = None, log_models: bool = False,
+                summary: str | Path | None = None) -> dict[str, Any]:
     """Import every run directory (idempotently); writes and returns imported.json's content.
 
-    ``failed``: combinations whose job failed (meli.sweep's partial report): each becomes a run
-    with status FAILED carrying its state and reason, replaced once the combination finishes."""
+    A :class:`FailedRun` among ``run_dirs`` (meli.sweep's partial report) becomes a run with
+    status FAILED carrying its state and reason, replaced once the combination finishes."""
     from mlflow.tracking import MlflowClient
 
     store_dir = Path(store_dir)
-    runs = {str(d): read_run(Path(d)) for d in run_dirs}  # fail on a bad record before touching the store
+    failed = [d for d in run_dirs if isinstance(d, FailedRun)]
+    # fail on a bad record before touching the store
+    runs = {str(d): read_run(Path(d)) for d in run_dirs if not isinstance(d, FailedRun)}
     summary_data = read_json(summary) if summary else None
     inputs = [i for i in [dataset_input(summary_data, dataset or experiment,
                                         Path(summary).parent if summary else Path("."), "training")] if i]
@@ -495,8 +507,9 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
                 result["runs"][run_dir] = same[0].info.run_id
                 result["skipped"].append(run_dir)
             else:
-                result["runs"][run_dir] = log_run(client, experiment_id, Path(run_dir), metrics, history,
-                                                  dataset or experiment, log_models, source, inputs, origin)
+                result["runs"][run_dir] = log_run(client, experiment_id, Path(run_dir), metrics, history, {
+                    "dataset": dataset or experiment, "log_models": log_models, "source": source, "inputs": inputs,
+                    "origin": origin})
                 result["imported"].append(run_dir)
             progress.update()
         _import_failed(client, experiment_id, failed, present, result,
@@ -512,6 +525,19 @@ def import_runs(run_dirs: Sequence[str | Path], experiment: str, tracking_uri: s
              len(result["skipped"]), len(result["failed"]), len(result["replaced"]), len(result["archived"]))
     log.info("browse the runs with: %s", result["ui"])
     return result
+
+
+def _log_model(client: Any, run: Any, run_dir: str) -> list[str]:
+    """The selected run's model file as an artifact (once); returns the model files it has."""
+    present = {a.path for a in client.list_artifacts(run.info.run_id)}
+    logged = []
+    for name in MODEL_FILES:
+        model = Path(run.data.tags.get("run_dir", run_dir)) / name
+        if model.exists() and name not in present:
+            client.log_artifact(run.info.run_id, str(model))
+        if model.exists():
+            logged.append(name)
+    return logged
 
 
 def mark_selected(imported: str | Path, test_details: str | Path, out: str | Path,
@@ -556,14 +582,7 @@ def mark_selected(imported: str | Path, test_details: str | Path, out: str | Pat
                     any(t.key == "mlflow.data.context" and t.value == "test" for t in i.tags)
                     for i in (run.inputs.dataset_inputs if run.inputs else [])):
                 client.log_inputs(run_id, datasets=[test_input])
-            present = {a.path for a in client.list_artifacts(run_id)}
-            logged = []
-            for name in MODEL_FILES:
-                model = Path(run.data.tags.get("run_dir", d["run_dir"])) / name
-                if model.exists() and name not in present:
-                    client.log_artifact(run_id, str(model))
-                if model.exists():
-                    logged.append(name)
+            logged = _log_model(client, run, d["run_dir"])
             result["selected"][family] = {"run_id": run_id, "run_dir": d["run_dir"], "model": logged,
                                           "metrics": {m.key: m.value for m in metrics} or "unchanged"}
         # A run selected by an earlier sweep (before a grid change) is selected no longer.

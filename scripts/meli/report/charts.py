@@ -80,8 +80,8 @@ class _Frame:
     """Maps data coordinates to the plot area and draws axes, grid and labels."""
 
     def __init__(self, xs: list[float], ys: list[float], title: str, xlabel: str, ylabel: str,
-                 width: int = WIDTH, height: int = HEIGHT, x_integer: bool = False, y_from_zero: bool = False):
-        self.w, self.h = width, height
+                 x_integer: bool = False, y_from_zero: bool = False):
+        self.w, self.h = width, height = WIDTH, HEIGHT
         self.x0, self.x1 = MARGIN["left"], width - MARGIN["right"]
         self.y0, self.y1 = height - MARGIN["bottom"], MARGIN["top"]
         lo_y, hi_y = (min(ys), max(ys)) if ys else (0.0, 1.0)

@@ -269,6 +269,33 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
             for row in json.loads(df.to_json(orient="records"))]
 
 
+def _test_labels(data_dir: Path, features: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Test labels (-1: category unseen in train) and label_quality, checked against each other."""
+    y = np.load(features / "test_labels.npy")
+    test_file = pq.ParquetFile(data_dir / "test.parquet")
+    if test_file.metadata.num_rows != len(y):
+        raise EvaluateError(f"{data_dir / 'test.parquet'} has {test_file.metadata.num_rows} rows but "
+                            f"{features / 'test_labels.npy'} has {len(y)}")
+    quality = None
+    if "label_quality" in test_file.schema_arrow.names:
+        quality = test_file.read(columns=["label_quality"]).column(0).to_numpy(zero_copy_only=False)
+    return y, quality
+
+
+def _predict_test(predictor: Any, run_dir: Path, n: int, categories: list[str],
+                  features: Path) -> tuple[np.ndarray, float]:
+    """A model's test predictions (checked) and the seconds they took."""
+    t1 = time.perf_counter()
+    # Streamed: only the argmax is scored, so never hold test rows x classes probabilities.
+    pred, _ = predictor.predict_split("test")
+    predict_s = time.perf_counter() - t1
+    if np.shape(pred) != (n,):
+        raise EvaluateError(f"{run_dir}: {np.shape(pred)} test predictions, expected ({n},) from {features}")
+    if list(getattr(predictor, "categories", categories)) != list(categories):
+        raise EvaluateError(f"{run_dir}: the model's categories differ from {features / 'labels.json'}")
+    return np.asarray(pred, dtype=np.int64), predict_s
+
+
 def evaluate(
     selection_path: str | Path, data_dir: str | Path, features: str | Path, cfg: dict[str, Any], device: str,
     out_dir: str | Path, load_predictor=None, ensembles: str | Path | None = None,
@@ -284,29 +311,15 @@ def evaluate(
     if not selection.get("families"):
         raise EvaluateError(f"{selection_path}: no selected run under 'families'")
     categories = read_json(features / "labels.json")["categories"]
-    y = np.load(features / "test_labels.npy")
-    test_file = pq.ParquetFile(data_dir / "test.parquet")
-    if test_file.metadata.num_rows != len(y):
-        raise EvaluateError(f"{data_dir / 'test.parquet'} has {test_file.metadata.num_rows} rows but "
-                         f"{features / 'test_labels.npy'} has {len(y)}")
-    quality = None
-    if "label_quality" in test_file.schema_arrow.names:
-        quality = test_file.read(columns=["label_quality"]).column(0).to_numpy(zero_copy_only=False)
-
+    y, quality = _test_labels(data_dir, features)
     preds, timings = {}, {}
     for family, chosen in selection["families"].items():
         run_dir = resolve_run_dir(chosen["run_dir"], selection_path)
         t0 = time.perf_counter()
         predictor = load_predictor(run_dir, data_dir, features, device)
-        t1 = time.perf_counter()
-        # Streamed: only the argmax is scored, so never hold test rows x classes probabilities.
-        pred, _ = predictor.predict_split("test")
-        timings[family] = (t1 - t0, time.perf_counter() - t1)
-        if np.shape(pred) != (len(y),):
-            raise EvaluateError(f"{run_dir}: {np.shape(pred)} test predictions, expected ({len(y)},) from {features}")
-        if list(getattr(predictor, "categories", categories)) != list(categories):
-            raise EvaluateError(f"{run_dir}: the model's categories differ from {features / 'labels.json'}")
-        preds[family] = np.asarray(pred, dtype=np.int64)
+        load_s = time.perf_counter() - t0
+        preds[family], predict_s = _predict_test(predictor, run_dir, len(y), categories, features)
+        timings[family] = (load_s, predict_s)
 
     # One bootstrap for all models on the same resampled rows: each model's interval and every
     # paired difference come from it (the indices are those a single model's bootstrap draws).

@@ -327,6 +327,21 @@ def section_dataset(r: Results) -> str:
     if not s:
         return f"<p>{DASH} (results/data/summary.json missing)</p>"
     src = s.get("source") if isinstance(s.get("source"), dict) else {}
+    blocks = _known_blocks(s) + _other_blocks(s)
+    if isinstance(s.get("preprocess"), dict):
+        blocks.append(("Cleaning (also applied to new titles by predict)", kv_table(s["preprocess"])))
+    out = [kv_table({f"source {k}": v for k, v in src.items()}) if src else "",
+           '<div class="blocks">' + "".join(f"<div><h3>{escape(t)}</h3>{b}</div>" for t, b in blocks) + "</div>"]
+    if r.stats:
+        out.append("<h3>Token ids (vocabulary from train only)</h3>" + _stats_table(r.stats))
+    return "\n".join(out)
+
+
+SUMMARY_SHOWN = {"source", "rows", "categories", "label_quality", "token_length_quantiles", "dropped",
+                 "rare_categories", "preprocess"}
+
+
+def _known_blocks(s: dict[str, Any]) -> list[tuple[str, str]]:
     blocks = [("Rows per split", _split_table(s.get("rows"), "rows"))]
     cats = s.get("categories")
     if isinstance(cats, dict):
@@ -344,23 +359,20 @@ def section_dataset(r: Results) -> str:
                    f"<p>{escape(fmt(dropped)) if dropped not in (None, {}) else 'none'}</p>"))
     if isinstance(s.get("rare_categories"), dict):
         blocks.append(("Rare categories", kv_table(s["rare_categories"])))
-    # Whatever else the data stage records, shown as-is (the stage may add keys over time).
-    shown = {"source", "rows", "categories", "label_quality", "token_length_quantiles", "dropped", "rare_categories",
-             "preprocess"}
-    other = {k: v for k, v in s.items() if k not in shown and not isinstance(v, dict)}
+    return blocks
+
+
+def _other_blocks(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Whatever else the data stage records, shown as-is (the stage may add keys over time)."""
+    blocks = []
+    other = {k: v for k, v in s.items() if k not in SUMMARY_SHOWN and not isinstance(v, dict)}
     for key, value in s.items():
-        if key not in shown and isinstance(value, dict) and value:
+        if key not in SUMMARY_SHOWN and isinstance(value, dict) and value:
             nested = all(isinstance(v, dict) for v in value.values())
             blocks.append((key.replace("_", " ").capitalize(), _split_table(value, key) if nested else kv_table(value)))
     if other:
         blocks.append(("Reading", kv_table(other)))
-    if isinstance(s.get("preprocess"), dict):
-        blocks.append(("Cleaning (also applied to new titles by predict)", kv_table(s["preprocess"])))
-    out = [kv_table({f"source {k}": v for k, v in src.items()}) if src else "",
-           '<div class="blocks">' + "".join(f"<div><h3>{escape(t)}</h3>{b}</div>" for t, b in blocks) + "</div>"]
-    if r.stats:
-        out.append("<h3>Token ids (vocabulary from train only)</h3>" + _stats_table(r.stats))
-    return "\n".join(out)
+    return blocks
 
 
 def _stats_table(stats: dict[str, Any]) -> str:
