@@ -61,9 +61,27 @@ def sweep_runs() -> list[tuple[str, dict, float, float, float, int]]:
     return runs
 
 
-def make_sweep_results(root: Path) -> Path:
+def big_sweep_runs() -> list[tuple[str, dict, float, float, float, int]]:
+    """494 runs as in issue 24: a 96-combination MLP grid over 5 seeds, 12 CNN, 2 TF-IDF."""
+    runs = []
+    rng = np.random.default_rng(24)
+    grid = itertools.product([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2], [0.1, 0.3, 0.5, 0.7], [[16], [64], [128], [256, 128]])
+    for lr, dropout, hidden in grid:
+        for seed in range(5):
+            vb = 0.8 - 0.02 * abs(np.log10(lr / 3e-3)) - 0.03 * (dropout == 0.7) + 0.01 * len(hidden) + rng.normal(0, 0.004)
+            runs.append(("mlp", {**MLP, "hidden": hidden, "dropout": dropout, "lr": lr, "seed": seed}, round(vb, 4),
+                         round(1.6 - vb, 4), min(0.95, vb), 5 + seed))
+    for filters, lr in itertools.product([32, 64, 128], [3e-4, 1e-3, 3e-3, 1e-2]):
+        vb = 0.76 + 0.01 * (filters == 128) - 0.02 * (lr == 1e-2) + rng.normal(0, 0.004)
+        runs.append(("cnn", {**CNN, "filters": filters, "lr": lr}, round(vb, 4), round(1.5 - vb, 4), vb, 8))
+    for C, vb in ((0.5, 0.79), (2.0, 0.8)):
+        runs.append(("tfidf", {**TFIDF, "C": C}, vb, None, vb + 0.01, 1))
+    return runs
+
+
+def make_sweep_results(root: Path, runs: list | None = None) -> Path:
     """results/ after aggregate + evaluate for :func:`sweep_runs`, with the workflow root as ``root``."""
-    runs = sweep_runs()
+    runs = runs or sweep_runs()
     results = make_results(root, make=False)
     rng = np.random.default_rng(0)
     for family, params, vb, vl, acc, epochs in runs:
@@ -87,8 +105,8 @@ def make_sweep_results(root: Path) -> Path:
     return results
 
 
-def render_sweep(root: Path) -> Path:
-    results = make_sweep_results(root)
+def render_sweep(root: Path, runs: list | None = None) -> Path:
+    results = make_sweep_results(root, runs)
     (root / "config.yaml").write_text("dataset:\n  name: sweep-20\n")
     out = results / "report.html"
     out.write_text(render.render(results, CONFIG, ["config.yaml"], workdir=root), encoding="utf-8")
@@ -274,6 +292,9 @@ def inspect(tools: DevTools, html_path: Path, width: int, screenshot_to: Path | 
         raise RuntimeError(f"{html_path}: Chromium could not open it ({nav['errorText']})")
     tools.wait_for("Page.loadEventFired")
     data = tools.call("Runtime.evaluate", expression=f"{PROBE}({width})", returnByValue=True)["result"]["value"]
+    timing = tools.call("Runtime.evaluate", returnByValue=True, expression=(
+        "(() => { const t = performance.getEntriesByType('navigation')[0]; return t ? t.loadEventEnd : null; })()"))
+    data["load_ms"] = timing["result"].get("value")
     if screenshot_to is not None:
         height = min(int(data["scrollHeight"]), 16000) if full_page else 1000
         if full_page:  # a viewport as tall as the page: capturing beyond it misplaces sticky cells

@@ -88,7 +88,7 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else float("nan")
 
 
-def importance(df: pd.DataFrame, params: Sequence[str], target: str = "val_bacc", resamples: int = 30,
+def importance(df: pd.DataFrame, params: Sequence[str], target: str = "val_bacc", resamples: int = 20,
                seed: int = 0, min_runs: int = 8) -> dict[str, Any] | None:
     """Permutation importance of each hyperparameter for a random-forest surrogate of ``target``,
     out of bag over bootstrap refits (see the module docstring); None with too few runs."""
@@ -107,7 +107,7 @@ def importance(df: pd.DataFrame, params: Sequence[str], target: str = "val_bacc"
         out = np.setdiff1d(np.arange(len(y)), fit)
         if len(out) < 2:
             continue
-        model = RandomForestRegressor(n_estimators=60, min_samples_leaf=2, random_state=b, n_jobs=1)
+        model = RandomForestRegressor(n_estimators=30, min_samples_leaf=2, random_state=b, n_jobs=1)
         model.fit(x[fit], y[fit])
         base = _r2(y[out], model.predict(x[out]))
         r2s.append(base)
