@@ -238,3 +238,15 @@ def test_a_494_run_sweep_report_loads_fast_and_fits(tmp_path):
             loads.append(data["load_ms"])
     print("load ms:", loads)
     assert min(loads) < 3000, loads  # generous: other jobs share the machine
+
+
+def test_family_median_and_worst_leave_out_pruned_runs(tmp_path):
+    from meli.report import sections
+
+    results = make_results(tmp_path, make=False)
+    for do, vb, pruned in ((0.1, 0.80, None), (0.2, 0.78, None), (0.3, 0.76, None), (0.4, 0.30, 0), (0.5, 0.20, 0)):
+        make_run(results, "mlp", {**MLP, "dropout": do}, vb, 1.0, test_accuracy=0.7, rung=1 if pruned is None else 0,
+                 pruned_at_rung=pruned)
+    aggregate.aggregate(sorted((results / "runs").glob("*/*")), results / "tables")
+    row = sections._family_row(sections.Results(results), "mlp")
+    assert row[1] == "5 (2 pruned, not counted)" and (row[2], row[3], row[4]) == (0.80, 0.78, 0.76)

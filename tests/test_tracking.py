@@ -270,6 +270,16 @@ def test_mark_selected_is_idempotent_and_follows_the_selection(tmp_path, monkeyp
     selected = client.search_runs([imported["experiment_id"]], filter_string="tags.selected = 'true'")
     assert sorted(r.info.run_id for r in selected) == sorted([imported["runs"][mlp[1]], imported["runs"][cnn[0]]])
 
+    # The ensemble (meli.ensemble) is no MLflow run: recorded in selected.json, nothing tagged.
+    path = details(mlp[1], cnn[0], bacc=0.85)
+    with_ens = json.loads(path.read_text())
+    with_ens["families"]["ensemble"] = {"run_dir": "results/ensembles/mlp/seeds", "combo": "mlp/seeds", "bacc": 0.9,
+                                        "members": [mlp[0], mlp[1]]}
+    write_json(path, with_ens)
+    ens = tracking.mark_selected(store / "imported.json", path, out, summary)
+    assert ens["ensemble"] == {"name": "mlp/seeds", "members": [mlp[0], mlp[1]], "test_bacc": 0.9}
+    assert "ensemble" not in ens["selected"]
+
     # A selected run missing from the import is a clear error naming it.
     with pytest.raises(KeyError, match="rerun the mlflow_import rule"):
         tracking.mark_selected(store / "imported.json", details(str(tmp_path / "nope"), cnn[0]), out)
