@@ -339,4 +339,4 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def family_name(family: str) -> str:
-    return models.display_name(family)
+    return "Ensemble" if family == "ensemble" else models.display_name(family)
