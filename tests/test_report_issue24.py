@@ -250,3 +250,28 @@ def test_family_median_and_worst_leave_out_pruned_runs(tmp_path):
     aggregate.aggregate(sorted((results / "runs").glob("*/*")), results / "tables")
     row = sections._family_row(sections.Results(results), "mlp")
     assert row[1] == "5 (2 pruned, not counted)" and (row[2], row[3], row[4]) == (0.80, 0.78, 0.76)
+
+
+def test_failed_section_and_statistics_read_on_a_phone(tmp_path):
+    """Chromium at 390 px: a diverged run's whole reason and advice wrap on screen (no sideways
+    scrolling), and the statistics section fits."""
+    from tests import report_pages
+
+    if report_pages.chromium() is None:
+        pytest.skip("no Chromium")
+    results = make_results(tmp_path / "wf")
+    aggregate.aggregate(sorted((results / "runs").glob("*/*")), results / "tables")
+    reason = "RuntimeError: training diverged: mean train loss 3.1e+19 " + "over 3 x max(start, log(classes)) " * 8 + \
+        "Lower the learning rate (lr=10.0, set in train.mlp.grid.lr)"
+    c = sweep.Combination("mlp", "emb-w2v_frz-0_h-128_do-0.3_bs-64_lr-10_seed-0", "diverged", 1, reason,
+                          "results/logs/train/mlp/emb-w2v_frz-0_h-128_do-0.3_bs-64_lr-10_seed-0.log")
+    page = results / "report.html"
+    page.write_text(render.render(results, CONFIG, [], workdir=tmp_path / "wf", status={
+        "banner": "<p>Partial</p>", "section": failures.section([c])}), encoding="utf-8")
+    with report_pages.browser(tmp_path) as tools:
+        data, console = report_pages.inspect(tools, page, 390)
+        assert console == [] and data["scrollWidth"] <= 390 and data["sticking_out"] == [], data
+        box = tools.call("Runtime.evaluate", returnByValue=True, expression=(
+            "(() => { const r = document.querySelector('#sweep .reason').getBoundingClientRect();"
+            " return [r.left, r.right, document.querySelector('#sweep').textContent]; })()"))["result"]["value"]
+        assert box[0] >= 0 and box[1] <= 390 and "Lower the learning rate (lr=10.0" in box[2]
