@@ -158,7 +158,10 @@ def test_end_to_end_tiny_run_produces_the_report(tiny_run):
     # better than chance on 8 categories, but the demo data is not trivially separable
     assert runs["val_bacc"].max() > 0.3
     test = pd.read_csv(res / "tables" / "test.csv")
-    assert set(test["family"]) == {"mlp", "cnn", "rnn", "tfidf"}
+    # the families' selected runs, and the ensemble chosen on validation (report.ensemble, issue 24)
+    assert set(test["family"]) == {"mlp", "cnn", "rnn", "tfidf", "ensemble"}
+    chosen = json.loads((res / "tables" / "ensembles.json").read_text())["chosen"]
+    assert (res / "ensembles" / chosen / "ensemble.json").exists()
     html = (res / "report.html").read_text()
     assert "<html" in html.lower() and len(html) > 5000
     assert json.loads((res / "mlflow" / "imported.json").read_text())
@@ -183,8 +186,8 @@ def test_logs_and_benchmarks_for_every_job(tiny_run):
     assert "ETA" in mlp_log and "val_bacc" in mlp_log
     results = wf / "results"
     assert [p for p in results.rglob("*.log") if p.relative_to(results).parts[0] != "logs"] == []
-    for rule in ("demo_dataset", "prepare_data", "features", "embedding_matrix", "aggregate", "evaluate_test",
-                 "report_html", "mlflow_import", "mlflow_selected"):
+    for rule in ("demo_dataset", "prepare_data", "features", "embedding_matrix", "aggregate", "ensembles",
+                 "evaluate_test", "report_html", "mlflow_import", "mlflow_selected"):
         assert list((results / "benchmarks").glob(f"{rule}*")), f"no benchmark for rule {rule}"
 
 
@@ -262,10 +265,14 @@ def test_a_failed_combination_leaves_partial_tables_report_and_mlflow(failed_swe
     assert len(runs) == 4 and diverged not in set(runs["combo"]) and set(runs["family"]) == {"mlp", "cnn", "rnn", "tfidf"}
     html = (res / "report.html").read_text()
     assert "Partial: 1 of 5 combinations missing" in html and '<section id="sweep">' in html
-    row = re.search(rf"<tr><td>mlp</td><td><code>{re.escape(diverged)}</code></td>(.*?)</tr>", html).group(1)
-    assert "<td>diverged</td>" in row and '<td class="num">1</td>' in row and "Lower" in row  # the job's own advice
+    # one wrapped block per missing combination (readable on a phone): state, attempts, the job's
+    # own reason, what to do (a diverged run: lower the learning rate, not "rerun"), the log
+    row = re.search(rf'<li class="failure"><div><strong>mlp</strong> <code>{re.escape(diverged)}</code>(.*?)</li>',
+                    html).group(1)
+    assert "<strong>diverged</strong> (1 attempt)" in row and "Lower" in row and "Rerun the same" not in row
     assert f"results/logs/train/mlp/{diverged}.log" in row
-    assert not (res / "tables" / "test.csv").exists(), "no test scores for a selection that may still change"
+    # the families whose combinations all finished are scored; the MLP's selection may still change
+    assert set(pd.read_csv(res / "tables" / "test.csv")["family"]) == {"cnn", "rnn", "tfidf"}
     imported = json.loads((res / "mlflow" / "imported.json").read_text())
     assert sorted(Path(d).name for d in imported["runs"]) == sorted(runs["combo"])
     assert mlflow_store.problem(res / "mlflow" / "mlflow.db") is None
@@ -278,7 +285,7 @@ def test_the_next_run_retries_only_the_failed_combination(failed_sweep):
     wf, _, diverged = failed_sweep
     proc = snakemake(wf, "-n", "--configfile", "grid.yaml")
     assert job_counts(proc.stdout) == {"train_neural": 1, "aggregate": 1, "mlflow_import": 1, "evaluate_test": 1,
-                                       "mlflow_selected": 1, "report_html": 1, "all": 1, "total": 7}
+                                       "ensembles": 1, "mlflow_selected": 1, "report_html": 1, "all": 1, "total": 8}
     assert f"results/runs/mlp/{diverged}/metrics.json" in proc.stdout
 
 
@@ -332,7 +339,7 @@ def test_lost_outputs_are_retrained_and_make_report_runs_beside_the_sweep(failed
         assert live.returncode == 0, live.stdout + live.stderr
         assert re.search(r"done \d · running [12] · failed 0 · left [01] · ETA ~", live.stdout), live.stdout
         html = (res / "report.html").read_text()
-        assert re.search(r"Partial: [12] of 4 combinations missing", html) and "<td>running</td>" in html
+        assert re.search(r"Partial: [12] of 4 combinations missing", html) and "<strong>running</strong>" in html
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
