@@ -62,7 +62,7 @@ def member_proba(run_dir: str | Path, data_dir: str | Path, features: str | Path
     from meli.inference import load_predictor as load_run
 
     predictor = load_run(run_dir, data_dir, features, device)
-    proba = predictor.predict_proba_split(split) if split is not None else predictor.predict_proba_texts(list(titles))
+    proba = predictor.predict_proba_split(split) if split is not None else predictor.predict_proba(list(titles))
     return np.asarray(proba, dtype=np.float32), list(predictor.categories)
 
 
@@ -195,8 +195,8 @@ def _relative(run_dir: str, root: Path) -> str:
 
 # ------------------------------------------------------------------------------- predicting
 class EnsemblePredictor:
-    """The interface of meli.inference's predictors, for an ensemble folder: each member's
-    tempered probabilities averaged (members are loaded one at a time: memory holds one model)."""
+    """meli.inference's ``Predictor`` protocol for an ensemble folder: each member's tempered
+    probabilities averaged (members are loaded one at a time: memory holds one model)."""
 
     def __init__(self, folder: str | Path, data_dir: str | Path, features: str | Path, device: str = "auto"):
         self.folder = Path(folder)
@@ -222,12 +222,16 @@ class EnsemblePredictor:
     def predict_proba_split(self, split: str) -> np.ndarray:
         return self._average(split=split)
 
-    def predict_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def predict_split(self, split: str, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 label, float32 its probability); not streamed: one rows x classes sum in memory."""
         proba = self.predict_proba_split(split)
         return proba.argmax(axis=1).astype(np.int64), proba.max(axis=1)
 
-    def predict_proba_texts(self, titles: list[str]) -> np.ndarray:
-        return self._average(titles=titles)
+    def predict_proba(self, titles: Sequence[str]) -> np.ndarray:
+        return self._average(titles=list(titles))
+
+    def predict(self, titles: Sequence[str]) -> np.ndarray:
+        return self.predict_proba(titles).argmax(axis=1)
 
 
 def is_ensemble(path: str | Path) -> bool:
