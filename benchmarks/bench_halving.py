@@ -1,9 +1,10 @@
-"""Successive halving against the full grid, on real MeLi titles (the course's 38k Spanish sample).
+"""Successive halving and Hyperband against the full grid, on real MeLi titles (the course's 38k Spanish sample).
 
     S=$SHARED/data/meli2019-es-sample.jsonl.gz   # $SHARED: the shared/ folder beside the developers' checkout
     .venv/bin/python benchmarks/bench_halving.py --source $S                  # 27 MLP combinations, course regime
     .venv/bin/python benchmarks/bench_halving.py --source $S --grid short --seed 1   # the first grid, a replicate
     .venv/bin/python benchmarks/bench_halving.py --source $S --quick          # 8 combinations, a smoke run
+    .venv/bin/python benchmarks/bench_halving.py --source $S --settings 3:2 --hyperband 3:1  # halving's best vs Hyperband
 
 1. The workflow's own data and embedding stages (``snakemake`` in a temporary copy of the
    workflow, up to the token matrices and a word2vec matrix trained on the train split) on
@@ -11,9 +12,10 @@
    shared/ folder beside the developers' checkout; its own train/validation/test splits).
 2. The grid: every combination trained by ``meli.train.neural.run`` to its epochs with early
    stopping, as ``train_neural`` runs it.
-3. Halving: the same combinations through the rungs of ``meli.search.plan``, exactly as the rules
-   run them -- ``run(until_epoch=..., snapshot=...)`` per combination and rung, continuing from the
-   previous rung's state, ``meli.search.select_rung`` between rungs, the survivors' final runs.
+3. Each search (``--settings``: halving, ``--hyperband``): the same combinations through the stages
+   of ``meli.search.family_plan``, exactly as the rules run them -- ``run(until_epoch=...,
+   snapshot=...)`` per combination and stage, continuing from the previous rung's state,
+   ``meli.search.select_rung`` after each stage, every ladder's final runs.
 
 Cost is epochs x training rows actually trained (early stopping included for both). Targets
 (issue 14): halving's selected combination within 0.5 points of validation bacc of the grid's
@@ -96,36 +98,39 @@ def grid_search(combos: dict, features: Path, matrix: Path, out: Path, threads: 
     return results
 
 
-def halving_search(combos: dict, features: Path, matrix: Path, out: Path, threads: int, eta: int,
-                   min_epochs: int) -> tuple[dict, dict[str, int], search.Plan, list[dict]]:
-    max_epochs = max(p["epochs"] for p in combos.values())
-    plan = search.plan(len(combos), eta, min_epochs, max_epochs)
+def staged_search(strategy: str, eta: int, min_epochs: int, combos: dict, features: Path, matrix: Path, out: Path,
+                  threads: int) -> tuple[dict, dict[str, int], search.SearchPlan, list[dict]]:
+    """One search exactly as the rules run it, from ``meli.search.family_plan``: each stage's jobs
+    (``run(until_epoch=..., snapshot=...)``, continuing from the previous rung's state), its
+    ``select_rung``, then every ladder's final runs."""
+    search_plan = search.family_plan("mlp", combos, {"strategy": strategy, "eta": eta, "min_epochs": min_epochs})
     epochs_trained = {c: 0 for c in combos}
-    entering, selections = list(combos), []
-    for rung in plan.rungs[:-1]:
+    kept: dict[str, list[str]] = {}
+    selections = []
+    for stage in search_plan.stages():
         dirs = []
-        for combo in entering:
-            d = out / "search" / f"rung-{rung.index}" / combo
-            start = out / "search" / f"rung-{rung.index - 1}" / combo / search.SNAPSHOT if rung.index else None
+        for combo in search_plan.entering(stage.key, kept.__getitem__):
+            d = out / "search" / stage.key / combo
+            start = out / "search" / stage.previous / combo / search.SNAPSHOT if stage.previous else None
             m = run("mlp", combos[combo], features, matrix, d, "cpu", threads, out / "ck" / combo,
-                    until_epoch=rung.epochs, start_from=start, snapshot=d / search.SNAPSHOT, rung=rung.index)
+                    until_epoch=stage.epochs, start_from=start, snapshot=d / search.SNAPSHOT, rung=stage.rung)
             epochs_trained[combo] = m["epochs_run"]
             dirs.append(d)
-        sel = search.select_rung(dirs, "mlp", rung.index, plan.keep(rung.index),
-                                 out / "search" / f"rung-{rung.index}" / "selection.json",
-                                 out / "search" / f"rung-{rung.index}" / "pruned", rung.epochs)
+        sel = search.select_rung(dirs, "mlp", stage.rung, stage.keep, out / "search" / stage.key / "selection.json",
+                                 out / "search" / stage.key / "pruned", stage.epochs, stage.bracket)
         selections.append(sel)
-        print(f"  rung {rung.index}: {len(dirs)} combinations to epoch {rung.epochs}, kept {len(sel['kept'])}: "
-              f"best {sel['ranking'][0]['val_bacc']:.4f}", flush=True)
-        entering = sel["kept"]
+        kept[stage.key] = sel["kept"]
+        print(f"  {search.stage_label(stage.bracket, stage.rung)}: {len(dirs)} combinations to epoch {stage.epochs}, "
+              f"kept {len(sel['kept'])}: best {sel['ranking'][0]['val_bacc']:.4f}", flush=True)
     finals = {}
-    for combo in entering:
-        start = out / "search" / f"rung-{plan.final - 1}" / combo / search.SNAPSHOT if plan.final else None
+    for combo in search_plan.finals(kept.__getitem__):
+        start_key = search_plan.final_start(combo)
+        start = out / "search" / start_key / combo / search.SNAPSHOT if start_key else None
         m = run("mlp", combos[combo], features, matrix, out / "runs" / combo, "cpu", threads, out / "ck" / combo,
-                start_from=start, rung=plan.final)
+                start_from=start, rung=search_plan.final_rung(combo))
         epochs_trained[combo] = m["epochs_run"]
         finals[combo] = m
-    return finals, epochs_trained, plan, selections
+    return finals, epochs_trained, search_plan, selections
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="8 combinations, 4 epochs")
     ap.add_argument("--grid", choices=sorted(GRIDS), default="course", help="the 27-combination grid (see GRIDS)")
     ap.add_argument("--settings", default="3:1,3:2,2:1",
-                    help="halving searches to run against the one grid, as eta:min_epochs,...")
+                    help="halving searches to run against the one grid, as eta:min_epochs,... ('' for none)")
+    ap.add_argument("--hyperband", default="3:1",
+                    help="Hyperband searches against the same grid, as eta:min_epochs,... ('' for none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here too")
     ap.add_argument("--seed", type=int, default=42, help="a replicate: the split's, word2vec's and the models' seed "
@@ -165,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         reseeded = [run("mlp", {**combos[best_combo], "seed": seed}, features, matrix, work / "reseed" / str(seed),
                         "cpu", args.threads, work / "ck-reseed" / str(seed))["val_bacc"]
                     for seed in (args.seed + 100, args.seed + 200)]
-        settings = [tuple(int(v) for v in s.split(":")) for s in args.settings.split(",")]
+        settings = [(strategy, *(int(v) for v in s.split(":")))
+                    for strategy, given in (("halving", args.settings), ("hyperband", args.hyperband))
+                    for s in given.split(",") if s]
         searches = []
-        for eta, min_epochs in settings:
+        for strategy, eta, min_epochs in settings:
             t0 = time.perf_counter()
-            out = work / f"halving-{eta}-{min_epochs}"
-            searches.append((*halving_search(combos, features, matrix, out, args.threads, eta, min_epochs),
+            out = work / f"{strategy}-{eta}-{min_epochs}"
+            searches.append((*staged_search(strategy, eta, min_epochs, combos, features, matrix, out, args.threads),
                              time.perf_counter() - t0))
 
     grid_best = search.rank(grid.values())[0]
@@ -186,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
                  "runs": {c: {"val_bacc": m["val_bacc"], "epochs_run": m["epochs_run"]} for c, m in grid.items()},
                  "best_over_3_model_seeds": seed_baccs, "best_seed_sd_points": seed_sd},
         "halving": [],
+        "hyperband": [],
     }
     print(f"\ngrid: best val bacc {grid_best['val_bacc']:.4f} ({grid_best['combo']}), {grid_epochs} epochs x "
           f"{n_train:,} rows, {grid_s:.0f} s; the same combination over 3 model seeds: "
           f"{' / '.join(f'{b:.4f}' for b in seed_baccs)} (sd {seed_sd:.2f} points: the noise floor)")
     all_ok = True
-    for (finals, trained, plan, selections, halving_s), (eta, min_epochs) in zip(searches, settings):
+    for (finals, trained, search_plan, selections, search_s), (strategy, eta, min_epochs) in zip(searches, settings):
         best = search.rank(finals.values())[0]
         epochs = sum(trained.values())
         same = all(finals[c]["val_bacc"] == grid[c]["val_bacc"] and finals[c]["epochs_run"] == grid[c]["epochs_run"]
@@ -199,17 +209,23 @@ def main(argv: list[str] | None = None) -> int:
         gap, share = 100 * (grid_best["val_bacc"] - best["val_bacc"]), epochs / grid_epochs
         ok = gap <= 0.5 and share <= 0.40 and same
         all_ok &= ok
-        figures["halving"].append({
+        pruned_at = next((s for s in selections if grid_best["combo"] in s["pruned"]), None)
+        figures[strategy].append({
             "eta": eta, "min_epochs": min_epochs,
-            "rungs": [{"rung": r.index, "combinations": r.combinations, "epochs": r.epochs} for r in plan.rungs],
+            "ladders": [{"bracket": lad.bracket, "rungs": [{"rung": r.index, "combinations": r.combinations,
+                                                            "epochs": r.epochs} for r in lad.plan.rungs]}
+                        for lad in search_plan.ladders],
             "best": best["combo"], "val_bacc": best["val_bacc"], "rank_in_grid": grid_order.index(best["combo"]) + 1,
-            "epochs": epochs, "epochs_x_rows": epochs * n_train, "wall_s": halving_s, "gap_points": gap,
+            "epochs": epochs, "epochs_x_rows": epochs * n_train, "wall_s": search_s, "gap_points": gap,
             "cost_share": share, "final_runs_equal_grid_runs": same, "pass": ok,
-            "grid_best_pruned_at": next((s["rung"] for s in selections if grid_best["combo"] in s["pruned"]), None),
+            "grid_best_pruned_at": pruned_at and search.stage_label(pruned_at.get("bracket"), pruned_at["rung"]),
         })
-        print(f"halving eta {eta}, min_epochs {min_epochs} ({' -> '.join(str(r.combinations) for r in plan.rungs)}): "
+        shape = "; ".join((f"bracket {lad.bracket}: " if lad.bracket is not None else "")
+                          + " -> ".join(f"{r.combinations}@{r.epochs or 'end'}" for r in lad.plan.rungs)
+                          for lad in search_plan.ladders)
+        print(f"{strategy} eta {eta}, min_epochs {min_epochs} ({shape}): "
               f"best val bacc {best['val_bacc']:.4f} (#{grid_order.index(best['combo']) + 1} of the grid), {epochs} epochs = "
-              f"{100 * share:.1f}% of the grid's epochs x rows, {halving_s:.0f} s; gap {gap:.2f} points; final runs = "
+              f"{100 * share:.1f}% of the grid's epochs x rows, {search_s:.0f} s; gap {gap:.2f} points; final runs = "
               f"grid runs: {same} -> {'PASS' if ok else 'FAIL'} (targets: gap <= 0.5, cost <= 40%)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import sys
+from functools import partial
 from urllib.parse import urlparse
 
 import yaml
@@ -91,54 +92,77 @@ TFIDF_USED = bool(COMBOS["tfidf"]) or any(
     p.get("input") == "tfidf" for f in NEURAL_FAMILIES for p in COMBOS[f].values())
 
 
-# ---------------------------------------------------- search (train.search; meli/search.py)
+# ---------------------------------------------------- search (train.search; meli/search/)
 SEARCH = config["train"]["search"]
+try:
+    search.get(SEARCH.get("strategy", "grid"))
+except search.SearchError as err:
+    raise WorkflowError(str(err)) from None
 
 
-# Families trained in rungs (rules/train.smk: train_rung, select_rung, train_final); the rung
-# arithmetic is known now, only which combinations survive each rung depends on results.
-PLANS = {f: p for f in NEURAL_FAMILIES if (p := search.family_plan(f, COMBOS[f], SEARCH)) is not None}
-HALVING = list(PLANS)
+# Families searched in stages (rules/train.smk: train_rung, select_rung, search_done; their final
+# runs are train_neural jobs). meli.search.family_plan is the one place a plan is made: its stages,
+# budgets and ladders are known now, only which combinations survive a stage depends on results.
+PLANS = {f: p for f in NEURAL_FAMILIES if (p := search.family_plan(f, COMBOS[f], SEARCH, warn=True)) is not None}
+SEARCHED = list(PLANS)
+# search_done has one input function per ladder (a Hyperband bracket), so that each ladder waits
+# only for its own select_rung checkpoints: with one function, the first incomplete checkpoint
+# would hide the other brackets' jobs until it is done.
+LADDER_SLOTS = max((len(p.ladders) for p in PLANS.values()), default=0)
 
 
-def rung_dir(family, rung, combo):
-    return f"results/search/{family}/rung-{rung}/{combo}"
+def stage_dir(family, stage, combo):
+    """A stage's record of one combination (stage: rung-{r} or bracket-{b}/rung-{r})."""
+    return f"results/search/{family}/{stage}/{combo}"
 
 
-def kept_after(family, rung):
-    """Combinations promoted out of a rung: known once its select_rung checkpoint has run."""
-    selection = checkpoints.select_rung.get(neural=family, rung=str(rung)).output.selection
+def kept_after(family, stage):
+    """Combinations promoted out of a stage: known once its select_rung checkpoint has run."""
+    selection = checkpoints.select_rung.get(neural=family, stage=stage).output.selection
     return search.read_selection(selection)["kept"]
 
 
-def rung_combos(family, rung):
-    return list(COMBOS[family]) if rung == 0 else kept_after(family, rung - 1)
+def final_combos(family):
+    """Combinations trained to the end: all (grid), or every ladder's last survivors (a search)."""
+    if family in PLANS:
+        return PLANS[family].finals(lambda stage: kept_after(family, stage))
+    return list(COMBOS[family])
 
 
-def search_inputs(wc):
-    """What search_done collects from a halving family: every rung's selection and pruned records,
-    and the final runs' files (known once the last rung's checkpoint has run)."""
-    outs = []
-    for rung in range(PLANS[wc.neural].final):
-        out = checkpoints.select_rung.get(neural=wc.neural, rung=str(rung)).output
+def ladder_inputs(slot, wc):
+    """What search_done collects from one ladder of a searched family: its stages' selections and
+    pruned records, and its final runs' files (known once its last stage's checkpoint has run)."""
+    ladders = PLANS[wc.neural].ladders
+    if slot >= len(ladders):
+        return []
+    ladder, outs = ladders[slot], []
+    for stage in ladder.stages():
+        out = checkpoints.select_rung.get(neural=wc.neural, stage=stage.key).output
         outs += [out.selection, out.pruned]
+    finals = kept_after(wc.neural, ladder.last_stage) if ladder.last_stage else ladder.combos
     model = models.get(wc.neural).model_file
-    for d in final_run_dirs(wc.neural):
-        outs += [f"{d}/metrics.json", f"{d}/history.csv", f"{d}/{model}"]
+    for c in finals:
+        outs += [f"results/runs/{wc.neural}/{c}/{name}" for name in ("metrics.json", "history.csv", model)]
     return outs
 
 
+def straight_finals(family):
+    """--straight BRACKET=COMBO for search_done: final runs of one-rung ladders (no selection names them)."""
+    return " ".join(f"--straight {'none' if lad.bracket is None else lad.bracket}={shlex.quote(c)}"
+                    for lad in PLANS[family].ladders if not lad.last_stage for c in lad.combos)
+
+
 def search_summaries():
-    """results/search/{family}/search.json of every halving family: a plain input (known now) of
+    """results/search/{family}/search.json of every searched family: a plain input (known now) of
     the tables, the report and MLflow, which read the run directories from it. Depending on the
     checkpoints directly instead, they would count as up to date after an earlier grid run (Snakemake
     does not look behind a checkpoint for jobs whose outputs exist) and the search would never start."""
-    return [f"results/search/{f}/search.json" for f in HALVING]
+    return [f"results/search/{f}/{search.SUMMARY}" for f in SEARCHED]
 
 
 def all_run_dirs(summaries):
     """Run directories for the tables and MLflow: the runs known now, then those in the search summaries."""
-    dirs = [f"results/runs/{f}/{c}" for f in FAMILIES if f not in HALVING for c in COMBOS[f]]
+    dirs = [f"results/runs/{f}/{c}" for f in FAMILIES if f not in SEARCHED for c in COMBOS[f]]
     for path in summaries:
         if os.path.exists(path):  # not yet in a dry run; always when the job runs
             dirs += search.read_summary(path)["run_dirs"]
@@ -155,8 +179,8 @@ def gpu_model(res):
     return (res.get("gpu_model") or "") if res["gpu"] else ""
 
 
-# One MLP/CNN job's resources (train_neural, and train_rung / train_final under halving): a retry
-# after an out-of-memory or timeout kill gets more of both.
+# One MLP/CNN job's resources (train_neural, train_rung): a retry after an out-of-memory or
+# timeout kill gets more of both.
 NEURAL_JOB_RESOURCES = dict(
     mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
     runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
@@ -165,8 +189,9 @@ NEURAL_JOB_RESOURCES = dict(
 )
 
 
-# What train_neural, train_rung and train_final share. The run directory is the metrics' folder
-# (results/runs/... or, for a rung, results/search/...).
+# What train_neural and train_rung share. The run directory is the metrics' folder
+# (results/runs/... or, for a stage, results/search/...); `stage` is what the search adds
+# (train_stage_args / final_stage_args below).
 NEURAL_JOB_PARAMS = dict(
     hp=lambda wc: as_arg(COMBOS[wc.neural][wc.combo]),
     device=config["train"]["device"],
@@ -175,17 +200,21 @@ NEURAL_JOB_PARAMS = dict(
     run_dir=lambda wc, output: os.path.dirname(output.metrics),
     # Per-epoch resume state: not an output, so a failed job's checkpoint survives the cleanup.
     checkpoint_dir=lambda wc: f"results/checkpoints/{wc.neural}/{wc.combo}",
-    # Attempt record (running/failed/diverged/killed, attempts; every rung of a combination):
+    # Attempt record (running/failed/diverged/killed, attempts; every stage of a combination):
     # outside the outputs, which Snakemake deletes when the job fails; read by meli.sweep.
     status=lambda wc: f"results/sweep/jobs/{wc.neural}/{wc.combo}.json",
 )
-
-
-def final_combos(family):
-    """Combinations trained to the end: all (grid), or the last rung's survivors (halving)."""
-    if family in HALVING:
-        return kept_after(family, PLANS[family].final - 1)
-    return list(COMBOS[family])
+# The one training command of train_neural and train_rung (a search's arguments in params.stage).
+TRAIN_SHELL = (
+    "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
+    " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
+    " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
+    " --checkpoint-dir {params.checkpoint_dir:q}"
+    " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
+    # the grid's combination id into metrics.json: uncomment once meli.train.neural has --combo
+    # " --combo {wildcards.combo}"
+    "{params.stage} > {log:q} 2>&1"
+)
 
 
 def final_run_dirs(family):
@@ -193,8 +222,8 @@ def final_run_dirs(family):
 
 
 def run_metrics():
-    """metrics.json of the runs known at parse time (every family not searched by halving)."""
-    return [f"results/runs/{f}/{c}/metrics.json" for f in FAMILIES if f not in HALVING for c in COMBOS[f]]
+    """metrics.json of the runs known at parse time (every family not searched in stages)."""
+    return [f"results/runs/{f}/{c}/metrics.json" for f in FAMILIES if f not in SEARCHED for c in COMBOS[f]]
 
 
 def run_histories():
@@ -203,12 +232,12 @@ def run_histories():
 
 def run_outputs():
     """Every run's declared outputs (rules/train.smk, rules/baseline.smk): `rule all` asks for them,
-    so a deleted model or run folder is retrained (meli.sweep.run_files lists the same). A halving
+    so a deleted model or run folder is retrained (meli.sweep.run_files lists the same). A searched
     family's final runs are not known yet: its search summary stands for them (search_done needs them)."""
     return [
         f"results/runs/{f}/{c}/{name}"
         for f in FAMILIES
-        if f not in HALVING
+        if f not in SEARCHED
         for c in COMBOS[f]
         for name in ("metrics.json", "history.csv", models.get(f).model_file, "val_predictions.parquet")
     ] + search_summaries()
@@ -216,7 +245,7 @@ def run_outputs():
 
 def run_models():
     """The fitted model of every run known at parse time (model.pt or model.joblib, as its family defines)."""
-    return [f"results/runs/{f}/{c}/{models.get(f).model_file}" for f in FAMILIES if f not in HALVING for c in COMBOS[f]]
+    return [f"results/runs/{f}/{c}/{models.get(f).model_file}" for f in FAMILIES if f not in SEARCHED for c in COMBOS[f]]
 
 
 # ------------------------------------------------------------------------ data (rules/data.smk)
@@ -279,24 +308,58 @@ def tfidf_test_inputs():
     return [f"{TFIDF}/test.npz", f"{TFIDF}/vectorizer.joblib"] if TFIDF_USED else []
 
 
-def rung_inputs(wc):
-    """A rung's job: the data, and for rung > 0 the previous rung's training state of the same combination."""
+def _state(family, stage, combo):
+    return f"{stage_dir(family, stage, combo)}/{search.SNAPSHOT}"
+
+
+def run_inputs(wc):
+    """A complete run (train_neural): the data, and for a search's final run the training state at
+    the end of its ladder's last stage (none for a one-rung ladder)."""
     inputs = neural_inputs(wc)
-    rung = int(wc.rung)
-    if rung >= PLANS[wc.neural].final:
-        raise WorkflowError(f"{wc.neural} has rungs 0..{PLANS[wc.neural].final - 1} before its final runs, not {rung}")
-    if rung > 0:
-        inputs["state"] = f"{rung_dir(wc.neural, rung - 1, wc.combo)}/{search.SNAPSHOT}"
+    start = PLANS[wc.neural].final_start(wc.combo) if wc.neural in PLANS else None
+    if start is not None:
+        inputs["state"] = _state(wc.neural, start, wc.combo)
     return inputs
 
 
-def final_inputs(wc):
-    """A final run of a halving family continues from its state at the end of the rung before."""
-    return {**neural_inputs(wc), "state": f"{rung_dir(wc.neural, PLANS[wc.neural].final - 1, wc.combo)}/{search.SNAPSHOT}"}
+def final_stage_args(wc, input):
+    """train_neural's search arguments: a final run records its rung and continues its ladder."""
+    if wc.neural not in PLANS:
+        return ""
+    start = f" --start-from {shlex.quote(input.state)}" if "state" in input.keys() else ""
+    return f"{start} --rung {PLANS[wc.neural].final_rung(wc.combo)}"
 
 
-def rung_records(wc):
-    return [f"{rung_dir(wc.neural, wc.rung, c)}/metrics.json" for c in rung_combos(wc.neural, int(wc.rung))]
+def stage_inputs(wc):
+    """A stage's job: the data, and after rung 0 the previous rung's training state of the same combination."""
+    inputs = neural_inputs(wc)
+    try:
+        stage = PLANS[wc.neural].stage(wc.stage)
+    except (KeyError, search.SearchError) as err:
+        raise WorkflowError(f"{wc.neural}: no search stage {wc.stage} in this config ({err})") from None
+    if stage.previous is not None:
+        inputs["state"] = _state(wc.neural, stage.previous, wc.combo)
+    return inputs
+
+
+def train_stage_args(wc, input, output):
+    """train_rung's search arguments: the stage's epoch budget, where it continues from, its state and rung."""
+    stage = PLANS[wc.neural].stage(wc.stage)
+    start = f" --start-from {shlex.quote(input.state)}" if "state" in input.keys() else ""
+    return f" --until-epoch {stage.epochs}{start} --snapshot {shlex.quote(output.state)} --rung {stage.rung}"
+
+
+def stage_records(wc):
+    """select_rung's input: the records of the combinations the stage trained."""
+    plan = PLANS[wc.neural]
+    combos = plan.entering(wc.stage, lambda previous: kept_after(wc.neural, previous))
+    return [f"{stage_dir(wc.neural, wc.stage, c)}/metrics.json" for c in combos]
+
+
+def select_args(wc):
+    stage = PLANS[wc.neural].stage(wc.stage)
+    bracket = "" if stage.bracket is None else f" --bracket {stage.bracket}"
+    return f"--rung {stage.rung}{bracket} --keep {stage.keep} --epochs {stage.epochs}"
 
 
 wildcard_constraints:
@@ -305,4 +368,4 @@ wildcard_constraints:
     neural="|".join(NEURAL_FAMILIES),
     combo="[^/]+",
     emb="[^/]+",
-    rung="[0-9]+",
+    stage="(bracket-[0-9]+/)?rung-[0-9]+",

@@ -3,9 +3,10 @@
 
 
 rule train_neural:
-    """One MLP or CNN combination: early stopping on validation bacc, resumable per epoch."""
+    """One MLP or CNN combination trained to the end (early stopping on validation bacc, resumable per
+    epoch): a grid run, or a search's final run continuing from its last stage."""
     input:
-        unpack(neural_inputs),
+        unpack(run_inputs),
     output:
         metrics="results/runs/{neural}/{combo}/metrics.json",
         history="results/runs/{neural}/{combo}/history.csv",
@@ -17,95 +18,86 @@ rule train_neural:
         "results/benchmarks/train/{neural}/{combo}.tsv"
     params:
         **NEURAL_JOB_PARAMS,
+        stage=final_stage_args,
     threads: lambda wc: family_resources(wc.neural)["threads"]
     resources:
         **NEURAL_JOB_RESOURCES,
     conda:
         CONDA_ENV
     shell:
-        "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
-        " python -m meli.train.neural --family {wildcards.neural} --params {params.hp} --combo {wildcards.combo}"
-        " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
-        " --checkpoint-dir {params.checkpoint_dir:q}"
-        " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb} > {log:q} 2>&1"
+        TRAIN_SHELL
 
 
-# Successive halving (train.search.strategy: halving; meli/search.py): rung jobs per combination,
-# a checkpoint per rung that keeps the best 1/eta, and the survivors' final runs. Which
-# combinations enter rung r > 0 is only known once select_rung has ranked rung r - 1, so
-# `snakemake -n` lists rung 0 and Snakemake re-evaluates the DAG after each select_rung.
-if HALVING:
+# A search in stages (train.search.strategy: halving, hyperband; meli/search/): one generic rule
+# per stage kind, whatever the strategy -- stage jobs per combination, a checkpoint per stage that
+# keeps the best, and the survivors' final runs (train_neural above). A stage ({stage}: rung-{r},
+# or bracket-{b}/rung-{r}) after rung 0 only knows its combinations once select_rung has ranked the
+# rung before, so `snakemake -n` lists every ladder's rung 0 and Snakemake re-evaluates the DAG
+# after each select_rung.
+if SEARCHED:
 
     localrules:
         select_rung,
         search_done,
 
     rule train_rung:
-        """One combination for one rung's epoch budget, continuing from its state after the rung before."""
+        """One combination for one stage's epoch budget, continuing from its state after the rung before."""
         input:
-            unpack(rung_inputs),
+            unpack(stage_inputs),
         output:
-            metrics="results/search/{neural}/rung-{rung}/{combo}/metrics.json",
-            history="results/search/{neural}/rung-{rung}/{combo}/history.csv",
-            state=f"results/search/{{neural}}/rung-{{rung}}/{{combo}}/{search.SNAPSHOT}",
+            metrics="results/search/{neural}/{stage}/{combo}/metrics.json",
+            history="results/search/{neural}/{stage}/{combo}/history.csv",
+            state=f"results/search/{{neural}}/{{stage}}/{{combo}}/{search.SNAPSHOT}",
         log:
-            "results/logs/search/{neural}/rung-{rung}/{combo}.log",
+            "results/logs/search/{neural}/{stage}/{combo}.log",
         benchmark:
-            "results/benchmarks/search/{neural}/rung-{rung}/{combo}.tsv"
+            "results/benchmarks/search/{neural}/{stage}/{combo}.tsv"
         params:
             **NEURAL_JOB_PARAMS,
-            until=lambda wc: PLANS[wc.neural].epochs(int(wc.rung)),
-            start=lambda wc, input: f"--start-from {shlex.quote(input.state)}" if "state" in input.keys() else "",
+            stage=train_stage_args,
         threads: lambda wc: family_resources(wc.neural)["threads"]
         resources:
             **NEURAL_JOB_RESOURCES,
         conda:
             CONDA_ENV
         shell:
-            "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
-            " python -m meli.train.neural --family {wildcards.neural} --params {params.hp} --combo {wildcards.combo}"
-            " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
-            " --checkpoint-dir {params.checkpoint_dir:q}"
-            " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
-            " --until-epoch {params.until} {params.start} --snapshot {output.state:q} --rung {wildcards.rung}"
-            " > {log:q} 2>&1"
+            TRAIN_SHELL
 
     checkpoint select_rung:
-        """Rank a rung on validation; keep the best 1/eta for the next rung, record the pruned runs."""
+        """Rank a stage on validation; keep the best for the next rung, record the pruned runs."""
         input:
-            rung_records,
+            stage_records,
         output:
-            selection="results/search/{neural}/rung-{rung}/selection.json",
-            pruned=directory("results/search/{neural}/rung-{rung}/pruned"),
+            selection=f"results/search/{{neural}}/{{stage}}/{search.SELECTION}",
+            pruned=directory(f"results/search/{{neural}}/{{stage}}/{search.PRUNED}"),
         log:
-            "results/logs/search/{neural}/rung-{rung}/select.log",
+            "results/logs/search/{neural}/{stage}/select.log",
         benchmark:
-            "results/benchmarks/search/{neural}/rung-{rung}/select.tsv"
+            "results/benchmarks/search/{neural}/{stage}/select.tsv"
         params:
-            keep=lambda wc: PLANS[wc.neural].keep(int(wc.rung)),
-            epochs=lambda wc: PLANS[wc.neural].epochs(int(wc.rung)),
+            stage=select_args,
             runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(m)) for m in input),
         resources:
             runtime=lambda wc, attempt: 10 * attempt,
         conda:
             CONDA_ENV
         shell:
-            "python -m meli.search select --family {wildcards.neural} --rung {wildcards.rung}"
-            " --keep {params.keep} --epochs {params.epochs} --selection {output.selection:q}"
+            "python -m meli.search select --family {wildcards.neural} {params.stage} --selection {output.selection:q}"
             " --pruned-dir {output.pruned:q} {params.runs} > {log:q} 2>&1"
 
     rule search_done:
         """The search's outcome: its final and pruned run directories (what the tables, report and MLflow read)."""
         input:
-            search_inputs,
+            **{f"ladder{i}": partial(ladder_inputs, i) for i in range(LADDER_SLOTS)},
         output:
-            "results/search/{neural}/search.json",
+            f"results/search/{{neural}}/{search.SUMMARY}",
         log:
             "results/logs/search/{neural}/search_done.log",
         benchmark:
             "results/benchmarks/search/{neural}/search_done.tsv"
         params:
             selections=lambda wc, input: " ".join(shlex.quote(f) for f in input if f.endswith(search.SELECTION)),
+            straight=lambda wc: straight_finals(wc.neural),
             runs_dir=lambda wc: f"results/runs/{wc.neural}",
         resources:
             runtime=lambda wc, attempt: 10 * attempt,
@@ -113,39 +105,4 @@ if HALVING:
             CONDA_ENV
         shell:
             "python -m meli.search summary --family {wildcards.neural} --runs-dir {params.runs_dir:q}"
-            " --out {output:q} {params.selections} > {log:q} 2>&1"
-
-    # The final runs land where grid runs do (results/runs/), so the tables, the report, MLflow
-    # and meli-predict treat them alike; train_neural stays as it is for grid families.
-    ruleorder: train_final > train_neural
-
-    rule train_final:
-        """A survivor of the last rung, trained to its configured epochs with early stopping."""
-        input:
-            unpack(final_inputs),
-        output:
-            metrics="results/runs/{neural}/{combo}/metrics.json",
-            history="results/runs/{neural}/{combo}/history.csv",
-            model="results/runs/{neural}/{combo}/model.pt",
-            predictions="results/runs/{neural}/{combo}/val_predictions.parquet",
-        log:
-            "results/logs/train/{neural}/{combo}.log",
-        benchmark:
-            "results/benchmarks/train/{neural}/{combo}.tsv"
-        wildcard_constraints:
-            neural="|".join(HALVING),
-        params:
-            **NEURAL_JOB_PARAMS,
-            rung=lambda wc: PLANS[wc.neural].final,
-        threads: lambda wc: family_resources(wc.neural)["threads"]
-        resources:
-            **NEURAL_JOB_RESOURCES,
-        conda:
-            CONDA_ENV
-        shell:
-            "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
-            " python -m meli.train.neural --family {wildcards.neural} --params {params.hp} --combo {wildcards.combo}"
-            " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
-            " --checkpoint-dir {params.checkpoint_dir:q}"
-            " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
-            " --start-from {input.state:q} --rung {params.rung} > {log:q} 2>&1"
+            " --out {output:q} {params.straight} {params.selections} > {log:q} 2>&1"

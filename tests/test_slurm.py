@@ -184,8 +184,10 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     # two baseline combinations, submitted as one SLURM job array (profiles/slurm/arrays lists
     # train_neural too; here the CNN's own memory must stay apart from the MLP's)
     config["train"]["tfidf"]["grid"]["C"] = [1.0, 0.5]
-    # the MLP as a successive-halving search: 3 rung-0 jobs, then the survivor's final run
-    config["train"]["search"] = {"strategy": "halving", "eta": 3, "min_epochs": 1}
+    # the MLP as a Hyperband search (the generic stage rules, as for halving): over 3 epochs with
+    # eta 3, bracket 1 trains 2 combinations for 1 epoch (one SLURM array of train_rung jobs) and
+    # continues the better one; bracket 0 trains the third straight
+    config["train"]["search"] = {"strategy": "hyperband", "eta": 3, "min_epochs": 1}
     config["train"]["mlp"]["grid"]["lr"] = [0.03, 0.01, 0.003]
     (wf / "slurm-test.yaml").write_text(yaml.safe_dump(config))
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
@@ -198,17 +200,16 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
 
     jobs = _sacct(wf, since)
     assert jobs, "sacct lists no job of this run"
-    training = [j for j in jobs if j["Comment"].startswith(("rule_train_neural_wildcards_", "rule_train_final_"))]
+    training = [j for j in jobs if j["Comment"].startswith("rule_train_neural_wildcards_")]
     combos = {p.parent.name: p.parent.parent.name for p in (wf / "results" / "runs").glob("*/*/metrics.json")}
     neural = {c: f for c, f in combos.items() if f in ("mlp", "cnn", "rnn")}
-    assert len(neural) == 3 and len(combos) == 5
+    assert len(neural) == 4 and len(combos) == 6  # 2 MLP finals (one per bracket), the CNN, the RNN, 2 TF-IDF
     for combo, family in neural.items():
-        rule = "train_final" if family == "mlp" else "train_neural"
-        own = [j for j in training if j["Comment"] == f"rule_{rule}_wildcards_{family}_{combo}"]
+        own = [j for j in training if j["Comment"] == f"rule_train_neural_wildcards_{family}_{combo}"]
         assert own and own[-1]["State"] == "COMPLETED", (combo, own)
         assert all("gres/gpu=1" in j["ReqTRES"] for j in own), own
-    rungs = [j for j in jobs if j["Comment"].startswith("rule_train_rung_wildcards_mlp_0_")]
-    assert len(rungs) == 3 and all(j["State"] == "COMPLETED" and "gres/gpu=1" in j["ReqTRES"] for j in rungs), rungs
+    rungs = [j for j in jobs if j["Comment"].startswith("rule_train_rung_wildcards_mlp_bracket-1/rung-0_")]
+    assert len(rungs) == 2 and all(j["State"] == "COMPLETED" and "gres/gpu=1" in j["ReqTRES"] for j in rungs), rungs
     # the baseline: one array of two tasks, each with its SLURM log and its ids in the attempt record
     tfidf = [j for j in jobs if j["Comment"].startswith("rule_train_tfidf_wildcards_")]
     assert [j["State"] for j in tfidf] == ["COMPLETED", "COMPLETED"], tfidf
@@ -221,7 +222,7 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     assert all(r["state"] == "finished" for r in records)
     progress = subprocess.run([sys.executable, "-m", "meli.sweep", "report"], cwd=wf, capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(wf / "scripts")}, timeout=120)
-    assert "done 4 · running 0 · failed 0 · left 0" in progress.stdout, progress.stdout + progress.stderr
+    assert "done 5 · running 0 · failed 0 · left 0 · pruned 1" in progress.stdout, progress.stdout + progress.stderr
     # aggregate, report and MLflow import are localrules: they ran on the submit host
     submitted = {j["Comment"].split("_wildcards_")[0] for j in jobs}
     assert not submitted & {"rule_aggregate", "rule_report_html", "rule_mlflow_import", "rule_select_rung",

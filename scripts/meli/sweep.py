@@ -60,7 +60,7 @@ TEST_TABLES = ("test.csv", "test_details.json")
 PARTIAL_MTIME = 86_400
 
 DONE, RUNNING, NOT_RUN, LOST = "done", "running", "not run yet", "outputs missing"
-PRUNED = "pruned"  # successive halving (meli.search) stopped it at a rung: finished, not missing
+PRUNED = "pruned"  # a search in stages (meli.search) stopped it at a rung: finished, not missing
 FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED = (
     "failed", "diverged", "killed for memory", "timed out", "killed", "cancelled")
 FAILED_STATES = (FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED)
@@ -213,6 +213,51 @@ def _alive_here(record: dict[str, Any]) -> bool:
         return False
 
 
+def _finished(c: Combination, run_dir: Path, record: dict[str, Any] | None) -> Combination:
+    c.state = DONE
+    if record and record.get("state") == "finished":
+        c.duration_s = _seconds_between(record.get("started_at"), record.get("ended_at"))
+    if c.duration_s is None:  # finished before attempt records existed, or record lost
+        with contextlib.suppress(OSError, ValueError):
+            c.duration_s = float(json.loads((run_dir / "metrics.json").read_text()).get("elapsed_s") or 0) or None
+    return c
+
+
+def _verdict(slurm: list[Path], record: dict[str, Any] | None) -> tuple[str, str] | None:
+    """SLURM's verdict on the recorded attempt (its job id), not on an earlier one."""
+    recorded = _recorded_job_log(slurm, record)
+    if recorded is None:
+        return None
+    with contextlib.suppress(OSError):
+        return slurm_verdict(recorded.read_text(errors="replace"))
+    return None
+
+
+def _running_or_killed(c: Combination, record: dict[str, Any], verdict: tuple[str, str] | None, final: bool) -> None:
+    """A record that says 'running': still running (here, or on another node), or killed without a trace."""
+    elsewhere = record.get("host") != socket.gethostname()
+    if verdict:
+        c.state, c.detail = verdict
+    elif not final and (_alive_here(record) or elsewhere):
+        c.state = RUNNING
+        started = record.get("started_at")
+        with contextlib.suppress(TypeError, ValueError):
+            c.running_for_s = (datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds()
+        c.detail = f"attempt {c.attempts} on {record.get('host')} since {started}"
+    else:
+        c.state = KILLED
+        c.detail = "stopped without a record of its end (killed together with its job: node crash, kill -9)"
+
+
+def _add_why(c: Combination) -> None:
+    """The last error line of the job's log, and where SLURM's log is."""
+    why = last_error(Path(c.log))
+    if why and why not in c.detail:
+        c.detail = f"{c.detail}: {why}" if c.detail else why
+    if c.slurm_logs:
+        c.detail += f" (SLURM log {c.slurm_logs[-1]})"
+
+
 def classify(results: Path, family: str, combo: str, final: bool = False) -> Combination:
     """One configured combination's state. ``final``: the sweep is over, so nothing is running."""
     run_dir = results / "runs" / family / combo
@@ -224,55 +269,29 @@ def classify(results: Path, family: str, combo: str, final: bool = False) -> Com
         c.log = record.get("log") or c.log
     problem = incomplete(run_dir, family)
     if problem is None:
-        c.state = DONE
-        if record and record.get("state") == "finished":
-            c.duration_s = _seconds_between(record.get("started_at"), record.get("ended_at"))
-        if c.duration_s is None:  # finished before attempt records existed, or record lost
-            with contextlib.suppress(OSError, ValueError):
-                c.duration_s = float(json.loads((run_dir / "metrics.json").read_text()).get("elapsed_s") or 0) or None
-        return c
+        return _finished(c, run_dir, record)
 
     slurm = slurm_logs(results, family, combo, record)
     c.slurm_logs = [str(p) for p in slurm]
-    # SLURM's verdict on the recorded attempt (its job id), not on an earlier one
-    recorded = _recorded_job_log(slurm, record)
-    verdict = None
-    if recorded is not None:
-        with contextlib.suppress(OSError):
-            verdict = slurm_verdict(recorded.read_text(errors="replace"))
-    state = (record or {}).get("state")
+    verdict = _verdict(slurm, record)
     if record is None:
         if verdict:  # killed before the wrapper could write (e.g. the job's own Snakemake ran out of memory)
             c.state, c.detail, c.attempts = verdict[0], verdict[1], len(slurm)
             c.log = c.slurm_logs[-1]
         return c
+    state = record.get("state")
     if state == "finished":
         c.state, c.detail = LOST, f"finished at {record.get('ended_at')}, then {problem}: the next snakemake retrains it"
         return c
     if state == "running":
-        elsewhere = record.get("host") != socket.gethostname()
-        if verdict:
-            c.state, c.detail = verdict
-        elif not final and (_alive_here(record) or elsewhere):
-            c.state = RUNNING
-            started = record.get("started_at")
-            with contextlib.suppress(TypeError, ValueError):
-                c.running_for_s = (datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds()
-            c.detail = f"attempt {c.attempts} on {record.get('host')} since {started}"
-        else:
-            c.state = KILLED
-            c.detail = "stopped without a record of its end (killed together with its job: node crash, kill -9)"
+        _running_or_killed(c, record, verdict, final)
     else:
         c.state = state if state in FAILED_STATES else FAILED
         c.detail = record.get("detail") or ""
         if verdict and c.state in (KILLED, FAILED):
             c.state, c.detail = verdict[0], f"{verdict[1]}; {c.detail}"
     if c.state != RUNNING:
-        why = last_error(Path(c.log))
-        if why and why not in c.detail:
-            c.detail = f"{c.detail}: {why}" if c.detail else why
-        if c.slurm_logs:
-            c.detail += f" (SLURM log {c.slurm_logs[-1]})"
+        _add_why(c)
     return c
 
 
@@ -323,24 +342,25 @@ def scan(results: str | os.PathLike = "results", final: bool = False) -> Sweep:
         plan = search.family_plan(family, per, search_cfg)
         states = search.combination_states(results, family, per, plan) if plan else {}
         for combo in per:
-            combos.append(_classify_searched(results, family, combo, final, states[combo]) if plan
+            combos.append(_classify_searched(results, family, combo, final, states[combo]) if combo in states
                           else classify(results, family, combo, final))
     return Sweep(manifest, combos)
 
 
 def _classify_searched(results: Path, family: str, combo: str, final: bool, where: dict[str, Any]) -> Combination:
-    """A combination of a successive-halving search: pruned at a rung is finished, not missing;
-    one still in the search is classified by its attempt record (shared by its rung jobs)."""
+    """A combination of a search in stages: pruned at a stage is finished, not missing; one still
+    in the search is classified by its attempt record (shared by its stage jobs)."""
+    bracket, rung = where.get("bracket"), where["rung"]
     if where["state"] == "pruned":
-        rung = where["rung"]
-        return Combination(family, combo, PRUNED, detail=f"pruned at rung {rung}",
-                           log=str(results / "logs" / "search" / family / f"rung-{rung}" / f"{combo}.log"),
-                           run_dir=str(results / "search" / family / f"rung-{rung}" / search.PRUNED / combo))
+        stage = search.stage_key(bracket, rung)
+        return Combination(family, combo, PRUNED, detail=f"pruned at {search.stage_label(bracket, rung)}",
+                           log=str(results / "logs" / "search" / family / stage / f"{combo}.log"),
+                           run_dir=str(results / "search" / family / stage / search.PRUNED / combo))
     c = classify(results, family, combo, final)
     if where["state"] == "in search" and c.state in (LOST, NOT_RUN):
-        # a finished rung job leaves no final run: that is progress, not lost outputs
+        # a finished stage job leaves no final run: that is progress, not lost outputs
         c.state = NOT_RUN
-        c.detail = f"in the search: rung {where['rung']} done" if where["rung"] >= 0 else c.detail
+        c.detail = f"in the search: {search.stage_label(bracket, rung)} done" if rung >= 0 else c.detail
     return c
 
 

@@ -60,7 +60,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 
-from meli import mlflow_store, runs
+from meli import mlflow_store, runs, search
 from meli.io import Progress, atomic_path, git_output, read_json, setup_logging, write_json
 from meli.redact import redact_url
 
@@ -127,8 +127,9 @@ def store_lock(store_dir: Path) -> Iterator[None]:
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """metrics.json and history.csv of a finished run, checked against the contract."""
-    return runs.read_metrics(run_dir), runs.read_history(run_dir)
+    """metrics.json and history.csv of a finished run, checked against the contract (with the
+    bracket of a Hyperband final run, from its search's summary: meli.search.annotate)."""
+    return search.annotate(run_dir, runs.read_metrics(run_dir)), runs.read_history(run_dir)
 
 
 def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -266,32 +267,14 @@ def existing_runs(client: Any, experiment_id: str) -> dict[tuple[str | None, str
 
 
 def search_tags(metrics: dict[str, Any]) -> dict[str, str]:
-    """Successive halving (meli.search): where the run stopped, filterable in the MLflow UI
-    (``tags.search = 'pruned'``); nothing for a grid run."""
-    if "rung" not in metrics:
-        return {}
-    pruned = metrics.get("pruned_at_rung") is not None
-    return {"search": "pruned" if pruned else "final", "rung": str(metrics["rung"]),
-            **({"pruned_at_rung": str(metrics["pruned_at_rung"])} if pruned else {})}
+    """A search's run tags (meli.search.run_tags: ``search`` final/pruned, ``rung``, ``bracket``,
+    ``pruned_at_rung``; filterable as ``tags.search = 'pruned'``); nothing for a grid run."""
+    return search.run_tags(metrics)
 
 
 def search_summaries(records: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """Per successive-halving family, one line for the experiment's tags (``search.<family>``):
-    combinations, where the pruned ones stopped, epochs trained against the full grid's bound."""
-    by_family: dict[str, list[dict[str, Any]]] = {}
-    for m in records:
-        if "rung" in m:
-            by_family.setdefault(m["family"], []).append(m)
-    out = {}
-    for family, ms in sorted(by_family.items()):
-        pruned = [m["pruned_at_rung"] for m in ms if m.get("pruned_at_rung") is not None]
-        spent = sum(int(m.get("epochs_run") or 0) for m in ms)
-        bound = sum(int((m.get("params") or {}).get("epochs") or 0) for m in ms)
-        at = ", ".join(f"rung {r}: {pruned.count(r)}" for r in sorted(set(pruned)))
-        out[family] = (f"successive halving over {len(ms)} combinations: {len(ms) - len(pruned)} trained to the end, "
-                       f"{len(pruned)} pruned ({at or 'none'}); {spent} epochs trained"
-                       + (f" against at most {bound} for the full grid ({100 * spent / bound:.0f}%)" if bound else ""))
-    return out
+    """Per searched family, the experiment's ``search.<family>`` line (meli.search.experiment_lines)."""
+    return search.experiment_lines(records)
 
 
 def _metric_entries(metrics: dict[str, Any], history: pd.DataFrame, start_ms: int, end_ms: int) -> list[Any]:

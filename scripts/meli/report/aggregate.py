@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from meli import search
 from meli.cli import entry_point
 from meli.grid import FAMILIES, KEY_ORDER
 from meli.io import atomic_path, dir_lock, setup_logging, write_json
@@ -46,7 +47,7 @@ METRIC_COLUMNS = (
     "stopped_early",
 )
 # Columns of whole numbers (a family without them makes pandas store them as floats).
-COUNT_COLUMNS = ("epochs_run", "best_epoch", "n_seeds", "rung", "pruned_at_rung")
+COUNT_COLUMNS = ("epochs_run", "best_epoch", "n_seeds", "rung", "pruned_at_rung", "bracket")
 SEED_COLUMNS = ("seed_group", "n_seeds", "val_bacc_mean", "val_bacc_sd")
 SELECTION_RULE = ("highest validation balanced accuracy, averaged over seeds (runs that differ only in seed); "
                   "within the chosen group its best seed; ties: lower validation loss, then combination id")
@@ -55,8 +56,9 @@ SELECTION_RULE = ("highest validation balanced accuracy, averaged over seeds (ru
 def seed_group(combo: str) -> str:
     """The combination id without its seed: runs sharing it differ only in ``seed``."""
     return re.sub(r"(^|_)seed-[^_]*", "", combo) or "(seed only)"
-# Successive halving (meli.search): the rung a record comes from, and where a pruned run stopped.
-# Columns only when some run has them (a grid search's tables are unchanged). Pruned runs stay in
+# A search in stages (meli.search): the rung a record comes from, where a pruned run stopped, and
+# (Hyperband) its bracket. Columns only when some run has them (a grid search's tables are
+# unchanged, a halving search's have no bracket column). Pruned runs stay in
 # the tables but are never selected: they were not trained to the end. Their best-so-far bacc is
 # at most that of the runs kept at their rung, which only grows later, so this changes the
 # selection only in exact ties.
@@ -65,7 +67,7 @@ SEARCH_COLUMNS = ("rung", "pruned_at_rung")
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """metrics.json of one run, checked; ``combo`` is the directory name (the workflow's id)."""
-    metrics = read_metrics(run_dir, required=TABLE_KEYS)
+    metrics = search.annotate(run_dir, read_metrics(run_dir, required=TABLE_KEYS))
     return {**metrics, "combo": Path(run_dir).name, "run_dir": str(run_dir)}
 
 
@@ -96,6 +98,7 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
     params = _param_order(k for r in runs for k in r["params"])
     rows = []
     searched = any("rung" in r for r in runs)
+    bracketed = any(r.get("bracket") is not None for r in runs)
     for r in runs:
         row = {"family": r["family"], "combo": r["combo"]}
         row.update({k: param_value(r["params"].get(k)) for k in params})
@@ -103,6 +106,8 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         row["seed_group"] = seed_group(r["combo"])
         if searched:
             row.update({k: r.get(k) for k in SEARCH_COLUMNS})
+            if bracketed:
+                row["bracket"] = r.get("bracket")
         row["run_dir"] = r["run_dir"]
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -137,7 +142,7 @@ def swept(df: pd.DataFrame, family: str) -> list[str]:
 
 
 def pruned(df: pd.DataFrame) -> pd.Series:
-    """True for the runs a successive-halving search stopped early (never selected)."""
+    """True for the runs a search stopped at a stage (never selected, never ranked or coloured)."""
     if "pruned_at_rung" not in df.columns:
         return pd.Series(False, index=df.index)
     return df["pruned_at_rung"].notna()

@@ -23,7 +23,7 @@ from typing import Any
 
 from meli.cli import entry_point
 from meli.io import atomic_path, setup_logging
-from meli.report.halving import section_search
+from meli.report.search import section_search
 from meli.report.html import CSS, SCRIPT, plural
 from meli.report.sections import (
     Results,

@@ -23,7 +23,8 @@ import pandas as pd
 from meli.io import git_output
 from meli.redact import redact_config, redact_config_text
 from meli.report import charts
-from meli.report.aggregate import hyperparameters, swept
+from meli import search
+from meli.report.aggregate import hyperparameters, pruned, swept
 from meli.report.html import (
     COLUMN_LABELS,
     DASH,
@@ -400,28 +401,17 @@ def section_embeddings(r: Results) -> str:
 def _family_runs(r: Results, family: str) -> pd.DataFrame:
     """A family's runs in runs.csv's order, a halving search's pruned runs last."""
     sub = r.runs[r.runs["family"] == family]
-    stopped = _pruned(sub)
+    stopped = pruned(sub)
     return pd.concat([sub[~stopped], sub[stopped]]) if stopped.any() else sub
-
-
-def _pruned(sub: pd.DataFrame) -> pd.Series:
-    """Runs a successive-halving search stopped at a rung: shown, never ranked or coloured."""
-    if "pruned_at_rung" not in sub.columns:
-        return pd.Series(False, index=sub.index)
-    return sub["pruned_at_rung"].notna()
 
 
 def _ranks(sub: pd.DataFrame, k: int = charts.TOP_K) -> list[int | None]:
     """Per row of :func:`_family_runs`: its rank among the runs trained to the end (top ``k``), else None."""
     out, rank = [], 0
-    for stopped in _pruned(sub):
+    for stopped in pruned(sub):
         rank += not stopped
         out.append(rank if not stopped and rank <= k else None)
     return out
-
-
-def _search_cell(row: pd.Series) -> str:
-    return "final" if pd.isna(row["pruned_at_rung"]) else f"pruned at rung {int(row['pruned_at_rung'])}"
 
 
 def _value(v: Any) -> Any:
@@ -439,7 +429,7 @@ def _value(v: Any) -> Any:
 def _top_legend(sub: pd.DataFrame, varied: list[str], k: int = charts.TOP_K) -> str:
     """Rank -> hyperparameters and validation bacc of a family's top runs (colours as on the charts)."""
     items = []
-    for rank, (_, row) in enumerate(sub[~_pruned(sub)].head(k).iterrows(), start=1):
+    for rank, (_, row) in enumerate(sub[~pruned(sub)].head(k).iterrows(), start=1):
         what = " · ".join(f"{p} {fmt_param(_value(row[p]))}" for p in varied) or row["combo"]
         items.append(f'<li><span class="swatch" style="background:{charts.rank_colour(rank)}">{rank}</span>'
                      f"{escape(what)} — val bacc {fmt(row['val_bacc'], 4)}"
@@ -451,7 +441,7 @@ def _family_row(r: Results, family: str) -> list[Any]:
     """Best/median/worst validation bacc over the runs trained to the end (a halving search's
     pruned runs stopped after a rung or two: their scores are not comparable)."""
     sub = _family_runs(r, family)
-    stopped = _pruned(sub)
+    stopped = pruned(sub)
     b, n_pruned = sub.loc[~stopped, "val_bacc"], int(stopped.sum())
     runs = f"{len(sub)} ({n_pruned} pruned, not counted)" if n_pruned else len(sub)
     return [family_name(family), runs, b.max(), b.median(), b.min(), r.selected(family) or DASH]
@@ -475,13 +465,13 @@ def _comparison_table(r: Results, family: str, sub: pd.DataFrame, varied: list[s
                    if sub[c].notna().any()]
     seeded = _seeded(sub)
     # Key columns first (rank, the metric, what was swept); the long run id last, wrapped.
-    searched = bool(_pruned(sub).any()) or ("rung" in sub and sub["rung"].notna().any())
+    searched = bool(pruned(sub).any()) or ("rung" in sub and sub["rung"].notna().any())
     header = ["#", "val bacc", *(["seed-group mean ± sd (seeds)"] if seeded else []), *varied,
               *(COLUMN_LABELS.get(c, c) for c in metric_cols), *(["search"] if searched else []), "run"]
     ranks = _ranks(sub, k=len(sub))  # the "#": rank among the runs trained to the end
     body = [[rank or DASH, row["val_bacc"], *([_group_cell(row)] if seeded else []),
              *(keyed(_value(row[p])) for p in varied), *(row[c] for c in metric_cols),
-             *([_search_cell(row)] if searched else []), row["combo"]]
+             *([search.stop_label(row["pruned_at_rung"], row.get("bracket"))] if searched else []), row["combo"]]
             for rank, (_, row) in zip(ranks, sub.iterrows())]
     sel = [row["combo"] == r.selected(family) for _, row in sub.iterrows()]
     filters = [" ".join([f"family={family}"] + [f"{p}={fmt_param(_value(row[p]))}".lower().replace(" ", "")
@@ -528,7 +518,7 @@ def section_curves(r: Results) -> str:
         sub = _family_runs(r, family)
         histories = [(row["combo"], r.histories.get(row["run_dir"])) for _, row in sub.iterrows()]
         ranked = {c: rank for (c, _), rank in zip(histories, _ranks(sub)) if rank is not None}
-        n_pruned = int(_pruned(sub).sum())
+        n_pruned = int(pruned(sub).sum())
         histories = [(c, h) for c, h in histories if h is not None and not h.empty]
         name = family_name(family)
         if not histories:
