@@ -158,3 +158,52 @@ def test_mlflow_experiment_line_of_a_hyperband_search():
     assert search.experiment_lines(records) == {"mlp": (
         "Hyperband over 3 combinations in 2 brackets: 2 trained to the end, 1 pruned (bracket 2, rung 0: 1); "
         "12 epochs trained against at most 18 for the full grid (67%)")}
+
+
+# ------------------------------------------------------------------------------ report section
+def _record(d: Path, combo: str, bacc: float, rung: int, pruned_at=None, bracket=None, epochs_run=2) -> Path:
+    import pandas as pd
+
+    from meli import runs
+
+    d.mkdir(parents=True)
+    pd.DataFrame({"epoch": range(1, epochs_run + 1), "train_loss": 1.0, "val_loss": 1.0, "val_bacc": bacc,
+                  "samples_per_s": 1.0, "elapsed_s": 1.0}).to_csv(d / runs.HISTORY, index=False)
+    runs.write_metrics(d, {
+        "family": "mlp", "combo": combo, "params": {"lr": bacc, "epochs": 6}, "val_bacc": bacc, "val_loss": 1.0,
+        "epochs_run": epochs_run, "best_epoch": 1, "final_train_loss": 1.0, "train_time_s": 1.0,
+        "samples_per_s": 1.0, "peak_mem_mb": 1, "device": "cpu", "n_train": 1, "n_val": 1, "n_classes": 2,
+        "stopped_early": False, "finished_at": "2026-01-01T00:00:00.000001+00:00", "rung": rung,
+        "pruned_at_rung": pruned_at, **({} if bracket is None else {"bracket": bracket})})
+    return d
+
+
+@pytest.mark.parametrize("strategy", ["halving", "hyperband"])
+def test_report_search_section(tmp_path, strategy):
+    """The Search section and the comparison's labels, from runs.csv, for either strategy (a Hyperband
+    final run whose bracket is not known yet -- no search.json mid-search -- gets a dash)."""
+    from meli.report import aggregate
+    from meli.report.search import section_search
+    from meli.report.sections import Results, section_comparison
+
+    root = tmp_path / "results"
+    if strategy == "halving":
+        dirs = [_record(root / "search/mlp/rung-0/pruned/a", "a", 0.2, 0, 0),
+                _record(root / "search/mlp/rung-1/pruned/b", "b", 0.4, 1, 1, epochs_run=4),
+                _record(root / "runs/mlp/c", "c", 0.5, 2, epochs_run=6)]
+    else:
+        dirs = [_record(root / "search/mlp/bracket-1/rung-0/pruned/a", "a", 0.2, 0, 0, bracket=1),
+                _record(root / "runs/mlp/b", "b", 0.4, 1, epochs_run=6),  # bracket 1's survivor: search.json says so
+                _record(root / "runs/mlp/c", "c", 0.5, 0, epochs_run=6)]  # bracket 0: not in search.json yet
+        (root / "search/mlp/search.json").write_text(json.dumps({"final_brackets": {"results/runs/mlp/b": 1}}))
+    aggregate.aggregate([str(d) for d in dirs], root / "tables")
+    r = Results(root)
+    html, comparison = section_search(r), section_comparison(r)
+    if strategy == "halving":
+        assert "successive halving over 3 combinations" in html and "Hyperband" not in html
+        assert "pruned at rung 0" in html and "pruned at rung 1" in comparison
+    else:
+        assert "Hyperband over 3 combinations in 1 brackets" in html and "pruned at bracket 1, rung 0" in comparison
+        assert "<td>1</td>" in html  # the bracket column
+    spent = 2 + 4 + 6 if strategy == "halving" else 2 + 6 + 6
+    assert f"{spent} epochs trained in all" in html and "against at most 18 for the full grid" in html

@@ -32,13 +32,14 @@ def _stage_budgets(r, family: str) -> dict[tuple[int | None, int], int | None]:
 
 
 def _brackets(sub: pd.DataFrame) -> pd.Series:
-    if "bracket" not in sub.columns:
-        return pd.Series(None, index=sub.index, dtype=object)
-    return sub["bracket"].astype(object).where(sub["bracket"].notna(), None)
+    """Each run's bracket as an int, None outside brackets (halving)."""
+    values = sub["bracket"] if "bracket" in sub.columns else pd.Series(float("nan"), index=sub.index)
+    return pd.Series([None if pd.isna(v) else int(v) for v in values], index=sub.index, dtype=object)
 
 
-def _rung_rows(sub: pd.DataFrame, bracket, budgets) -> list[list]:
-    """One ladder's rungs: combinations trained, budget, pruned there, kept."""
+def _rung_rows(sub: pd.DataFrame, bracket, budgets, bracketed: bool) -> list[list]:
+    """One ladder's rungs: combinations trained, budget, pruned there, kept (``bracketed``: a
+    first cell with the bracket; a final run whose bracket is not known yet gets a dash)."""
     stopped = pruned(sub)
     final_rung = int(sub.loc[~stopped, "rung"].max()) if (~stopped).any() else None
     stop = sub["pruned_at_rung"].where(stopped, final_rung)
@@ -47,7 +48,7 @@ def _rung_rows(sub: pd.DataFrame, bracket, budgets) -> list[list]:
         reached = int((stop >= rung).sum())
         at = int((sub["pruned_at_rung"] == rung).sum())
         epochs = "configured (early stopping)" if rung == final_rung else budgets.get((bracket, rung), DASH)
-        rows.append([*([] if bracket is None else [int(bracket)]), rung, reached, epochs,
+        rows.append([*([DASH if bracket is None else bracket] if bracketed else []), rung, reached, epochs,
                      at if rung != final_rung else DASH, reached if rung == final_rung else reached - at])
     return rows
 
@@ -67,9 +68,9 @@ def _family_search(r, family: str, sub: pd.DataFrame, strategy: search.Strategy)
     brackets = _brackets(sub)
     budgets = _stage_budgets(r, family)
     ladders = sorted(set(brackets), key=lambda b: -1 if b is None else -int(b))  # Hyperband: most aggressive first
-    rung_rows = [row for b in ladders for row in _rung_rows(sub[brackets == b] if b is not None else sub[brackets.isna()],
-                                                            b, budgets)]
     bracketed = any(b is not None for b in ladders)
+    rung_rows = [row for b in ladders
+                 for row in _rung_rows(sub[brackets.map(lambda x, b=b: x == b)], b, budgets, bracketed)]
     stop = sub["pruned_at_rung"].where(stopped, sub["rung"])
     per_combo = sub.assign(_stop=stop).sort_values(["_stop", "val_bacc"], ascending=[False, False])
     combo_rows = [[row["combo"], search.stop_label(row["pruned_at_rung"], row.get("bracket")),
