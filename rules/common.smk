@@ -215,6 +215,14 @@ TRAIN_SHELL = (
     # " --combo {wildcards.combo}"
     "{params.stage} > {log:q} 2>&1"
 )
+# A stage job (train_rung): a combination whose training diverges (exit code 3) is recorded as
+# such and pruned by the stage's selection, like a failed trial in a tuner, instead of failing
+# the job and leaving the whole search waiting for it; any other failure fails the job as usual.
+STAGE_SHELL = (
+    f"( {TRAIN_SHELL} ) || python -m meli.search diverged --code $? --family {{wildcards.neural}}"
+    " {params.select} --params {params.hp} --stage-dir {params.run_dir:q} --snapshot {output.state:q}"
+    " --log {log:q} >> {log:q} 2>&1"
+)
 
 
 def final_run_dirs(family):
@@ -356,10 +364,15 @@ def stage_records(wc):
     return [f"{stage_dir(wc.neural, wc.stage, c)}/metrics.json" for c in combos]
 
 
+def stage_id_args(wc):
+    """--rung R [--bracket B] of a stage (select_rung, and train_rung's diverged record)."""
+    stage = PLANS[wc.neural].stage(wc.stage)
+    return f"--rung {stage.rung}" + ("" if stage.bracket is None else f" --bracket {stage.bracket}")
+
+
 def select_args(wc):
     stage = PLANS[wc.neural].stage(wc.stage)
-    bracket = "" if stage.bracket is None else f" --bracket {stage.bracket}"
-    return f"--rung {stage.rung}{bracket} --keep {stage.keep} --epochs {stage.epochs}"
+    return f"{stage_id_args(wc)} --keep {stage.keep} --epochs {stage.epochs}"
 
 
 wildcard_constraints:

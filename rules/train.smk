@@ -41,7 +41,8 @@ if SEARCHED:
         search_done,
 
     rule train_rung:
-        """One combination for one stage's epoch budget, continuing from its state after the rung before."""
+        """One combination for one stage's epoch budget, continuing from its state after the rung before
+        (a diverged combination leaves a record that the stage's selection prunes)."""
         input:
             unpack(stage_inputs),
         output:
@@ -55,13 +56,14 @@ if SEARCHED:
         params:
             **NEURAL_JOB_PARAMS,
             stage=train_stage_args,
+            select=stage_id_args,
         threads: lambda wc: family_resources(wc.neural)["threads"]
         resources:
             **NEURAL_JOB_RESOURCES,
         conda:
             CONDA_ENV
         shell:
-            TRAIN_SHELL
+            STAGE_SHELL
 
     checkpoint select_rung:
         """Rank a stage on validation; keep the best for the next rung, record the pruned runs."""

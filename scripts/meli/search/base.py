@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from meli import runs
-from meli.io import read_json, write_json
+from meli.io import atomic_path, read_json, write_json
 from meli.search.ladder import Plan, SearchError
 
 SNAPSHOT = "checkpoint.pt"  # a stage's training state (model, optimizer, early-stopping state)
@@ -171,14 +171,21 @@ def rank(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def select(records: Sequence[dict[str, Any]], keep: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(kept, pruned): the best ``keep`` records and the rest, each best first."""
+    """(kept, pruned): the best ``keep`` records and the rest, each best first. A diverged
+    combination (:func:`write_diverged`) ranks last and is always pruned, as trial-based tuners
+    treat a failed trial; a stage where every combination diverged has nothing to continue."""
     if keep < 1:
         raise SearchError(f"keep must be >= 1, got {keep}")
     combos = [r["combo"] for r in records]
     if len(set(combos)) != len(combos):
         raise SearchError(f"a combination appears twice in one rung: {sorted(c for c in combos if combos.count(c) > 1)}")
     ranked = rank(records)
-    return ranked[:keep], ranked[keep:]
+    usable = [r for r in ranked if not r.get("diverged")]
+    if ranked and not usable:
+        raise SearchError(f"every combination of this stage diverged ({', '.join(combos)}): nothing to continue; "
+                          "lower their learning rates")
+    kept = usable[:keep]
+    return kept, [r for r in ranked if not any(r is k for k in kept)]
 
 
 def _read_stage_records(run_dirs: Sequence[str | os.PathLike], family: str, rung: int) -> list[dict[str, Any]]:
@@ -229,7 +236,8 @@ def select_rung(run_dirs: Sequence[str | os.PathLike], family: str, rung: int, k
         "pruned": [r["combo"] for r in pruned],
         "ranking": [
             {"combo": r["combo"], "val_bacc": r["val_bacc"], "val_loss": r.get("val_loss"),
-             "epochs_run": r.get("epochs_run"), "stopped_early": r.get("stopped_early"), "kept": i < keep}
+             "epochs_run": r.get("epochs_run"), "stopped_early": r.get("stopped_early"), "kept": i < len(kept),
+             **({"diverged": True} if r.get("diverged") else {})}
             for i, r in enumerate(kept + pruned)
         ],
     }
@@ -239,6 +247,32 @@ def select_rung(run_dirs: Sequence[str | os.PathLike], family: str, rung: int, k
     for rec in pruned:
         (rec["_dir"] / SNAPSHOT).unlink(missing_ok=True)
     return selection
+
+
+def write_diverged(stage_dir: str | os.PathLike, family: str, params: dict[str, Any], rung: int,
+                   snapshot: str | os.PathLike, bracket: int | None = None, detail: str = "") -> dict[str, Any]:
+    """A stage's record for a combination whose training diverged (the trainer exits with
+    meli.jobstatus.DIVERGED_EXIT and writes nothing): ``diverged: true`` and ``val_bacc`` 0 (the worst
+    possible: it was not measured, and a run record needs a number), an empty history and a marker
+    in place of the training state. The stage's selection then
+    prunes it like the worst of its rung, instead of the whole search waiting for a job that
+    will never succeed."""
+    import datetime as dt
+
+    import pandas as pd
+
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(stage_dir / runs.HISTORY) as tmp:
+        pd.DataFrame(columns=list(runs.HISTORY_COLUMNS)).to_csv(tmp, index=False)
+    with atomic_path(Path(snapshot)) as tmp:  # never continued: the selection prunes it and deletes this
+        tmp.write_text("diverged: no training state\n")
+    record = {"family": family, "combo": stage_dir.name, "params": params, "rung": rung,
+              **({} if bracket is None else {"bracket": bracket}), "val_bacc": 0.0, "val_loss": None,
+              "epochs_run": 0, "diverged": True, "detail": detail,
+              "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")}
+    runs.write_metrics(stage_dir, record)
+    return record
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:
