@@ -64,7 +64,7 @@ def test_a_diverging_learning_rate_does_not_block_a_halving_search(tiny_run, tmp
     res = wf / "results"
     sel = json.loads((res / "search" / "mlp" / "rung-0" / "selection.json").read_text())
     [diverged] = [r["combo"] for r in sel["ranking"] if r.get("diverged")]
-    assert "lr-1000000" in diverged and diverged in sel["pruned"] and len(sel["kept"]) == 1
+    assert "lr-1e+06" in diverged and diverged in sel["pruned"] and len(sel["kept"]) == 1
     assert json.loads((res / "sweep" / "jobs" / "mlp" / f"{diverged}.json").read_text())["state"] == "diverged"
     assert (res / "runs" / "mlp" / sel["kept"][0] / "model.pt").exists()
     selection = json.loads((res / "tables" / "selection.json").read_text())["families"]["mlp"]

@@ -185,7 +185,7 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     # train_neural too; here the CNN's own memory must stay apart from the MLP's)
     config["train"]["tfidf"]["grid"]["C"] = [1.0, 0.5]
     # the MLP as a Hyperband search (the generic stage rules, as for halving): over 3 epochs with
-    # eta 3, bracket 1 trains 2 combinations for 1 epoch (one SLURM array of train_rung jobs) and
+    # eta 3, bracket 1 trains 2 combinations for 1 epoch (two train_rung jobs, wildcards with a "/") and
     # continues the better one; bracket 0 trains the third straight
     config["train"]["search"] = {"strategy": "hyperband", "eta": 3, "min_epochs": 1}
     config["train"]["mlp"]["grid"]["lr"] = [0.03, 0.01, 0.003]
