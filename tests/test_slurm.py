@@ -185,7 +185,7 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     # train_neural too; here the CNN's own memory must stay apart from the MLP's)
     config["train"]["tfidf"]["grid"]["C"] = [1.0, 0.5]
     # the MLP as a Hyperband search (the generic stage rules, as for halving): over 3 epochs with
-    # eta 3, bracket 1 trains 2 combinations for 1 epoch (two train_rung jobs, wildcards with a "/") and
+    # eta 3, bracket 1 trains 2 combinations for 1 epoch (two train_rung jobs; the plugin writes the "/" of their stage as "_") and
     # continues the better one; bracket 0 trains the third straight
     config["train"]["search"] = {"strategy": "hyperband", "eta": 3, "min_epochs": 1}
     config["train"]["mlp"]["grid"]["lr"] = [0.03, 0.01, 0.003]
@@ -208,7 +208,7 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
         own = [j for j in training if j["Comment"] == f"rule_train_neural_wildcards_{family}_{combo}"]
         assert own and own[-1]["State"] == "COMPLETED", (combo, own)
         assert all("gres/gpu=1" in j["ReqTRES"] for j in own), own
-    rungs = [j for j in jobs if j["Comment"].startswith("rule_train_rung_wildcards_mlp_bracket-1/rung-0_")]
+    rungs = [j for j in jobs if j["Comment"].startswith("rule_train_rung_wildcards_mlp_bracket-1_rung-0_")]
     assert len(rungs) == 2 and all(j["State"] == "COMPLETED" and "gres/gpu=1" in j["ReqTRES"] for j in rungs), rungs
     # the baseline: one array of two tasks, each with its SLURM log and its ids in the attempt record
     tfidf = [j for j in jobs if j["Comment"].startswith("rule_train_tfidf_wildcards_")]
