@@ -211,8 +211,7 @@ TRAIN_SHELL = (
     " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
     " --checkpoint-dir {params.checkpoint_dir:q}"
     " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
-    # the grid's combination id into metrics.json: uncomment once meli.train.neural has --combo
-    # " --combo {wildcards.combo}"
+    " --combo {wildcards.combo}"  # the grid's combination id, into metrics.json
     "{params.stage} > {log:q} 2>&1"
 )
 # A stage job (train_rung): a combination whose training diverges (exit code 3) is recorded as

@@ -43,7 +43,7 @@ def test_dry_run_lists_every_brackets_first_stage(workflow_dir, tmp_path):
     out = snakemake(workflow_dir, "-n", "-p", "--configfile", str(hyperband_config(tmp_path))).stdout
     counts = job_counts(out)
     assert counts["train_rung"] == 4 and counts["select_rung"] == 2  # bracket 2 and 1: rung 0, both at once
-    assert counts["train_neural"] == 3  # bracket 0's two straight runs, and the single CNN combination
+    assert counts["train_neural"] == 4  # bracket 0's two straight runs, the single CNN and RNN combinations
     assert out.count("--until-epoch 1 ") == 2 and out.count("--until-epoch 3 ") == 2
     assert out.count("results/search/mlp/bracket-2/rung-0/") and out.count("results/search/mlp/bracket-1/rung-0/")
     assert "checkpoint jobs, which will result in alteration of the DAG" in out
