@@ -36,7 +36,14 @@ onstart:
     # What this sweep is meant to produce, for `make report` and the partial report on failure.
     from meli.sweep import write_manifest
 
-    write_manifest("results", COMBOS, config, [str(f) for f in workflow.configfiles])
+    # the outputs of the jobs this run executes: a run record among them that predates this
+    # start is outdated, not done (make report, partial report)
+    try:
+        planned = [str(f) for job in workflow.dag.needrun_jobs() for f in job.output]
+    except Exception as err:  # Snakemake internals: without them, outdated runs are not recognised
+        print(f"onstart: planned jobs unknown ({err})", file=sys.stderr)
+        planned = None
+    write_manifest("results", COMBOS, config, [str(f) for f in workflow.configfiles], planned)
 
 
 onerror:

@@ -34,6 +34,7 @@ from meli.data.fetch import local_path  # noqa: E402
 from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family  # noqa: E402
 from meli import search  # noqa: E402
 from meli.overrides import coerce  # noqa: E402
+from meli.sweep import partial_stamp  # noqa: E402
 
 # Stops the run before any job, naming the offending key (one line; snakemake's validate would
 # print the whole schema after it), then fills defaults from the schema. `--config key='{a: 0.1}'`
@@ -56,6 +57,11 @@ if "{" in workflow.basedir or "}" in workflow.basedir:
     # snakemake formats the env path (made absolute) with the wildcards: braces in the checkout's
     # path would be read as wildcards, so give it absolute with the braces escaped.
     CONDA_ENV = os.path.join(workflow.basedir, "envs", "meli.yaml").replace("{", "{{").replace("}", "}}")
+
+# Changes whenever a failed sweep's end writes partial tables/report/MLflow import (meli.sweep):
+# a parameter of the rules that write them, so the next run always rebuilds them, even when their
+# inputs are unchanged (Snakemake records a failed job's input checksums as if it had succeeded).
+PARTIAL_STAMP = partial_stamp("results")
 
 SPLITS = ("train", "validation", "test")
 DATA = "results/data"

@@ -23,6 +23,7 @@ rule aggregate:
         "results/benchmarks/aggregate.tsv"
     params:
         runs=lambda wc, input: all_run_dirs(input.search),
+        partial=PARTIAL_STAMP,  # partial tables written since the last run: rebuild them
     resources:
         runtime=lambda wc, attempt: 10 * attempt,
     conda:

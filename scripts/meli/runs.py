@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -128,3 +129,62 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
         return Path(*parts[:i], "checkpoints", *parts[i + 1 :])
     run_dir = Path(run_dir)
     return run_dir.parent / f".{run_dir.name}.checkpoint"
+
+
+# ------------------------------------------------------------------------ checking a whole record
+ARCHIVE = "archive"  # results/archive/damaged/{family}/{combo}-{time}/: damaged records moved aside
+
+
+def _close(a: Any, b: Any) -> bool:
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_record(run_dir: str | Path, required: Iterable[str] = TABLE_KEYS) -> dict[str, Any]:
+    """metrics.json checked (:func:`read_metrics`) and checked against history.csv: one complete
+    row per epoch 1..epochs_run, ``best_epoch`` among them and its ``val_bacc`` the record's.
+    A file cut short by a full disk or a crash (a history cut mid-row) fails here with RunError."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir, required)
+    if "epochs_run" not in metrics:  # a record of its own kind (e.g. hand-made): nothing to check against
+        return metrics
+    path = run_dir / HISTORY
+    try:
+        history = read_history(run_dir)
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing (the record names {metrics['epochs_run']} epochs)") from None
+    except (ValueError, pd.errors.ParserError) as err:
+        raise RunError(f"{path}: unreadable ({str(err).splitlines()[0]})") from err
+    epochs_run, best = metrics.get("epochs_run"), metrics.get("best_epoch")
+    if history[list(HISTORY_COLUMNS)].isna().any().any():
+        raise RunError(f"{path}: a row with empty values (cut short?)")
+    if list(history["epoch"]) != list(range(1, len(history) + 1)) or len(history) != epochs_run:
+        raise RunError(f"{path}: {len(history)} epoch row(s), but {METRICS} says epochs_run={epochs_run}")
+    if not isinstance(best, int) or not 1 <= best <= len(history):
+        raise RunError(f"{run_dir / METRICS}: best_epoch={best!r} is not one of the {len(history)} epochs run")
+    if not _close(history["val_bacc"].iloc[best - 1], metrics["val_bacc"]):
+        raise RunError(f"{run_dir / METRICS}: val_bacc {metrics['val_bacc']} differs from {HISTORY}'s "
+                       f"{history['val_bacc'].iloc[best - 1]} at best_epoch {best}")
+    return metrics
+
+
+def archive_damaged(run_dir: str | Path, why: str) -> Path:
+    """Move a damaged run directory aside (nothing is deleted) so that its training job's outputs are
+    missing and the next snakemake retrains it; ``why.txt`` says what was wrong. Returns where it went."""
+    run_dir = Path(run_dir)
+    results = run_dir.parents[2]  # results/runs/{family}/{combo}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    dest = results / ARCHIVE / "damaged" / run_dir.parent.name / f"{run_dir.name}-{stamp}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(dest)  # atomic on one filesystem: a concurrent reader sees the run or nothing
+    (dest / "why.txt").write_text(why + "\n")
+    return dest
+
+
+def archived_damaged(results: str | Path, family: str, combo: str) -> Path | None:
+    """The newest damaged copy of a run moved aside by :func:`archive_damaged`, if any."""
+    found = sorted(p for p in Path(results, ARCHIVE, "damaged", family).glob(f"{combo}-*")
+                   if re.fullmatch(r"\d{8}T\d{12}", p.name[len(combo) + 1:]))
+    return found[-1] if found else None
