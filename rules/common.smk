@@ -226,6 +226,25 @@ def run_models():
 
 
 # ------------------------------------------------------------------------ data (rules/data.smk)
+def literal(path, link_dir):
+    """A path given by the user, as an input file. Snakemake reads any `{name}` in an input path as
+    a wildcard (doubled braces do not escape it there), so a path with braces ("exp {v2}/x.csv")
+    is given through a symlink without them, `results/.linked/<link_dir>/<name with ( )>` (made here,
+    at parse time, only for such a path; outside every rule's output pattern); the link's target is
+    the file, so its changes still count."""
+    path = str(path)
+    if "{" not in path and "}" not in path:
+        return path
+    link = os.path.join("results", ".linked", link_dir, os.path.basename(path).replace("{", "(").replace("}", ")"))
+    target = os.path.abspath(path)
+    if not (os.path.islink(link) and os.readlink(link) == target):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        tmp = f"{link}.{os.getpid()}.tmp"
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    return link
+
+
 def dataset_source():
     """Path of the dataset file the prepare rule reads (local sources are not copied)."""
     src = config["dataset"]["source"]
@@ -234,7 +253,7 @@ def dataset_source():
     url = urlparse(src)
     if url.scheme in ("http", "https"):
         return f"{DATA}/source/{os.path.basename(url.path) or 'dataset'}"
-    return str(local_path(src))
+    return literal(local_path(src), "dataset")
 
 
 # ------------------------------------------------------------ embeddings (rules/embeddings.smk)
@@ -245,7 +264,7 @@ def vectors_source(name):
     url = urlparse(src)
     if url.scheme in ("http", "https"):
         return f"results/embeddings/{name}/source/{os.path.basename(url.path)}"
-    return str(local_path(src))  # file:// URLs percent-decoded, as for dataset.source
+    return literal(local_path(src), f"embeddings/{name}")  # file:// URLs percent-decoded, as for dataset.source
 
 
 def embedding_inputs(wc):

@@ -88,7 +88,7 @@ rule report_html:
     benchmark:
         "results/benchmarks/report_html.tsv"
     params:
-        cfg=as_arg(config),
+        cfg=lambda wc: as_arg(config),  # a function: paths with { } in the config are no wildcards
         configfiles=lambda wc: " ".join(shlex.quote(str(f)) for f in workflow.configfiles),
     resources:
         runtime=lambda wc, attempt: 10 * attempt,

@@ -257,3 +257,29 @@ def test_a_damaged_record_is_retrained_by_the_next_snakemake(tiny_run, tmp_path)
     assert "Partial" not in (wf / "results" / "report.html").read_text()
     assert (wf / "results" / "tables" / "test.csv").exists()
     assert len(pd.read_csv(wf / "results" / "tables" / "runs.csv")) == 3
+
+
+@pytest.mark.workflow
+def test_a_source_path_with_braces_is_no_wildcard(workflow_dir, tmp_path):
+    """dataset.source and a vectors source in a directory named with { } (was: WildcardError)."""
+    from conftest import TINY_CONFIG, snakemake
+    from test_workflow import job_counts
+
+    data = tmp_path / "exp {v2}"
+    data.mkdir()
+    snakemake(workflow_dir, "results/data/source/demo.csv.gz", "--cores", "1", "--configfile", str(TINY_CONFIG))
+    shutil.copy(workflow_dir / "results" / "data" / "source" / "demo.csv.gz", data / "titles {a}.csv.gz")
+    (data / "v.txt").write_text("2 4\ncasa 0.1 0.2 0.3 0.4\nfunda 0.1 0.2 0.3 0.5\n")
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["dataset"]["source"] = str(data / "titles {a}.csv.gz")
+    cfg["embeddings"]["pre"] = {"kind": "pretrained", "dim": 4, "source": str(data / "v.txt")}
+    cfg["train"]["mlp"]["grid"]["embedding"] = ["pre"]
+    configfile = tmp_path / "c.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    dry = snakemake(workflow_dir, "-n", "--configfile", str(configfile))
+    assert job_counts(dry.stdout)["prepare_data"] == 1 and job_counts(dry.stdout)["embedding_matrix"] == 2
+    snakemake(workflow_dir, "results/data/summary.json", "--cores", "1", "--configfile", str(configfile))
+    summary = json.loads((workflow_dir / "results" / "data" / "summary.json").read_text())
+    assert summary["rows"]["train"] > 0
+    link = workflow_dir / "results" / ".linked" / "dataset" / "titles (a).csv.gz"
+    assert link.is_symlink() and Path(os.readlink(link)) == data / "titles {a}.csv.gz"

@@ -246,34 +246,55 @@ def classify(results: Path, family: str, combo: str, final: bool = False) -> Com
     if damaged(run_dir, family, problem):
         return _damaged(c, run_dir, problem, final)
     if problem is None:
-        c.state = DONE
-        if record and record.get("state") == "finished":
-            c.duration_s = _seconds_between(record.get("started_at"), record.get("ended_at"))
-        if c.duration_s is None:  # finished before attempt records existed, or record lost
-            with contextlib.suppress(OSError, ValueError):
-                c.duration_s = float(json.loads((run_dir / "metrics.json").read_text()).get("elapsed_s") or 0) or None
-        return c
+        return _done(c, run_dir, record)
 
-    slurm = slurm_logs(results, family, combo, record)
-    c.slurm_logs = [str(p) for p in slurm]
-    # SLURM's verdict on the recorded attempt (its job id), not on an earlier one
-    recorded = _recorded_job_log(slurm, record)
-    verdict = None
-    if recorded is not None:
-        with contextlib.suppress(OSError):
-            verdict = slurm_verdict(recorded.read_text(errors="replace"))
-    state = (record or {}).get("state")
+    verdict = _slurm(c, results, record)
     if record is None:
         if verdict:  # killed before the wrapper could write (e.g. the job's own Snakemake ran out of memory)
-            c.state, c.detail, c.attempts = verdict[0], verdict[1], len(slurm)
+            c.state, c.detail, c.attempts = verdict[0], verdict[1], len(c.slurm_logs)
             c.log = c.slurm_logs[-1]
         return c
-    if state == "finished":
+    if record.get("state") == "finished":
         moved = runs.archived_damaged(results, family, combo)
         why = (f"its record was damaged and moved to {moved} (why.txt says why)" if moved
                else f"then {problem}")
         c.state, c.detail = LOST, f"finished at {record.get('ended_at')}, {why}: the next snakemake retrains it"
         return c
+    _from_record(c, record, verdict, final)
+    if c.state != RUNNING:
+        why = last_error(Path(c.log))
+        if why and why not in c.detail:
+            c.detail = f"{c.detail}: {why}" if c.detail else why
+        if c.slurm_logs:
+            c.detail += f" (SLURM log {c.slurm_logs[-1]})"
+    return c
+
+
+def _slurm(c: Combination, results: Path, record: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The combination's SLURM logs (into ``c``) and SLURM's verdict on the recorded attempt (its
+    job id), not on an earlier one."""
+    slurm = slurm_logs(results, c.family, c.combo, record)
+    c.slurm_logs = [str(p) for p in slurm]
+    recorded = _recorded_job_log(slurm, record)
+    if recorded is not None:
+        with contextlib.suppress(OSError):
+            return slurm_verdict(recorded.read_text(errors="replace"))
+    return None
+
+
+def _done(c: Combination, run_dir: Path, record: dict[str, Any] | None) -> Combination:
+    c.state = DONE
+    if record and record.get("state") == "finished":
+        c.duration_s = _seconds_between(record.get("started_at"), record.get("ended_at"))
+    if c.duration_s is None:  # finished before attempt records existed, or record lost
+        with contextlib.suppress(OSError, ValueError):
+            c.duration_s = float(json.loads((run_dir / "metrics.json").read_text()).get("elapsed_s") or 0) or None
+    return c
+
+
+def _from_record(c: Combination, record: dict[str, Any], verdict: tuple[str, str] | None, final: bool) -> None:
+    """State and detail of an unfinished combination from its attempt record and SLURM's verdict."""
+    state = record.get("state")
     if state == "running":
         elsewhere = record.get("host") != socket.gethostname()
         if verdict:
@@ -292,13 +313,6 @@ def classify(results: Path, family: str, combo: str, final: bool = False) -> Com
         c.detail = record.get("detail") or ""
         if verdict and c.state in (KILLED, FAILED):
             c.state, c.detail = verdict[0], f"{verdict[1]}; {c.detail}"
-    if c.state != RUNNING:
-        why = last_error(Path(c.log))
-        if why and why not in c.detail:
-            c.detail = f"{c.detail}: {why}" if c.detail else why
-        if c.slurm_logs:
-            c.detail += f" (SLURM log {c.slurm_logs[-1]})"
-    return c
 
 
 def _damaged(c: Combination, run_dir: Path, problem: str, final: bool) -> Combination:
