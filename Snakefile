@@ -44,6 +44,14 @@ onstart:
         print(f"onstart: planned jobs unknown ({err})", file=sys.stderr)
         planned = None
     write_manifest("results", COMBOS, config, [str(f) for f in workflow.configfiles], planned)
+    # a grid job whose run directory holds a halving final run of the same combination reuses it
+    from meli.sweep import stash_equivalent_runs
+
+    try:
+        stash_equivalent_runs("results", [(str(job.output.metrics), [str(f) for f in job.input])
+                                          for job in workflow.dag.needrun_jobs() if job.rule.name == "train_neural"])
+    except Exception as err:  # Snakemake internals: without them, such a job trains again
+        print(f"onstart: equivalent runs not looked for ({err})", file=sys.stderr)
 
 
 onerror:

@@ -283,3 +283,44 @@ def test_a_source_path_with_braces_is_no_wildcard(workflow_dir, tmp_path):
     assert summary["rows"]["train"] > 0
     link = workflow_dir / "results" / ".linked" / "dataset" / "titles (a).csv.gz"
     assert link.is_symlink() and Path(os.readlink(link)) == data / "titles {a}.csv.gz"
+
+
+# ------------------------------------------------------------------ 5. halving -> grid
+@pytest.mark.workflow
+def test_switching_from_halving_to_the_grid_reuses_the_final_run(tiny_run, tmp_path):
+    """A finished halving search over 2 MLP combinations, then the plain grid: the survivor's final
+    run is exactly what the grid job trains (checked against the tiny grid run of the same
+    combination), so the grid job reuses it; only the pruned combination is trained."""
+    from conftest import TINY_CONFIG, snakemake
+
+    wf = tmp_path / "wf"
+    shutil.copytree(tiny_run[0], wf, symlinks=True)
+    [grid_run] = (wf / "results" / "runs" / "mlp").iterdir()
+    grid_history = pd.read_csv(grid_run / "history.csv")
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["train"]["mlp"]["grid"]["lr"] = [0.01, 0.00001]  # the tiny combination, and one that learns nothing
+    (wf / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["train"]["search"] = {"strategy": "halving", "eta": 2, "min_epochs": 1}
+    (wf / "halving.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(wf, "--cores", "2", "--configfile", "halving.yaml")
+    final = json.loads((wf / "results" / "runs" / "mlp" / grid_run.name / "metrics.json").read_text())
+    assert final["rung"] == 1 and final["pruned_at_rung"] is None
+    # the premise: continued rung by rung, it ended exactly like the grid job
+    pd.testing.assert_frame_equal(
+        pd.read_csv(grid_run / "history.csv").drop(columns=["samples_per_s", "elapsed_s"]),
+        grid_history.drop(columns=["samples_per_s", "elapsed_s"]))
+    switched = snakemake(wf, "--cores", "2", "--configfile", "grid.yaml")
+    out = switched.stdout + switched.stderr
+    assert "train_neural" in out
+    reused = json.loads((grid_run / "metrics.json").read_text())
+    assert reused["finished_at"] == final["finished_at"] and reused["val_bacc"] == final["val_bacc"]
+    assert reused["equivalent_of"] == {"search": "halving", "rung": 1} and "rung" not in reused
+    log = (wf / "results" / "logs" / "train" / "mlp" / f"{grid_run.name}.log").read_text()
+    assert "reused the successive-halving final run" in log and "epoch 1" not in log
+    pruned = next(d for d in (wf / "results" / "runs" / "mlp").iterdir() if d != grid_run)
+    assert json.loads((pruned / "metrics.json").read_text())["epochs_run"] >= 1  # trained for real
+    assert not (wf / "results" / "checkpoints" / "mlp" / grid_run.name).exists()
+    runs_csv = pd.read_csv(wf / "results" / "tables" / "runs.csv")
+    assert len(runs_csv[runs_csv["family"] == "mlp"]) == 2 and "rung" not in runs_csv.columns
+    again = snakemake(wf, "--cores", "2", "--configfile", "grid.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -127,6 +127,24 @@ def write_manifest(results: str | os.PathLike, combos: dict[str, dict[str, dict[
     return path
 
 
+def stash_equivalent_runs(results: str | os.PathLike, jobs: list[tuple[str, list[str]]]) -> list[str]:
+    """Before the planned grid training jobs run (the Snakefile's onstart): for each one whose run
+    directory holds a successive-halving final run of the same combination, newer than the job's
+    inputs, hard-link that run under ``results/checkpoints/{family}/{combo}/equivalent/``, where the
+    job finds and reuses it (meli.train.neural) instead of training the same thing again -- Snakemake
+    reruns the job (another rule wrote the files) and deletes its outputs first. ``jobs``: (metrics.json
+    path, input paths) of each planned grid job. Returns the run directories stashed."""
+    results, stashed = Path(results), []
+    for metrics, inputs in jobs:
+        run_dir = Path(metrics).parent
+        family = run_dir.parent.name
+        stash = results / "checkpoints" / family / run_dir.name / runs.EQUIVALENT
+        if runs.stash_equivalent(run_dir, stash, inputs, run_files(family)):
+            log.info("%s: a successive-halving final run the grid job would reproduce: stashed for reuse", run_dir)
+            stashed.append(str(run_dir))
+    return stashed
+
+
 # ---------------------------------------------------------------------------------- classifying
 @dataclass
 class Combination:
