@@ -10,6 +10,8 @@ rule aggregate:
     """runs.csv/.md (one row per combination), per-family best on validation, hyperparameter effects."""
     input:
         metrics=run_metrics(),
+        # checked against their metrics.json (a history cut mid-row is a damaged record)
+        histories=run_histories(),
         # halving: the search summaries name the final and pruned runs
         search=search_summaries(),
     output:

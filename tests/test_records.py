@@ -234,20 +234,27 @@ def _damaged_copy(tiny_run, tmp_path) -> tuple[Path, Path]:
     return wf, run
 
 
+def _truncate_metrics(run: Path) -> None:
+    text = (run / "metrics.json").read_text()
+    (run / "metrics.json").write_text(text[: len(text) // 2])
+
+
 @pytest.mark.workflow
-def test_a_damaged_record_is_retrained_by_the_next_snakemake(tiny_run, tmp_path):
-    """A finished sweep, then one run's metrics.json truncated: snakemake stops naming it and where
-    it moved it; the next snakemake retrains that combination and writes the final report (it used
-    to say "Nothing to be done" and keep the partial report forever)."""
+@pytest.mark.parametrize("damage, why", [(_truncate_metrics, "not valid JSON"), (_cut_history_mid_row, "empty values")],
+                         ids=["metrics-truncated", "history-cut"])
+def test_a_damaged_record_is_retrained_by_the_next_snakemake(tiny_run, tmp_path, damage, why):
+    """A finished sweep, then one run's metrics.json truncated (or its history.csv cut mid-row):
+    snakemake stops naming it and where it moved it; the next snakemake retrains that combination
+    and writes the final report (it used to say "Nothing to be done" and keep the partial report
+    forever; a cut history was accepted silently)."""
     from conftest import TINY_CONFIG, snakemake
 
     wf, run = _damaged_copy(tiny_run, tmp_path)
-    text = (run / "metrics.json").read_text()
-    (run / "metrics.json").write_text(text[: len(text) // 2])
+    damage(run)
     first = snakemake(wf, "--cores", "2", "--configfile", str(TINY_CONFIG), check=False)
     assert first.returncode != 0
     logged = (wf / "results" / "logs" / "aggregate.log").read_text()
-    assert "not valid JSON" in logged and "the next snakemake retrains it" in logged
+    assert why in logged and "the next snakemake retrains it" in logged
     assert not run.exists() and list((wf / "results" / "archive" / "damaged" / "mlp").glob(f"{run.name}-*"))
     assert "Partial: 1 of 3" in (wf / "results" / "report.html").read_text()
     second = snakemake(wf, "--cores", "2", "--configfile", str(TINY_CONFIG))
