@@ -36,7 +36,24 @@ onstart:
     # What this sweep is meant to produce, for `make report` and the partial report on failure.
     from meli.sweep import write_manifest
 
-    write_manifest("results", COMBOS, config, [str(f) for f in workflow.configfiles])
+    # the outputs of the jobs this run executes: a run record among them that predates this
+    # start is outdated, not done (make report, partial report)
+    try:
+        planned = [str(f) for job in workflow.dag.needrun_jobs() for f in job.output]
+    except Exception as err:  # Snakemake internals: without them, outdated runs are not recognised
+        print(f"onstart: planned jobs unknown ({err})", file=sys.stderr)
+        planned = None
+    write_manifest("results", COMBOS, config, [str(f) for f in workflow.configfiles], planned)
+    # a grid job (no start state) whose run directory holds a search's final run of the same
+    # combination reuses it
+    from meli.sweep import stash_equivalent_runs
+
+    try:
+        stash_equivalent_runs("results", [(str(job.output.metrics), [str(f) for f in job.input])
+                                          for job in workflow.dag.needrun_jobs()
+                                          if job.rule.name == "train_neural" and "state" not in job.input.keys()])
+    except Exception as err:  # Snakemake internals: without them, such a job trains again
+        print(f"onstart: equivalent runs not looked for ({err})", file=sys.stderr)
 
 
 onerror:

@@ -35,6 +35,7 @@ from meli.data.fetch import local_path  # noqa: E402
 from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family  # noqa: E402
 from meli import search  # noqa: E402
 from meli.overrides import coerce  # noqa: E402
+from meli.sweep import partial_stamp  # noqa: E402
 
 # Stops the run before any job, naming the offending key (one line; snakemake's validate would
 # print the whole schema after it), then fills defaults from the schema. `--config key='{a: 0.1}'`
@@ -57,6 +58,11 @@ if "{" in workflow.basedir or "}" in workflow.basedir:
     # snakemake formats the env path (made absolute) with the wildcards: braces in the checkout's
     # path would be read as wildcards, so give it absolute with the braces escaped.
     CONDA_ENV = os.path.join(workflow.basedir, "envs", "meli.yaml").replace("{", "{{").replace("}", "}}")
+
+# Changes whenever a failed sweep's end writes partial tables/report/MLflow import (meli.sweep):
+# a parameter of the rules that write them, so the next run always rebuilds them, even when their
+# inputs are unchanged (Snakemake records a failed job's input checksums as if it had succeeded).
+PARTIAL_STAMP = partial_stamp("results")
 
 SPLITS = ("train", "validation", "test")
 DATA = "results/data"
@@ -256,6 +262,25 @@ def run_models():
 
 
 # ------------------------------------------------------------------------ data (rules/data.smk)
+def literal(path, link_dir):
+    """A path given by the user, as an input file. Snakemake reads any `{name}` in an input path as
+    a wildcard (doubled braces do not escape it there), so a path with braces ("exp {v2}/x.csv")
+    is given through a symlink without them, `results/.linked/<link_dir>/<name with ( )>` (made here,
+    at parse time, only for such a path; outside every rule's output pattern); the link's target is
+    the file, so its changes still count."""
+    path = str(path)
+    if "{" not in path and "}" not in path:
+        return path
+    link = os.path.join("results", ".linked", link_dir, os.path.basename(path).replace("{", "(").replace("}", ")"))
+    target = os.path.abspath(path)
+    if not (os.path.islink(link) and os.readlink(link) == target):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        tmp = f"{link}.{os.getpid()}.tmp"
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    return link
+
+
 def dataset_source():
     """Path of the dataset file the prepare rule reads (local sources are not copied)."""
     src = config["dataset"]["source"]
@@ -264,7 +289,7 @@ def dataset_source():
     url = urlparse(src)
     if url.scheme in ("http", "https"):
         return f"{DATA}/source/{os.path.basename(url.path) or 'dataset'}"
-    return str(local_path(src))
+    return literal(local_path(src), "dataset")
 
 
 # ------------------------------------------------------------ embeddings (rules/embeddings.smk)
@@ -275,7 +300,7 @@ def vectors_source(name):
     url = urlparse(src)
     if url.scheme in ("http", "https"):
         return f"results/embeddings/{name}/source/{os.path.basename(url.path)}"
-    return str(local_path(src))  # file:// URLs percent-decoded, as for dataset.source
+    return literal(local_path(src), f"embeddings/{name}")  # file:// URLs percent-decoded, as for dataset.source
 
 
 def embedding_inputs(wc):

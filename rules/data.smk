@@ -61,7 +61,7 @@ rule prepare_data:
     benchmark:
         "results/benchmarks/prepare_data.tsv"
     params:
-        cfg=as_arg(stage_config(config, "prepare")),
+        cfg=lambda wc: as_arg(stage_config(config, "prepare")),  # a function: Snakemake reads no wildcard in its value (a path with { })
         out_dir=lambda wc, output: os.path.dirname(output.summary),
     threads: 2
     # How much to read at once and at most: resources, not params (see download_dataset).

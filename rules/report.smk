@@ -10,6 +10,8 @@ rule aggregate:
     """runs.csv/.md (one row per combination), per-family best on validation, hyperparameter effects."""
     input:
         metrics=run_metrics(),
+        # checked against their metrics.json (a history cut mid-row is a damaged record)
+        histories=run_histories(),
         # halving: the search summaries name the final and pruned runs
         search=search_summaries(),
     output:
@@ -24,6 +26,7 @@ rule aggregate:
         "results/benchmarks/aggregate.tsv"
     params:
         runs=lambda wc, input: all_run_dirs(input.search),
+        partial=PARTIAL_STAMP,  # partial tables written since the last run: rebuild them
     resources:
         runtime=lambda wc, attempt: 10 * attempt,
     conda:
@@ -128,7 +131,7 @@ rule report_html:
     benchmark:
         "results/benchmarks/report_html.tsv"
     params:
-        cfg=as_arg(config),
+        cfg=lambda wc: as_arg(config),  # a function: paths with { } in the config are no wildcards
         configfiles=lambda wc: " ".join(shlex.quote(str(f)) for f in workflow.configfiles),
     resources:
         runtime=lambda wc, attempt: 10 * attempt,

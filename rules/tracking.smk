@@ -24,6 +24,7 @@ rule mlflow_import:
         dataset=config["dataset"]["name"],
         models="--log-models" if config["mlflow"]["log_models"] else "",
         runs=lambda wc, input: all_run_dirs(input.search),
+        partial=PARTIAL_STAMP,  # a partial import written since the last run: redo it
     resources:
         runtime=lambda wc, attempt: 30 * attempt,
     conda:

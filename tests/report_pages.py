@@ -242,6 +242,13 @@ def browser(work: Path) -> Iterator[DevTools]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        # Chromium's helper processes may still write into the profile for a moment after the
+        # browser exits: remove it with retries, and never fail the checks over a leftover file.
+        for _ in range(20):
+            shutil.rmtree(profile, ignore_errors=True)
+            if not profile.exists():
+                break
+            time.sleep(0.1)
 
 
 # ``w``: the device width. In mobile emulation a page wider than the device zooms out, which
@@ -317,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.report}: no such report (render it first, e.g. snakemake results/report.html)", file=sys.stderr)
         return 2
     ok = True
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         page = args.report or render_sweep(work / "wf")
         name = args.report.stem if args.report else "sweep-20"

@@ -142,7 +142,11 @@ def test_wrapper_records_attempts_running_and_a_kill(tmp_path):
     [c] = sweep.scan(results).combinations
     assert c.state == "running" and c.attempts == 2
     assert sweep.scan(results, final=True).combinations[0].state == "killed"  # the sweep is over: not running
-    child = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 30
+    while not children.read_text().split() and time.monotonic() < deadline:  # the record comes before the child
+        time.sleep(0.02)
+    child = int(children.read_text().split()[0])
     os.kill(child, signal.SIGKILL)
     assert proc.wait(timeout=30) == 128 + signal.SIGKILL
     [c] = sweep.scan(results).combinations

@@ -18,6 +18,7 @@ import jsonschema
 
 from meli.cli import MeliError
 from meli.io import UnsupportedSource, local_path
+from meli.overrides import command_line_form
 from meli.redact import redact_url
 
 
@@ -54,6 +55,11 @@ def check_schema(config: Any, schema: Mapping) -> None:
     if error.validator == "type" and "object" in (error.validator_value if isinstance(error.validator_value, list)
                                                  else [error.validator_value]):
         hint = " (a section is a mapping of keys, e.g. `dataset:` then indented `name: ...` lines)"
+    elif error.validator in ("type", "enum", "minimum", "maximum") and all(isinstance(k, str) for k in error.absolute_path):
+        # a value typed on the command line: show the form Snakemake accepts (never `a.b.c=x`)
+        example = error.schema.get("default", (error.schema.get("enum") or [None])[0])
+        if example is not None:
+            hint = f" (on the command line: {command_line_form(list(error.absolute_path), example)})"
     raise ConfigError(f"Error validating config: {key}: {error.message}{hint}; config/schema.yaml documents "
                       "every key")
 

@@ -80,9 +80,12 @@ def outcome(returncode: int) -> tuple[str, str]:
 
 def run(status_path: str | os.PathLike, command: list[str], log: str | None = None) -> int:
     previous = read_status(status_path) or {}
+    # A halving combination's rung jobs share one record: attempts count tries of the same job
+    # (its log), so rung 1's first try is attempt 1, not the combination's second job.
+    tries = int(previous.get("attempt", 0)) if previous.get("log") == log else 0
     record = {
         "state": "running",
-        "attempt": int(previous.get("attempt", 0)) + 1,
+        "attempt": tries + 1,
         "started_at": now(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -91,7 +94,7 @@ def run(status_path: str | os.PathLike, command: list[str], log: str | None = No
         **{key.lower(): os.environ[key] for key in SLURM_IDS if os.environ.get(key)},
     }
     write_status(status_path, record)
-    print(f"meli.jobstatus: attempt {record['attempt']} of this combination", file=sys.stderr, flush=True)
+    print(f"meli.jobstatus: attempt {record['attempt']} of this job", file=sys.stderr, flush=True)
     child = subprocess.Popen(command)
 
     def forward(signum, _frame):  # SLURM's time limit sends SIGTERM first: let the job see it

@@ -74,3 +74,16 @@ def coerce(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = Non
         items = schema.get("items", {})
         return [coerce(item, items if isinstance(items, dict) else {}, root) for item in value]
     return value
+
+
+def command_line_form(path: list[Any] | tuple[Any, ...], example: Any) -> str:
+    """How to set ``path`` (e.g. ``train.search.eta``) on the command line: Snakemake takes only
+    ``key=value`` with a plain identifier as key (``train.search.eta=3`` stops in its own argument
+    parser), and a nested value as YAML: ``--config 'train={search: {eta: 3}}'``."""
+    keys = [str(k) for k in path if not isinstance(k, int)]
+    if not keys:
+        return ""
+    value = yaml.safe_dump(example, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+    for key in reversed(keys[1:]):
+        value = f"{{{key}: {value}}}"
+    return f"--config '{keys[0]}={value}'"

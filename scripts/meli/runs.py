@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -128,3 +130,144 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
         return Path(*parts[:i], "checkpoints", *parts[i + 1 :])
     run_dir = Path(run_dir)
     return run_dir.parent / f".{run_dir.name}.checkpoint"
+
+
+# ------------------------------------------------------------------------ checking a whole record
+ARCHIVE = "archive"  # results/archive/damaged/{family}/{combo}-{time}/: damaged records moved aside
+
+
+def _close(a: Any, b: Any) -> bool:
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_record(run_dir: str | Path, required: Iterable[str] = TABLE_KEYS) -> dict[str, Any]:
+    """metrics.json checked (:func:`read_metrics`) and checked against history.csv: one complete
+    row per epoch 1..epochs_run, ``best_epoch`` among them and its ``val_bacc`` the record's.
+    A file cut short by a full disk or a crash (a history cut mid-row) fails here with RunError."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir, required)
+    if "epochs_run" not in metrics:  # a record of its own kind (e.g. hand-made): nothing to check against
+        return metrics
+    path = run_dir / HISTORY
+    try:
+        history = read_history(run_dir)
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing (the record names {metrics['epochs_run']} epochs)") from None
+    except (ValueError, pd.errors.ParserError) as err:
+        raise RunError(f"{path}: unreadable ({str(err).splitlines()[0]})") from err
+    epochs_run, best = metrics.get("epochs_run"), metrics.get("best_epoch")
+    if history[list(HISTORY_COLUMNS)].isna().any().any():
+        raise RunError(f"{path}: a row with empty values (cut short?)")
+    if list(history["epoch"]) != list(range(1, len(history) + 1)) or len(history) != epochs_run:
+        raise RunError(f"{path}: {len(history)} epoch row(s), but {METRICS} says epochs_run={epochs_run}")
+    if not isinstance(best, int) or not 1 <= best <= len(history):
+        raise RunError(f"{run_dir / METRICS}: best_epoch={best!r} is not one of the {len(history)} epochs run")
+    if not _close(history["val_bacc"].iloc[best - 1], metrics["val_bacc"]):
+        raise RunError(f"{run_dir / METRICS}: val_bacc {metrics['val_bacc']} differs from {HISTORY}'s "
+                       f"{history['val_bacc'].iloc[best - 1]} at best_epoch {best}")
+    return metrics
+
+
+def archive_damaged(run_dir: str | Path, why: str) -> Path:
+    """Move a damaged run directory aside (nothing is deleted) so that its training job's outputs are
+    missing and the next snakemake retrains it; ``why.txt`` says what was wrong. Returns where it went."""
+    run_dir = Path(run_dir)
+    results = run_dir.parents[2]  # results/runs/{family}/{combo}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    dest = results / ARCHIVE / "damaged" / run_dir.parent.name / f"{run_dir.name}-{stamp}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(dest)  # atomic on one filesystem: a concurrent reader sees the run or nothing
+    (dest / "why.txt").write_text(why + "\n")
+    return dest
+
+
+def archived_damaged(results: str | Path, family: str, combo: str) -> Path | None:
+    """The newest damaged copy of a run moved aside by :func:`archive_damaged`, if any."""
+    found = sorted(p for p in Path(results, ARCHIVE, "damaged", family).glob(f"{combo}-*")
+                   if re.fullmatch(r"\d{8}T\d{12}", p.name[len(combo) + 1:]))
+    return found[-1] if found else None
+
+
+# ------------------------------------------------------------- a search's final run reused by the grid
+EQUIVALENT = "equivalent"  # results/checkpoints/{family}/{combo}/equivalent/: a run the grid job may reuse
+SEARCH_KEYS = ("rung", "pruned_at_rung")
+
+
+def _stat(path: str | Path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def search_final_equivalent(run_dir: str | Path, inputs: Iterable[str | Path], files: Iterable[str]) -> dict | None:
+    """The record of ``run_dir`` when it is a successive-halving final run that the plain grid job
+    writing the same directory would reproduce: the same combination (directory = id), trained to
+    its configured epochs with early stopping (continued rung by rung, training is seeded per epoch,
+    so it ends exactly like one job), complete, and newer than every input of the grid job."""
+    run_dir = Path(run_dir)
+    try:
+        record = check_record(run_dir, REQUIRED_KEYS)
+    except (RunError, OSError):
+        return None
+    if "rung" not in record or record.get("pruned_at_rung") is not None or record.get("combo") != run_dir.name:
+        return None
+    if not all((run_dir / f).exists() for f in files):
+        return None
+    newest = max((s[1] for s in map(_stat, inputs) if s is not None), default=0)
+    if any(_stat(f) is None for f in inputs) or newest > os.stat(run_dir / METRICS).st_mtime_ns:
+        return None
+    return record
+
+
+def stash_equivalent(run_dir: str | Path, stash: str | Path, inputs: Iterable[str | Path], files: Iterable[str]) -> bool:
+    """Hard-link (or copy) an equivalent final run's files into ``stash`` with the inputs' sizes and
+    times, before Snakemake deletes the run's outputs to rerun its job (see :func:`reuse_equivalent`)."""
+    import shutil
+
+    run_dir, stash, files, inputs = Path(run_dir), Path(stash), list(files), [str(f) for f in inputs]
+    shutil.rmtree(stash, ignore_errors=True)
+    if search_final_equivalent(run_dir, inputs, files) is None:
+        return False
+    stash.mkdir(parents=True)
+    for name in files:
+        try:
+            os.link(run_dir / name, stash / name)
+        except OSError:
+            shutil.copy2(run_dir / name, stash / name)
+    write_json(stash / "inputs.json", {f: _stat(f) for f in inputs})
+    return True
+
+
+def reuse_equivalent(stash: str | Path, out_dir: str | Path, family: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The grid job's outputs from a stashed equivalent run, when its record is this family's and
+    these (resolved) params and no input changed since it was stashed; the record loses the search
+    keys (``equivalent_of`` says where it came from). None otherwise. The stash is used up either way."""
+    import shutil
+
+    stash, out_dir = Path(stash), Path(out_dir)
+    if not stash.is_dir():
+        return None
+    try:
+        record = read_metrics(stash)
+        inputs = json.loads((stash / "inputs.json").read_text())
+        same = (record["family"] == family and json.loads(json.dumps(record["params"])) == json.loads(json.dumps(params))
+                and all(_stat(f) == s for f, s in inputs.items()))
+        if not same:
+            return None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in stash.iterdir():
+            if f.name not in (METRICS, "inputs.json"):
+                os.replace(f, out_dir / f.name)
+        record = {k: v for k, v in record.items() if k not in SEARCH_KEYS}
+        record["equivalent_of"] = {"search": "halving", "rung": read_metrics(stash).get("rung")}
+        write_metrics(out_dir, record)  # last, as always
+        return record
+    except (RunError, OSError, ValueError, KeyError):
+        return None
+    finally:
+        shutil.rmtree(stash, ignore_errors=True)

@@ -61,9 +61,13 @@ PARTIAL_MTIME = 86_400
 
 DONE, RUNNING, NOT_RUN, LOST = "done", "running", "not run yet", "outputs missing"
 PRUNED = "pruned"  # a search in stages (meli.search) stopped it at a rung: finished, not missing
+# A finished run this sweep retrains (its job is planned: settings or inputs changed since): left, not done.
+OUTDATED = "outdated"
+DAMAGED = "damaged record"  # all files there, but metrics.json / history.csv unreadable or contradicting
 FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED = (
     "failed", "diverged", "killed for memory", "timed out", "killed", "cancelled")
 FAILED_STATES = (FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED)
+LEFT_STATES = (NOT_RUN, LOST, OUTDATED)
 
 # SLURM's words in a job's log (slurmstepd / the batch script's stderr) -> state
 SLURM_VERDICTS = (
@@ -96,20 +100,49 @@ def train_log(results: Path, family: str, combo: str) -> Path:
     return results / "logs" / "train" / family / f"{combo}.log"
 
 
+def partial_path(results: Path) -> Path:
+    return sweep_dir(results) / "partial.json"
+
+
 def write_manifest(results: str | os.PathLike, combos: dict[str, dict[str, dict[str, Any]]],
-                   config: dict[str, Any], configfiles: list[str]) -> Path:
-    """What this sweep is meant to produce (the Snakefile's onstart)."""
+                   config: dict[str, Any], configfiles: list[str], planned: list[str] | None = None) -> Path:
+    """What this sweep is meant to produce (the Snakefile's onstart). ``planned``: the outputs of the
+    jobs this run will execute; the run and search records among them that are older than this
+    sweep's start are outdated (kept, but neither done nor tabled until retrained)."""
     from meli.io import write_json
 
     path = manifest_path(Path(results))
+    prefix = f"{Path(results).as_posix().rstrip('/')}/"
+    records = sorted({f[len(prefix):] for f in planned or () if f.startswith(prefix)
+                      and f.endswith((runs.METRICS, search.SELECTION))})
     write_json(path, {
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_ts": time.time(),
+        "planned": records,
         "host": socket.gethostname(),
         "configfiles": [str(f) for f in configfiles],
         "config": config,
         "combinations": {family: {c: p for c, p in sorted(per.items())} for family, per in combos.items()},
     })
     return path
+
+
+def stash_equivalent_runs(results: str | os.PathLike, jobs: list[tuple[str, list[str]]]) -> list[str]:
+    """Before the planned grid training jobs run (the Snakefile's onstart): for each one whose run
+    directory holds a successive-halving final run of the same combination, newer than the job's
+    inputs, hard-link that run under ``results/checkpoints/{family}/{combo}/equivalent/``, where the
+    job finds and reuses it (meli.train.neural) instead of training the same thing again -- Snakemake
+    reruns the job (another rule wrote the files) and deletes its outputs first. ``jobs``: (metrics.json
+    path, input paths) of each planned grid job. Returns the run directories stashed."""
+    results, stashed = Path(results), []
+    for metrics, inputs in jobs:
+        run_dir = Path(metrics).parent
+        family = run_dir.parent.name
+        stash = results / "checkpoints" / family / run_dir.name / runs.EQUIVALENT
+        if runs.stash_equivalent(run_dir, stash, inputs, run_files(family)):
+            log.info("%s: a successive-halving final run the grid job would reproduce: stashed for reuse", run_dir)
+            stashed.append(str(run_dir))
+    return stashed
 
 
 # ---------------------------------------------------------------------------------- classifying
@@ -138,10 +171,16 @@ def incomplete(run_dir: Path, family: str) -> str | None:
     if missing:
         return f"missing {', '.join(missing)}"
     try:
-        runs.read_metrics(run_dir, runs.TABLE_KEYS)
+        runs.check_record(run_dir)
     except (runs.RunError, OSError) as err:
         return str(err)
     return None
+
+
+def damaged(run_dir: Path, family: str, problem: str | None) -> bool:
+    """Every file is there but the record is unreadable or contradicts itself (not a run under way)."""
+    return problem is not None and not problem.startswith("missing ") and all(
+        (run_dir / f).exists() for f in run_files(family))
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -268,6 +307,8 @@ def classify(results: Path, family: str, combo: str, final: bool = False) -> Com
         c.attempts = int(record.get("attempt") or 0)
         c.log = record.get("log") or c.log
     problem = incomplete(run_dir, family)
+    if damaged(run_dir, family, problem):
+        return _damaged(c, run_dir, problem, final)
     if problem is None:
         return _finished(c, run_dir, record)
 
@@ -281,7 +322,9 @@ def classify(results: Path, family: str, combo: str, final: bool = False) -> Com
         return c
     state = record.get("state")
     if state == "finished":
-        c.state, c.detail = LOST, f"finished at {record.get('ended_at')}, then {problem}: the next snakemake retrains it"
+        moved = runs.archived_damaged(results, family, combo)
+        why = f"its record was damaged and moved to {moved} (why.txt says why)" if moved else f"then {problem}"
+        c.state, c.detail = LOST, f"finished at {record.get('ended_at')}, {why}: the next snakemake retrains it"
         return c
     if state == "running":
         _running_or_killed(c, record, verdict, final)
@@ -292,6 +335,22 @@ def classify(results: Path, family: str, combo: str, final: bool = False) -> Com
             c.state, c.detail = verdict[0], f"{verdict[1]}; {c.detail}"
     if c.state != RUNNING:
         _add_why(c)
+    return c
+
+
+def _damaged(c: Combination, run_dir: Path, problem: str, final: bool) -> Combination:
+    """A run whose files are all there but whose record is damaged (a disk hiccup, a file cut short).
+    Snakemake's metadata still calls it complete, so it would never be retrained: once the sweep is
+    over (onerror) it is moved aside into results/archive/damaged/, its outputs are missing and the
+    next snakemake retrains it; while a sweep may run, it is only reported."""
+    if final and run_dir.parent.parent.name == "runs":
+        moved = runs.archive_damaged(run_dir, problem)
+        log.warning("%s: moved the damaged run to %s", problem, moved)
+        c.state, c.detail = LOST, f"{problem}: moved to {moved}; the next snakemake retrains it"
+    else:
+        c.state = DAMAGED
+        c.detail = (f"{problem}: the workflow's aggregate job moves it to results/archive/damaged/, "
+                    "then snakemake retrains it")
     return c
 
 
@@ -306,7 +365,7 @@ class Sweep:
     @property
     def counts(self) -> dict[str, int]:
         counts = {"done": len(self.by_state(DONE)), "running": len(self.by_state(RUNNING)),
-                  "failed": len(self.by_state(*FAILED_STATES)), "left": len(self.by_state(NOT_RUN, LOST))}
+                  "failed": len(self.by_state(*FAILED_STATES, DAMAGED)), "left": len(self.by_state(*LEFT_STATES))}
         if self.by_state(PRUNED):
             counts["pruned"] = len(self.by_state(PRUNED))
         return counts
@@ -319,7 +378,7 @@ class Sweep:
         """Seconds until the running and not-yet-run combinations finish, from the finished ones'
         mean duration and the number running at once (None when nothing has finished yet)."""
         durations = [c.duration_s for c in self.by_state(DONE) if c.duration_s]
-        running, left = self.by_state(RUNNING), self.by_state(NOT_RUN, LOST)
+        running, left = self.by_state(RUNNING), self.by_state(*LEFT_STATES)
         if not running and not left:
             return 0.0
         if not durations:
@@ -327,6 +386,35 @@ class Sweep:
         mean = sum(durations) / len(durations)
         work = sum(max(mean - (c.running_for_s or 0.0), 0.0) for c in running) + mean * len(left)
         return work / max(len(running), 1)
+
+
+class Planned:
+    """The run and search records this sweep's jobs rewrite (manifest ``planned``, from onstart): one
+    of them older than the sweep's start is left over from earlier settings, not a result of this sweep."""
+
+    def __init__(self, results: Path, manifest: dict[str, Any]):
+        self.results, self.start = results, manifest.get("started_ts")
+        self.paths = set(manifest.get("planned") or ())
+        self.combos = set()
+        for p in self.paths:
+            m = re.match(r"(?:runs/([^/]+)|search/([^/]+)/(?:bracket-\d+/)?rung-\d+)/([^/]+)/", p)
+            if m:
+                self.combos.add((m.group(1) or m.group(2), m.group(3)))
+
+    def stale(self, path: Path) -> bool:
+        if self.start is None or path.relative_to(self.results).as_posix() not in self.paths:
+            return False
+        with contextlib.suppress(OSError):
+            return path.stat().st_mtime < self.start
+        return False
+
+    def outdated(self, family: str, combo: str) -> bool:
+        """The combination's final run predates this sweep, which retrains it (or redoes its search)."""
+        if self.start is None or (family, combo) not in self.combos:
+            return False
+        with contextlib.suppress(OSError):
+            return (self.results / "runs" / family / combo / runs.METRICS).stat().st_mtime < self.start
+        return False
 
 
 def scan(results: str | os.PathLike = "results", final: bool = False) -> Sweep:
@@ -338,12 +426,17 @@ def scan(results: str | os.PathLike = "results", final: bool = False) -> Sweep:
         raise SweepError(f"{path} not found: no sweep has started here yet (run snakemake first)") from None
     search_cfg = ((manifest.get("config") or {}).get("train") or {}).get("search") or {}
     combos = []
+    planned = Planned(results, manifest)
     for family, per in manifest.get("combinations", {}).items():
         plan = search.family_plan(family, per, search_cfg)
-        states = search.combination_states(results, family, per, plan) if plan else {}
+        states = search.current_states(results, family, per, plan, planned.stale) if plan else {}
         for combo in per:
-            combos.append(_classify_searched(results, family, combo, final, states[combo]) if combo in states
-                          else classify(results, family, combo, final))
+            c = (_classify_searched(results, family, combo, final, states[combo]) if combo in states
+                 else classify(results, family, combo, final))
+            if c.state == DONE and planned.outdated(family, combo):
+                c.state, c.detail = OUTDATED, ("trained before this sweep started, which retrains it "
+                                               "(its settings or inputs changed): not in the partial tables")
+            combos.append(c)
     return Sweep(manifest, combos)
 
 
@@ -357,6 +450,10 @@ def _classify_searched(results: Path, family: str, combo: str, final: bool, wher
                            log=str(results / "logs" / "search" / family / stage / f"{combo}.log"),
                            run_dir=str(results / "search" / family / stage / search.PRUNED / combo))
     c = classify(results, family, combo, final)
+    if where["state"] == "in search" and c.state == DONE:  # a final run this plan did not (yet) keep
+        c.state, c.attempts = NOT_RUN, 0
+        c.detail = "its run in results/runs/ is left from another search plan: ignored"
+        return c
     if where["state"] == "in search" and c.state in (LOST, NOT_RUN):
         # a finished stage job leaves no final run: that is progress, not lost outputs
         c.state = NOT_RUN
@@ -426,6 +523,26 @@ def _evaluate_complete(results: Path, sweep: Sweep, config: dict[str, Any]) -> N
         log.warning("could not score the complete families (%s): %s", ", ".join(complete), err)
 
 
+def write_partial_stamp(results: Path) -> None:
+    """results/sweep/partial.json, new each time the sweep's end writes partial outputs: the
+    aggregate and mlflow_import rules take it as a parameter (rules/common.smk PARTIAL_STAMP). A
+    failed job's outputs get Snakemake metadata all the same (with the input checksums of that
+    attempt), so the 1970 date alone does not make the next run rebuild partial tables whose inputs
+    did not change (a damaged record moved aside, an aggregate that failed for another reason);
+    a changed parameter always does."""
+    from meli.io import write_json
+
+    write_json(partial_path(results), {"written_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                                       "pid": os.getpid()})
+
+
+def partial_stamp(results: str | os.PathLike = "results") -> str:
+    """The stamp of the last partial outputs ('' when none were ever written)."""
+    from meli.jobstatus import read_status
+
+    return str((read_status(partial_path(Path(results))) or {}).get("written_at") or "")
+
+
 def write_partial(results: str | os.PathLike, sweep: Sweep, final: bool, mlflow: bool) -> Path | None:
     """Tables and report (and with ``mlflow`` the import) from the finished runs; backdated."""
     from meli.io import atomic_path, dir_lock
@@ -452,6 +569,8 @@ def write_partial(results: str | os.PathLike, sweep: Sweep, final: bool, mlflow:
         with atomic_path(out) as tmp:
             tmp.write_text(html, encoding="utf-8")
         _backdate([tables / name for name in TABLES + TEST_TABLES if (tables / name).exists()] + [out])
+        if final:
+            write_partial_stamp(results)
     log.info("wrote %s and %s/ from %d finished runs (partial: %d of %d missing)",
              out, tables, len(done), len(sweep.missing), len(sweep.combinations))
     if mlflow:

@@ -31,7 +31,7 @@ from meli.cli import entry_point
 from meli.grid import FAMILIES, KEY_ORDER
 from meli.io import atomic_path, dir_lock, setup_logging, write_json
 from meli.report import order
-from meli.runs import TABLE_KEYS, RunError, read_metrics
+from meli.runs import TABLE_KEYS, RunError, RunNotFinished, archive_damaged, check_record, read_metrics
 
 # The run-level columns of runs.csv, after family/combo and the hyperparameters.
 METRIC_COLUMNS = (
@@ -383,6 +383,29 @@ def aggregate(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]
     return selection
 
 
+def check_runs(run_dirs: list[str | Path]) -> None:
+    """Every run record checked in full (metrics.json against history.csv) before any table is
+    written. A damaged final run (results/runs/...) is moved aside into results/archive/damaged/, so
+    that its outputs are missing and the next snakemake retrains it (Snakemake's metadata would
+    otherwise still call it complete); any other damaged record is named with what to delete."""
+    problems = []
+    for d in run_dirs:
+        try:
+            check_record(d)
+        except RunNotFinished:
+            raise
+        except RunError as err:
+            d = Path(d)
+            if d.parent.parent.name == "runs" and (d / "metrics.json").exists():
+                moved = archive_damaged(d, str(err))
+                problems.append(f"{err} -- moved {d} to {moved}: the next snakemake retrains it")
+            else:
+                problems.append(f"{err} -- delete {d.parent if d.parent.name == 'pruned' else d} "
+                                "and run snakemake again to redo it")
+    if problems:
+        raise RunError(f"{len(problems)} damaged run record(s): " + "; ".join(problems))
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -393,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     # meli.sweep writes partial tables under the same lock: a `make report` started before the
     # last run finished can never overwrite these final tables.
     with dir_lock(args.out_dir):
+        check_runs(args.runs)
         selection = aggregate(args.runs, args.out_dir)
     log.info("aggregated %d runs into %s", len(args.runs), args.out_dir)
     for family, best in selection["families"].items():

@@ -25,7 +25,7 @@ import logging
 from typing import Any
 
 from meli.search.base import (CRITERION, PRUNED, SELECTION, SNAPSHOT, SUMMARY, Ladder, SearchPlan, Stage,
-                              Strategy, annotate, combination_states, rank, read_selection, read_summary, select,
+                              Strategy, annotate, combination_states, current_states, rank, read_selection, read_summary, select,
                               select_rung, stage_key, stage_label, summarize)
 from meli.search.describe import experiment_lines, run_tags, stop_label, strategy_of
 from meli.search.grid import GRID
@@ -40,6 +40,7 @@ STRATEGIES = tuple(REGISTRY)
 
 __all__ = ["CRITERION", "PRUNED", "REGISTRY", "SELECTION", "SNAPSHOT", "STRATEGIES", "SUMMARY", "Ladder", "Plan",
            "Rung", "SearchError", "SearchPlan", "Stage", "Strategy", "annotate", "combination_states",
+           "current_states",
            "experiment_lines", "family_plan", "get", "plan", "rank", "read_selection", "read_summary", "run_tags",
            "select", "select_rung", "stage_key", "stage_label", "stop_label", "strategy_of", "summarize"]
 

@@ -385,3 +385,45 @@ def combination_states(results: str | os.PathLike, family: str, combos: Iterable
             done = [s.rung for s in ladder.stages() if (root / s.key / combo / runs.METRICS).exists()]
             out[combo] = {"state": "in search", "rung": max(done, default=-1), **where}
     return out
+
+
+def current_states(results: str | os.PathLike, family: str, combos: Iterable[str], search_plan: SearchPlan,
+                   stale: Callable[[Path], bool] = lambda path: False) -> dict[str, dict[str, Any]]:
+    """:func:`combination_states` for *this* plan only (what progress and the partial tables count).
+
+    A stage's selection counts when it ranked exactly the combinations that entered the stage, with
+    this plan's keep and epochs, and ``stale(path)`` says it is not about to be redone; a final run
+    counts only when every stage of its ladder kept it. A run left by a previous plan (another eta,
+    min_epochs or grid) is then "in search", neither done nor ranked.
+    """
+    root = Path(results) / "search" / family
+    wanted = set(combos)
+    out: dict[str, dict[str, Any]] = {}
+    for ladder in search_plan.ladders:
+        entered, pruned_at, survivors = set(ladder.combos), {}, set()
+        for stage in ladder.stages():
+            sel = _current_selection(root / stage.key / SELECTION, stale)
+            if (sel is None or set(sel["kept"]) | set(sel["pruned"]) != entered
+                    or sel.get("keep") != stage.keep or sel.get("epochs") != stage.epochs):
+                break
+            pruned_at.update((c, stage.rung) for c in sel["pruned"])
+            entered = set(sel["kept"])
+        else:
+            survivors = entered
+        where = {} if ladder.bracket is None else {"bracket": ladder.bracket}
+        for combo in (c for c in ladder.combos if c in wanted):
+            if combo in pruned_at:
+                out[combo] = {"state": "pruned", "rung": pruned_at[combo], **where}
+            elif combo in survivors and (Path(results) / "runs" / family / combo / runs.METRICS).exists():
+                out[combo] = {"state": "final", "rung": ladder.plan.final, **where}
+            else:
+                done = [s.rung for s in ladder.stages() if (root / s.key / combo / runs.METRICS).exists()]
+                out[combo] = {"state": "in search", "rung": max(done, default=-1), **where}
+    return out
+
+
+def _current_selection(path: Path, stale: Callable[[Path], bool]) -> dict[str, Any] | None:
+    try:
+        return read_selection(path) if path.exists() and not stale(path) else None
+    except (SearchError, OSError, ValueError):
+        return None

@@ -18,6 +18,7 @@ CPU). Outputs are written atomically; metrics.json last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -141,6 +142,22 @@ def run(family: str, params: dict[str, Any], features, matrix_path, out_dir, dev
     return train(Job(family, params, features, matrix_path, out_dir, device_name, threads, checkpoint_dir, **options))
 
 
+def _reuse_equivalent(job: Job, combo: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """A successive-halving final run of this combination, stashed by the Snakefile's onstart
+    (meli.sweep.stash_equivalent_runs) for a grid job: exactly what this job would train, so it is
+    reused (runs.reuse_equivalent checks family, params and inputs). None for any other job."""
+    if job.until_epoch is not None or job.start_from is not None or job.snapshot is not None:
+        return None
+    ckpt_dir = job.checkpoint_path.parent
+    reused = runs.reuse_equivalent(ckpt_dir / runs.EQUIVALENT, job.out_dir, job.family, params)
+    if reused is not None:
+        log.info("%s %s: reused the successive-halving final run (rung %s) with the same params and inputs: "
+                 "the grid job trains exactly that; nothing to train", job.family, combo, reused["equivalent_of"]["rung"])
+        with contextlib.suppress(OSError):
+            ckpt_dir.rmdir()
+    return reused
+
+
 def train(job: Job) -> dict[str, Any]:
     """Train one combination and write its outputs; returns metrics.json's content.
 
@@ -154,6 +171,9 @@ def train(job: Job) -> dict[str, Any]:
     started = time.monotonic()
     combo = job.combination_id()
     params = resolve_params(job.family, job.params)
+    reused = _reuse_equivalent(job, combo, params)
+    if reused is not None:
+        return reused
     spec = models.get(job.family)
     kind = spec.inputs(params)
     device = select_device(job.device)
