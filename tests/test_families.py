@@ -18,11 +18,12 @@ SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
 # Issue 12 added input, lr_schedule and label_smoothing (absent from an id unless set, so old ids
 # stand) and moved the TF-IDF family's ngram_max/max_features to the tfidf_features section.
 # Issue 21 added the rnn family's own keys (between the CNN's and the shared tail: no id changes).
+# Issue 25 added the TF-IDF family's solver (and softmax's batch_size/lr/epochs), absent unless set.
 ID_KEY_ORDER = [
     "input", "embedding", "freeze_embeddings", "hidden", "filters", "kernel_sizes", "cell", "hidden_size", "layers",
     "bidirectional", "pooling", "dropout", "batch_size", "lr",
     "weight_decay", "optimizer", "epochs", "patience", "class_weights", "lr_schedule", "label_smoothing", "C",
-    "seed",
+    "seed", "solver",
 ]
 
 
