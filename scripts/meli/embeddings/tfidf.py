@@ -174,9 +174,9 @@ class TitleVectorizer:
             return self._stack([vec.transform(texts) for _, vec in self.blocks])
         if not self.blocks or self.blocks[0][1].buckets_ is None:
             raise TfidfFeatureError("TitleVectorizer.transform before fit_transform")
-        return self._stack(_map(threads, lambda ch: self._stack([blk.weigh(c) for (_, blk), c in
-                                                                 zip(self.blocks, self._counts(ch))]),
-                                _chunks(texts)), vertical=True)
+        return _vstack_freeing(_map(threads, lambda ch: self._stack([blk.weigh(c) for (_, blk), c in
+                                                                    zip(self.blocks, self._counts(ch))]),
+                                    _chunks(texts)))
 
     def _counts(self, texts: Sequence[str]) -> list:
         from meli.embeddings.ngrams import Chunk
@@ -189,7 +189,7 @@ class TitleVectorizer:
             parts, counts[i] = counts[i], None  # free each chunk's counts once weighed
             return self._stack([blk.weigh(c) for (_, blk), c in zip(self.blocks, parts)])
 
-        return self._stack(_map(threads, weigh, list(range(len(counts)))), vertical=True)
+        return _vstack_freeing(_map(threads, weigh, list(range(len(counts)))))
 
     @property
     def n_features(self) -> int:
@@ -210,6 +210,26 @@ class TitleVectorizer:
             out = (sp.vstack if vertical else sp.hstack)(parts, format="csr", dtype=np.float32)
         out.sort_indices()
         return out.astype(np.float32, copy=False)
+
+
+def _vstack_freeing(parts: list):
+    """The chunks' CSR matrices one under the other, each chunk freed once copied: memory stays at
+    about the output matrix plus one chunk (scipy's vstack holds the chunks and the output)."""
+    import scipy.sparse as sp
+
+    n_rows = sum(p.shape[0] for p in parts)
+    nnz = sum(p.nnz for p in parts)
+    data, indices = np.empty(nnz, dtype=np.float32), np.empty(nnz, dtype=np.int32)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    n_cols, row, pos = parts[0].shape[1], 0, 0
+    for i, part in enumerate(parts):
+        k, r = part.nnz, part.shape[0]
+        data[pos : pos + k], indices[pos : pos + k] = part.data, part.indices
+        indptr[row + 1 : row + r + 1] = part.indptr[1:] + pos
+        row, pos, parts[i] = row + r, pos + k, None
+    out = sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
+    out.has_sorted_indices = True  # each chunk's rows are
+    return out
 
 
 def _chunks(texts: Sequence[str], rows: int = CHUNK_ROWS) -> list[list[str]]:
