@@ -228,7 +228,7 @@ def test_softmax_solver_writes_the_same_contract_and_learns(dataset, tmp_path):
     metrics = baseline.train(given, data, features, out, threads=1, device="cpu")
     assert metrics["combo"] == combo_id(given) and "C" not in metrics["combo"]
     assert metrics["device"] == "cpu" and metrics["val_bacc"] > 0.9 and 0 < metrics["val_loss"] < np.log(N_CLASSES)
-    predictor = baseline.load_predictor(out, data, features)  # model.joblib: the same LinearOvr as LinearSVC
+    predictor = load_predictor(out, data, features)  # model.joblib: the same LinearOvr as LinearSVC
     preds = pd.read_parquet(out / "val_predictions.parquet")
     pred, prob = predictor.predict_split("validation", batch_size=7)
     np.testing.assert_array_equal(pred, preds["pred"])
