@@ -28,6 +28,7 @@ STAGE_BENCHMARKS = {
     "vectors-sbwce": ("bench_vectors.py", ["--rows", "1000000", "--skip-naive"], None),
     "training": ("bench_training.py", [], ["--rows", "20000", "--naive-rows", "5000", "--cnn-rows", "2000"]),
     "baseline": ("bench_baseline.py", [], ["--skip-sample", "--scale", "20000x16"]),
+    "tfidf": ("bench_tfidf.py", ["--rows", "200000", "--skip-linearsvc"], ["--quick", "--skip-linearsvc"]),
 }
 
 

@@ -48,14 +48,18 @@ rule tfidf_features:
         cfg=as_arg(config["tfidf_features"]),
         data_dir=lambda wc, input: os.path.dirname(input.splits[0]),
         out_dir=lambda wc, output: os.path.dirname(output.stats),
+    # Chunks of titles are hashed in parallel threads (engine hashed): the training jobs' threads.
+    threads: lambda wc: config["train"]["resources"]["threads"]
+    # Hashed engine: about the train matrix (8 B per non-zero: ~4.4 GB at 4.9M titles) + ~0.8 GB of
+    # bucket tables + ~0.3 GB per thread (estimated, benchmarks/README.md), hence 16 GB.
     resources:
-        mem_mb=lambda wc, attempt: 8000 * attempt,
+        mem_mb=lambda wc, attempt: 16000 * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
     conda:
         CONDA_ENV
     shell:
         "python -m meli.embeddings.tfidf --data-dir {params.data_dir:q} --out-dir {params.out_dir:q}"
-        " --config {params.cfg} > {log:q} 2>&1"
+        " --config {params.cfg} --threads {threads} > {log:q} 2>&1"
 
 
 rule download_vectors:

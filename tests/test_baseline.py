@@ -147,7 +147,7 @@ def test_labels_must_match_train(dataset, tmp_path):
     with pytest.raises(ValueError, match="missing from"):
         baseline.train({"C": 1.0}, data, features, tmp_path / "run")
     with pytest.raises(ValueError, match="unknown key"):
-        baseline.train({"lr": 0.1}, data, features, tmp_path / "run")
+        baseline.train({"dropout": 0.1}, data, features, tmp_path / "run")  # lr: a softmax key since issue 25
     with pytest.raises(ValueError, match="tfidf_features config section"):
         baseline.train({"ngram_max": 2}, data, features, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -216,6 +216,31 @@ def test_shared_features_are_word_and_char_blocks(dataset):
     # Each block is l2-normalised: a row's squared norm is the number of non-empty blocks (2 here).
     np.testing.assert_allclose(np.asarray(x.multiply(x).sum(axis=1)).ravel(), 2.0, rtol=1e-5)
     word_only = tfidf_features.TitleVectorizer({"char_ngrams": [], "min_df": 1})
-    assert word_only.fit_transform(texts).shape[1] == len(word_only.blocks[0][1].vocabulary_)
+    assert word_only.fit_transform(texts).shape[1] == word_only.block_sizes()["word"] == word_only.n_features
     with pytest.raises(tfidf_features.TfidfFeatureError, match="both off"):
         tfidf_features.TitleVectorizer({"char_ngrams": [], "word_ngrams": []})
+
+
+def test_softmax_solver_writes_the_same_contract_and_learns(dataset, tmp_path):
+    data, features = dataset
+    given = {"solver": "softmax", "lr": 0.05, "epochs": 5, "batch_size": 64}
+    out = tmp_path / "run"
+    metrics = baseline.train(given, data, features, out, threads=1, device="cpu")
+    assert metrics["combo"] == combo_id(given) and "C" not in metrics["combo"]
+    assert metrics["device"] == "cpu" and metrics["val_bacc"] > 0.9 and 0 < metrics["val_loss"] < np.log(N_CLASSES)
+    predictor = load_predictor(out, data, features)  # model.joblib: the same LinearOvr as LinearSVC
+    preds = pd.read_parquet(out / "val_predictions.parquet")
+    pred, prob = predictor.predict_split("validation", batch_size=7)
+    np.testing.assert_array_equal(pred, preds["pred"])
+    np.testing.assert_allclose(prob, preds["prob"], rtol=1e-5)
+    again = baseline.train(given, data, features, tmp_path / "again", threads=1, device="cpu")
+    assert again["val_bacc"] == metrics["val_bacc"] and again["val_loss"] == metrics["val_loss"]  # seeded
+    with pytest.raises(ValueError, match="solver"):
+        baseline.check_params({"solver": "sgd"})
+
+
+def test_solver_keys_are_pruned_from_ids():
+    from meli.models import tfidf as family
+
+    assert family.prune({"C": 0.5, "seed": 0, "lr": 0.1}) == {"C": 0.5, "seed": 0}
+    assert family.prune({"solver": "softmax", "C": 0.5, "lr": 0.1}) == {"solver": "softmax", "lr": 0.1}

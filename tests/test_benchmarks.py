@@ -186,3 +186,16 @@ def test_quick_benchmark_reports_every_stage(tmp_path):
     assert "| target | measured | verdict |" in table and "dry run of 27 combinations" in table
     summary = (out / "summary.md").read_text()
     assert summary == proc.stdout and "| scale | ok |" in summary and table.strip() in summary
+
+
+def test_tfidf_benchmark_prints_old_and_new_side_by_side(tmp_path):
+    # benchmarks/bench_tfidf.py --quick, tinier still: every part runs old and new and prints the ratio.
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_tfidf.py"), "--quick", "--rows", "1200",
+           "--skip-linearsvc", "--threads", "2", "--workdir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| sklearn | 1,200 |" in out and "| hashed | 1,200 |" in out and "x faster**" in out
+    assert "before: sklearn features + SparseAdam" in out and "after: hashed features + LazyAdam" in out
+    assert "x train rows/s**" in out and "softmax (torch, LazyAdam)" in out
+    assert not list(tmp_path.iterdir())  # the work directory is removed

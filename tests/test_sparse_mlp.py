@@ -118,17 +118,21 @@ def test_cosine_schedule_is_stateless():
     assert neural.lr_factor("cosine", 100, 100) == pytest.approx(0.0)
 
 
-def test_sparse_bag_gets_sparse_adam_and_the_rest_weight_decay():
+def test_sparse_bag_gets_lazy_adam_and_the_rest_weight_decay():
+    from meli.train.sparse import LazyAdam
+
     model = TfidfMLP(50, 3, hidden=[8])
     opt = neural.make_optimizer(model, {"lr": 0.01, "weight_decay": 0.1, "optimizer": "adamw"})
     assert isinstance(opt, neural.Optimizers)
     sparse, dense = opt.parts
-    assert isinstance(sparse, torch.optim.SparseAdam) and sparse.param_groups[0]["params"] == [model.embedding.weight]
+    assert isinstance(sparse, LazyAdam) and sparse.param_groups[0]["params"] == [model.embedding.weight]
     assert isinstance(dense, torch.optim.AdamW) and dense.param_groups[0]["weight_decay"] == 0.1
     assert all(p is not model.embedding.weight for p in dense.param_groups[0]["params"])
     rows = CsrRows.from_scipy(sp.random(4, 50, density=0.2, format="csr", random_state=0, dtype=np.float32))
     F.cross_entropy(model(rows), torch.tensor([0, 1, 2, 0])).backward()
-    assert model.embedding.weight.grad.is_sparse
+    touched, grad = model.embedding.row_grad  # the touched rows' gradient, not a dense or sparse .grad
+    assert model.embedding.weight.grad is None and torch.equal(touched, torch.unique(rows.indices))
+    assert grad.shape == (touched.numel(), 8)
     opt.step()
     state = opt.state_dict()
     fresh = neural.make_optimizer(model, {"lr": 0.01, "weight_decay": 0.1, "optimizer": "adamw"})

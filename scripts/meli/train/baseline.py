@@ -56,6 +56,7 @@ CHUNK_ROWS = 100_000  # rows scored at once: bounds the dense [rows, n_classes] 
 MAX_CLASSES_PER_FIT = 64
 PARAM_KEYS = models.get("tfidf").parameters
 DEFAULTS: dict[str, Any] = models.get("tfidf").defaults()  # defined in meli/models/tfidf.py
+SOLVERS = ("linearsvc", "softmax")
 
 
 def load_categories(features_dir: str | Path) -> list[str]:
@@ -96,6 +97,11 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     p = {**DEFAULTS, **params}
     if not p["C"] > 0:
         raise ValueError(f"--params: C must be > 0, got {p['C']!r}")
+    if p["solver"] not in SOLVERS:
+        raise ValueError(f"--params: solver {p['solver']!r} is not one of {list(SOLVERS)}")
+    if not (p["lr"] > 0 and int(p["epochs"]) >= 1 and int(p["batch_size"]) >= 1):
+        raise ValueError(f"--params: softmax needs lr > 0, epochs >= 1, batch_size >= 1 (got {p['lr']}, "
+                         f"{p['epochs']}, {p['batch_size']})")
     return p
 
 
@@ -196,8 +202,62 @@ def mean_neg_log(true_prob: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(true_prob, 1e-15, 1.0))))
 
 
+def fit_softmax(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_weight: np.ndarray | None = None,
+                device: str = "auto") -> tuple[LinearOvr, str]:
+    """Multinomial logistic regression ``softmax(x @ W + b)`` over sparse rows, trained with torch.
+
+    ``W [columns, classes]`` is a sparse bag (meli.train.sparse.FastSparseBag + LazyAdam: each batch
+    touches only its rows' columns), ``b`` plain Adam; the learning rate decays to 0 (cosine) over
+    ``epochs``; batches are a seeded permutation (deterministic on CPU). Returns the
+    :class:`LinearOvr` (``coef_ = W.T``: the same model file and predictor as LinearSVC) and the device.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from meli.models.runtime import select_device
+    from meli.train.sparse import CsrRows, make_sparse_optimizer
+
+    dev = select_device(device)
+    seed, epochs, batch = int(params["seed"]), int(params["epochs"]), int(params["batch_size"])
+    torch.manual_seed(seed)
+    rows = CsrRows.from_scipy(x)
+    if dev.type == "cuda":
+        rows = rows.to(dev)
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
+    bag = torch.nn.EmbeddingBag(x.shape[1], n_classes, mode="sum", sparse=True).to(dev)
+    torch.nn.init.zeros_(bag.weight)  # convex: start from the uniform prediction
+    bias = torch.nn.Parameter(torch.zeros(n_classes, device=dev))
+    lr = float(params["lr"])
+    opts = [make_sparse_optimizer(bag, {"lr": lr}, kind="lazy"), torch.optim.Adam([bias], lr=lr)]
+    weights = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
+    n = len(y)
+    steps, total_steps = 0, epochs * -(-n // batch)
+    progress = Progress(log, epochs * n, "softmax rows", every_s=30)
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(dev)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        for start in range(0, n, batch):
+            idx = perm[start : start + batch]
+            b = rows[idx]
+            for opt in opts:
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * steps / total_steps))
+                opt.zero_grad()
+            loss = F.cross_entropy(bag(b.indices, b.offsets, per_sample_weights=b.values) + bias, labels[idx],
+                                   weight=weights)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            loss_sum += loss.detach() * idx.numel()
+            steps += 1
+            progress.update(idx.numel())
+        log.info("softmax epoch %d/%d: train loss %.4f", epoch + 1, epochs, float(loss_sum) / max(n, 1))
+    coef = bag.weight.detach().t().contiguous().cpu().numpy()
+    return LinearOvr(coef, bias.detach().cpu().numpy()), dev.type
+
+
 def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path, out_dir: str | Path,
-          threads: int = 1, tfidf_dir: str | Path | None = None, combo: str | None = None) -> dict[str, Any]:
+          threads: int = 1, tfidf_dir: str | Path | None = None, combo: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Fit, score validation, write the run directory; returns metrics.json's content.
 
     ``tfidf_dir`` (default ``features_dir/tfidf``) holds the shared sparse matrices and vectorizer;
@@ -248,9 +308,19 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         class_weight = None
         if params["class_weights"]:
             class_weight = dict(zip(classes.tolist(), compute_class_weight("balanced", classes=classes, y=y_train)))
-        clf = fit_ovr_svc(x_train, y_train, n_classes, float(params["C"]), class_weight, threads, int(params["seed"]))
+        device_used = "cpu"
+        if params["solver"] == "softmax":
+            import torch
+
+            torch.set_num_threads(threads)
+            cw = None if class_weight is None else np.array([class_weight[k] for k in range(n_classes)])
+            clf, device_used = fit_softmax(x_train, y_train, n_classes, params, cw, device)
+        else:
+            clf = fit_ovr_svc(x_train, y_train, n_classes, float(params["C"]), class_weight, threads,
+                              int(params["seed"]))
         train_time = time.monotonic() - start
-        log.info("LinearSVC: %s classes in %s", f"{n_classes:,}", format_seconds(train_time))
+        log.info("%s: %s classes in %s", {"linearsvc": "LinearSVC"}.get(params["solver"], params["solver"]),
+                 f"{n_classes:,}", format_seconds(train_time))
         train_loss = _chunked_log_loss(clf, x_train, y_train, "train")
         pred, prob, true_prob = score_rows(clf, lambda s: x_val[s], x_val.shape[0], y_val, "validation")
     val_bacc = balanced_accuracy(y_val[known], pred[known])
@@ -280,7 +350,7 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         "train_time_s": train_time,
         "samples_per_s": samples_per_s,
         "peak_mem_mb": peak_rss_mb(),
-        "device": "cpu",
+        "device": device_used,
         "threads": threads,
         "n_train": int(len(y_train)),
         "n_val": int(known.sum()),
@@ -318,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tfidf", type=Path, default=None, help="shared sparse features (default FEATURES/tfidf)")
     ap.add_argument("--out-dir", required=True, type=Path)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="softmax solver only")
     args = ap.parse_args(argv)
     setup_logging("meli.train.baseline")
     try:
@@ -330,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from meli.train import baseline
 
     baseline.train(params, args.data_dir, args.features, args.out_dir, threads=max(1, args.threads),
-                   tfidf_dir=args.tfidf, combo=args.combo)
+                   tfidf_dir=args.tfidf, combo=args.combo, device=args.device)
     return 0
 
 

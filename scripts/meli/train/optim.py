@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from meli.train.sparse import make_sparse_optimizer
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -57,7 +59,7 @@ def make_optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Opti
     table = model.input_table
     if getattr(table, "sparse", False) and table.weight.requires_grad:
         dense = [p for p in model.parameters() if p.requires_grad and p is not table.weight]
-        sparse = torch.optim.SparseAdam([table.weight], lr=float(params["lr"]))
+        sparse = make_sparse_optimizer(table, params)  # LazyAdam (meli.train.sparse; issue 25)
         return Optimizers([sparse, _dense_optimizer(dense, params)])
     return _dense_optimizer([p for p in model.parameters() if p.requires_grad], params)
 

@@ -9,6 +9,8 @@ row, so the same code gathers a batch on the GPU when the whole matrix was moved
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -23,7 +25,9 @@ class CsrRows:
     @classmethod
     def from_scipy(cls, matrix) -> CsrRows:
         m = matrix.tocsr()
-        return cls(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
+        # int32 column ids (half of int64's 8 B per non-zero); EmbeddingBag takes either.
+        idx = np.int32 if m.shape[1] < 2**31 else np.int64
+        return cls(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(idx, copy=False)),
                    torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)), m.shape[1])
 
     def to_scipy(self):
@@ -49,8 +53,8 @@ class CsrRows:
 
     @property
     def offsets(self) -> torch.Tensor:
-        """Where each row starts in ``indices``: EmbeddingBag's ``offsets``."""
-        return self.indptr[:-1]
+        """Where each row starts in ``indices``: EmbeddingBag's ``offsets`` (of the indices' dtype, as it needs)."""
+        return self.indptr[:-1].to(self.indices.dtype)
 
     def nnz_per_row(self) -> torch.Tensor:
         return self.indptr[1:] - self.indptr[:-1]
@@ -83,3 +87,118 @@ class CsrRows:
         shift = torch.repeat_interleave(starts - indptr[:-1], lengths, output_size=total)
         pos = torch.arange(total, device=self.device) + shift
         return CsrRows(indptr, self.indices[pos], self.values[pos], self.n_features)
+
+
+# ------------------------------------------------------------------ the sparse bag's fast path
+class _BagFunction(torch.autograd.Function):
+    """``x @ W`` for a batch of sparse rows, whose backward gives W's gradient as (rows touched, their
+    gradient) to the bag instead of a ``[nnz, width]`` sparse tensor or a dense ``[columns, width]`` one.
+
+    The transposed product is itself an embedding bag: the batch's entries sorted by column, each
+    touched column a bag over the rows' output gradients weighted by the TF-IDF values. Both
+    directions are one fused gather-and-sum kernel each; nothing of size nnz x width is made.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, indices, offsets, values, bag):
+        ctx.save_for_backward(indices, offsets, values)
+        ctx.bag = bag
+        return torch.nn.functional.embedding_bag(indices, weight, offsets, mode="sum", per_sample_weights=values)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        indices, offsets, values = ctx.saved_tensors
+        n = indices.numel()
+        lengths = torch.diff(offsets, append=torch.tensor([n], dtype=offsets.dtype, device=offsets.device))
+        row = torch.repeat_interleave(torch.arange(offsets.numel(), device=indices.device), lengths, output_size=n)
+        cols, order = torch.sort(indices, stable=True)  # stable: the same sums in the same order on a rerun
+        touched, counts = torch.unique_consecutive(cols, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        grad_rows = torch.nn.functional.embedding_bag(row[order], grad_out.to(values.dtype).contiguous(), starts,
+                                                      mode="sum", per_sample_weights=values[order])
+        ctx.bag.row_grad = (touched.long(), grad_rows)
+        return None, None, None, None, None
+
+
+class FastSparseBag(torch.nn.EmbeddingBag):
+    """An ``EmbeddingBag(mode="sum", sparse=True)`` trained by :class:`LazyAdam`: same parameters and
+    state_dict; in training its weight gradient goes to ``row_grad`` (see :class:`_BagFunction`).
+
+    :func:`make_sparse_optimizer` turns a network's bag into one in place (``__class__``), so the
+    networks (meli.models.nets) and saved models stay plain ``nn.EmbeddingBag``.
+    """
+
+    row_grad: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, input, offsets=None, per_sample_weights=None):  # noqa: A002 (nn.EmbeddingBag's names)
+        if not (self.training and torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(input, offsets, per_sample_weights=per_sample_weights)
+        if offsets.dtype != input.dtype:
+            offsets = offsets.to(input.dtype)
+        if per_sample_weights is None:
+            per_sample_weights = torch.ones(input.shape, dtype=self.weight.dtype, device=input.device)
+        return _BagFunction.apply(self.weight, input, offsets, per_sample_weights, self)  # grad: None, see row_grad
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """SparseAdam's update (Adam on the rows a batch touches, moments of other rows untouched, bias
+    correction by the global step) with dense row ops: gather the touched rows' moments, update,
+    scatter back, ``index_add_`` the step into the weight. Its state (``step``, ``exp_avg``,
+    ``exp_avg_sq``) and param group are SparseAdam's, so checkpoints load either way.
+    """
+
+    def __init__(self, bag: FastSparseBag, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        super().__init__([bag.weight], dict(lr=lr, betas=betas, eps=eps, maximize=False))
+        self._bag = bag
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._bag.row_grad = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self._bag.row_grad is None:
+            return None
+        touched, grad = self._bag.row_grad
+        self._bag.row_grad = None
+        group = self.param_groups[0]
+        weight = group["params"][0]
+        beta1, beta2 = group["betas"]
+        state = self.state[weight]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
+        state["step"] += 1
+        step = int(state["step"])
+        m = state["exp_avg"].index_select(0, touched).lerp_(grad, 1 - beta1)
+        v = state["exp_avg_sq"].index_select(0, touched).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        state["exp_avg"].index_copy_(0, touched, m)
+        state["exp_avg_sq"].index_copy_(0, touched, v)
+        step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        weight.index_add_(0, touched, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
+        return None
+
+
+SPARSE_OPTIMIZERS = ("lazy", "sparse_adam")
+
+
+# The code before issue 25 (SparseAdam), for benchmarks/bench_sparse.py's side-by-side runs.
+SPARSE_OPTIMIZER_ENV = "MELI_SPARSE_OPTIMIZER"
+
+
+def make_sparse_optimizer(bag: torch.nn.EmbeddingBag, params: dict, kind: str | None = None) -> torch.optim.Optimizer:
+    """The optimizer of a network's sparse TF-IDF bag: :class:`LazyAdam` over a :class:`FastSparseBag`
+    (``kind="lazy"``, default) or torch's ``SparseAdam`` over autograd's sparse gradient (before issue
+    25; ``MELI_SPARSE_OPTIMIZER=sparse_adam`` selects it when ``kind`` is not given).
+    """
+    import os
+
+    kind = kind or os.environ.get(SPARSE_OPTIMIZER_ENV) or "lazy"
+    lr = float(params["lr"])
+    if kind == "sparse_adam":
+        return torch.optim.SparseAdam([bag.weight], lr=lr)
+    if kind != "lazy":
+        raise ValueError(f"sparse optimizer {kind!r} not one of {SPARSE_OPTIMIZERS}")
+    bag.__class__ = FastSparseBag  # same parameters and forward; only training's backward changes
+    return LazyAdam(bag, lr=lr)

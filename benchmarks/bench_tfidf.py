@@ -1,0 +1,324 @@
+"""The TF-IDF path against the code before issue 25, measured side by side in one run.
+
+    python benchmarks/bench_tfidf.py --sample $SHARED/data/meli2019-es-sample.jsonl.gz --threads 2
+    python benchmarks/bench_tfidf.py --rows 1000000 --skip-mlp --skip-baseline     # features at scale
+    python benchmarks/bench_tfidf.py --quick                                         # tiny, ~1 min
+
+Every stage runs as its rule runs it (``python -m ...``) in its own process (wall time around the
+process, peak RSS = the process's own VmHWM, benchmarks/bench_scale.run_measured), old and new
+one after the other on the same data, so the machine's load affects both alike:
+
+1. **features** (``meli.embeddings.tfidf``): ``engine: sklearn`` (before: one TfidfVectorizer per
+   block, one core) against ``engine: hashed`` (vectorized n-gram hashing, ``--threads``); on the
+   real sample (``--sample``, split 70/15/15 as config/meli2019-sample.yaml) and/or synthetic
+   course-shaped titles (``--rows N``: ``synthetic.py`` preset course-es, split 80/10/10).
+2. **MLP input tfidf** (hidden [512], config/meli2019-sample.yaml's combination, ``--epochs``):
+   before = sklearn features + SparseAdam (``MELI_SPARSE_OPTIMIZER=sparse_adam``), after = hashed
+   features + LazyAdam; train rows/s (the epochs' own ``samples_per_s``), validation bacc, peak RSS.
+3. **baseline** (``meli.train.baseline``): LinearSVC (C 0.5, over the sklearn features, as
+   before) against ``solver: softmax`` (over the hashed features); validation bacc, fit seconds.
+
+Prints one table per part with the ratios new / old.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmarks.bench_baseline import prepare  # noqa: E402
+from benchmarks.bench_scale import run_measured  # noqa: E402
+
+FEATURES = {"word_ngrams": [1, 2], "char_ngrams": [2, 5], "min_df": 2, "max_features": 262144}  # meli2019*.yaml
+MLP = {"input": "tfidf", "hidden": [512], "dropout": 0.3, "lr": 0.003, "batch_size": 128, "seed": 0}
+SOFTMAX = {"solver": "softmax", "lr": 0.02, "epochs": 5, "batch_size": 256}
+
+
+CPU_S: dict[str, float] = {}  # log name -> the process's CPU seconds (user + system)
+
+
+def _measured(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """run_measured (wall, peak RSS), and the process's CPU seconds in CPU_S[log.stem]: on a machine
+    shared with other work, CPU time is what old and new can be compared on (wall time is not)."""
+    import resource
+
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        wall, rss = run_measured(module, args, log)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_S[log.stem] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, rss
+
+
+def features(data: Path, work: Path, threads: int, engines=("sklearn", "hashed")) -> list[dict]:
+    """Both engines on the same splits; the label files the trainers need (meli.embeddings.features)."""
+    rows = sum(_rows(data / f"{s}.parquet") for s in ("train", "validation", "test"))
+    out = []
+    for engine in engines:
+        cfg = {**FEATURES, "engine": engine}
+        dest = work / f"tfidf-{engine}"
+        wall, rss = _measured("meli.embeddings.tfidf", ["--data-dir", str(data), "--out-dir", str(dest), "--config",
+                                                        json.dumps(cfg), "--threads", str(threads)],
+                              work / "logs" / f"tfidf-{engine}.log")
+        stats = json.loads((dest / "stats.json").read_text())
+        out.append({"engine": engine, "rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_rss_mb": rss,
+                    "cpu_s": CPU_S[f"tfidf-{engine}"],
+                    "columns": stats["n_features"], "nnz_per_row": stats["splits"]["train"]["nnz_per_row"],
+                    "output_mb": sum((dest / f"{s}.npz").stat().st_size for s in ("train", "validation", "test")) / 2**20})
+    _measured("meli.embeddings.features", ["--data-dir", str(data), "--out-dir", str(work / "features"),
+                                           "--config", json.dumps({"min_count": 1, "max_size": 50000, "max_len": 20})],
+              work / "logs" / "features.log")
+    return out
+
+
+def _rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def mlp(work: Path, threads: int, epochs: int, hidden: list[int]) -> list[dict]:
+    out = []
+    params = {**MLP, "hidden": hidden, "epochs": epochs, "patience": epochs}
+    for what, engine, opt in (("before: sklearn features + SparseAdam", "sklearn", "sparse_adam"),
+                              ("after: hashed features + LazyAdam", "hashed", "lazy")):
+        run = work / f"mlp-{engine}"
+        wall, rss = _measured("meli.train.neural", [
+            "--family", "mlp", "--params", json.dumps(params), "--features", str(work / "features"),
+            "--tfidf", str(work / f"tfidf-{engine}"), "--out-dir", str(run), "--checkpoint-dir", str(work / f"ckpt-{engine}"),
+            "--device", "cpu", "--threads", str(threads)], work / "logs" / f"mlp-{engine}.log",
+            {"MELI_SPARSE_OPTIMIZER": opt})
+        m = json.loads((run / "metrics.json").read_text())
+        out.append({"what": what, "epochs": m["epochs_run"], "train_rows_per_s": m["samples_per_s"],
+                    "cpu_s": CPU_S[f"mlp-{engine}"],
+                    "val_bacc": m["val_bacc"], "wall_s": wall, "peak_rss_mb": rss, "n_train": m["n_train"]})
+    return out
+
+
+def interleaved_steps(work: Path, threads: int, hidden: list[int], batches: int, batch_size: int = 128) -> dict:
+    """Training steps of the old (SparseAdam) and new (LazyAdam) bag in one process, alternating
+    batch by batch over the same batches of the hashed features: load from other work on the
+    machine falls on both alike, which sequential runs cannot promise on a shared machine."""
+    import torch
+    import torch.nn.functional as F
+
+    from meli.models.nets import TfidfMLP
+    from meli.train import neural
+
+    torch.set_num_threads(threads)
+    data = neural.load_sparse_data(work / "features", work / "tfidf-hashed")
+    x, y = data.train.ids, data.train.labels
+    n_classes = len(data.categories)
+    models, opts, spent = {}, {}, {"sparse_adam": 0.0, "lazy": 0.0}
+    params = {"lr": MLP["lr"], "weight_decay": 0.0, "optimizer": "adam"}
+    for kind in spent:
+        torch.manual_seed(0)
+        models[kind] = TfidfMLP(x.n_features, n_classes, hidden=hidden, dropout=MLP["dropout"])
+        os.environ["MELI_SPARSE_OPTIMIZER"] = kind
+        opts[kind] = neural.make_optimizer(models[kind], params)
+    os.environ.pop("MELI_SPARSE_OPTIMIZER")
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    batches = min(batches, len(y) // batch_size)
+    for b in range(batches):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        order = list(spent) if b % 2 == 0 else list(spent)[::-1]
+        for kind in order:
+            start = time.perf_counter()
+            rows = x[idx]  # the gather is part of the step
+            loss = F.cross_entropy(models[kind](rows), y[idx])
+            opts[kind].zero_grad()
+            loss.backward()
+            opts[kind].step()
+            if b >= 2:  # first batches: allocation of the moments
+                spent[kind] += time.perf_counter() - start
+    rows_done = (batches - 2) * batch_size
+    return {"batches": batches, "batch_size": batch_size,
+            "old_rows_per_s": rows_done / spent["sparse_adam"], "new_rows_per_s": rows_done / spent["lazy"]}
+
+
+def baseline(data: Path, work: Path, threads: int, linearsvc: bool) -> list[dict]:
+    out = []
+    runs = [("LinearSVC C 0.5, sklearn features", "sklearn", {"C": 0.5})] if linearsvc else []
+    runs.append(("softmax (torch, LazyAdam), hashed features", "hashed", SOFTMAX))
+    for what, engine, params in runs:
+        run = work / f"baseline-{engine}"
+        wall, rss = _measured("meli.train.baseline", [
+            "--params", json.dumps(params), "--data-dir", str(data), "--features", str(work / "features"),
+            "--tfidf", str(work / f"tfidf-{engine}"), "--out-dir", str(run), "--threads", str(threads),
+            "--device", "cpu"], work / "logs" / f"baseline-{engine}.log")
+        m = json.loads((run / "metrics.json").read_text())
+        out.append({"what": what, "val_bacc": m["val_bacc"], "fit_s": m["train_time_s"], "wall_s": wall,
+                    "cpu_s": CPU_S[f"baseline-{engine}"],
+                    "peak_rss_mb": rss})
+    return out
+
+
+def fraction(data: Path, work: Path, rows: int, threads: int, hidden: list[int]) -> list[dict]:
+    """One epoch of the MLP and of the softmax baseline over the first ``rows`` train rows of the
+    full-size features (columns, bag and validation split at full size): a measured fraction of an
+    epoch, for sizes where a whole one does not fit the time (stated as such in the output)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import scipy.sparse as sp
+
+    part, feats = work / f"first-{rows}", work / f"first-{rows}" / "features"
+    (feats / "tfidf").mkdir(parents=True, exist_ok=True)
+    (part / "data").mkdir(exist_ok=True)
+    full = work / "tfidf-hashed"
+    x = sp.load_npz(full / "train.npz")[:rows]
+    sp.save_npz(feats / "tfidf" / "train.npz", x, compressed=False)
+    del x
+    for name in ("validation.npz", "vectorizer.joblib", "stats.json"):
+        os.link(full / name, feats / "tfidf" / name)
+    for name in ("labels.json", "validation_labels.npy"):
+        os.link(work / "features" / name, feats / name)
+    np.save(feats / "train_labels.npy", np.load(work / "features" / "train_labels.npy")[:rows])
+    pq.write_table(pq.read_table(data / "train.parquet", columns=["category"]).slice(0, rows), part / "data" / "train.parquet")
+    for name in ("validation.parquet", "summary.json"):
+        os.link(data / name, part / "data" / name)
+    out = []
+    params = {**MLP, "hidden": hidden, "epochs": 1, "patience": 1}
+    for what, module, args in (
+        ("MLP input tfidf (LazyAdam), 1 epoch", "meli.train.neural",
+         ["--family", "mlp", "--params", json.dumps(params), "--features", str(feats), "--tfidf", str(feats / "tfidf"),
+          "--checkpoint-dir", str(part / "ckpt"), "--device", "cpu"]),
+        ("softmax baseline, 1 epoch", "meli.train.baseline",
+         ["--params", json.dumps({**SOFTMAX, "epochs": 1}), "--data-dir", str(part / "data"), "--features", str(feats),
+          "--tfidf", str(feats / "tfidf"), "--device", "cpu"])):
+        run = part / module.rsplit(".", 1)[1]
+        wall, rss = _measured(module, [*args, "--out-dir", str(run), "--threads", str(threads)],
+                              work / "logs" / f"{run.name}-first-{rows}.log")
+        m = json.loads((run / "metrics.json").read_text())
+        out.append({"what": what, "n_train": m["n_train"], "n_val": m["n_val"], "train_s": m["train_time_s"],
+                    "train_rows_per_s": m["samples_per_s"], "wall_s": wall, "peak_rss_mb": rss, "val_bacc": m["val_bacc"]})
+    return out
+
+
+def report(name: str, feats: list[dict], mlps: list[dict], bases: list[dict], parts: list[dict] = ()) -> str:
+    lines = [f"### {name}", ""]
+    if len(feats) == 1:
+        f = feats[0]
+        lines += ["| features (new only) | rows | wall s | rows/s | peak RSS MB | columns | nnz/row | .npz MB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {f['engine']} | {f['rows']:,} | {f['wall_s']:.1f} | {f['rows_per_s']:,.0f} | {f['peak_rss_mb']:,.0f} "
+                  f"| {f['columns']:,} | {f['nnz_per_row']} | {f['output_mb']:,.0f} |", ""]
+    if parts:
+        lines += ["| a measured fraction of an epoch | train rows | validation rows | train s | train rows/s | "
+                  "wall s (incl. load + validation) | peak RSS MB | val bacc |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {p['what']} | {p['n_train']:,} | {p['n_val']:,} | {p['train_s']:.0f} | {p['train_rows_per_s']:,.0f} | "
+                  f"{p['wall_s']:.0f} | {p['peak_rss_mb']:,.0f} | {p['val_bacc']:.4f} |" for p in parts]
+        lines.append("")
+    if len(feats) == 2:
+        old, new = feats
+        lines += ["| features | rows | wall s | CPU s | rows/s | peak RSS MB | columns | nnz/row | .npz MB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {f['engine']} | {f['rows']:,} | {f['wall_s']:.1f} | {f['cpu_s']:.1f} | {f['rows_per_s']:,.0f} | "
+                  f"{f['peak_rss_mb']:,.0f} | {f['columns']:,} | {f['nnz_per_row']} | {f['output_mb']:,.0f} |" for f in feats]
+        lines += ["", f"features: **{old['wall_s'] / new['wall_s']:.1f}x faster** in wall time, "
+                      f"{old['cpu_s'] / new['cpu_s']:.1f}x less CPU time, peak RSS x{new['peak_rss_mb'] / old['peak_rss_mb']:.2f} "
+                      f"(hashed / sklearn), same run", ""]
+    if mlps:
+        old, new = mlps
+        lines += ["| MLP input tfidf | epochs | train rows/s (epochs, sequential runs) | train rows/s (steps interleaved) "
+                  "| val bacc | wall s | CPU s (job) | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {m['what']} | {m['epochs']} | {m['train_rows_per_s']:,.0f} | {m['step_rows_per_s']:,.0f} | "
+                  f"{m['val_bacc']:.4f} | {m['wall_s']:.0f} | {m['cpu_s']:.0f} | {m['peak_rss_mb']:,.0f} |" for m in mlps]
+        lines += ["", f"MLP: **{new['step_rows_per_s'] / old['step_rows_per_s']:.1f}x train rows/s** (training steps "
+                      f"interleaved batch by batch in one process, {old['step_batches']} batches of {MLP['batch_size']}; "
+                      f"the sequential epochs: x{new['train_rows_per_s'] / old['train_rows_per_s']:.1f}; CPU time of "
+                      f"the whole job: {old['cpu_s'] / new['cpu_s']:.1f}x less), val bacc "
+                      f"{100 * (new['val_bacc'] - old['val_bacc']):+.2f} points, peak RSS x{new['peak_rss_mb'] / old['peak_rss_mb']:.2f}", ""]
+    if bases:
+        lines += ["| baseline | val bacc | fit s | wall s | CPU s (job) | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {b['what']} | {b['val_bacc']:.4f} | {b['fit_s']:.1f} | {b['wall_s']:.0f} | {b['cpu_s']:.0f} | "
+                  f"{b['peak_rss_mb']:,.0f} |" for b in bases]
+        if len(bases) == 2:
+            lines += ["", f"baseline: softmax fits **{bases[0]['fit_s'] / bases[1]['fit_s']:.1f}x faster**, val bacc "
+                          f"{100 * (bases[1]['val_bacc'] - bases[0]['val_bacc']):+.2f} points against LinearSVC", ""]
+    return "\n".join(lines) + "\n"
+
+
+def bench_dataset(name: str, data: Path, work: Path, args) -> str:
+    work.mkdir(parents=True, exist_ok=True)
+    if args.new_only:  # full size: today's code does not fit; the new path alone, measured
+        feats = features(data, work, args.threads, engines=("hashed",))
+        print(report(name, feats, [], []), file=sys.stderr, flush=True)
+        parts = fraction(data, work, args.fraction_rows, args.threads, args.hidden) if args.fraction_rows else []
+        return report(name, feats, [], [], parts)
+    feats = features(data, work, args.threads)
+    print(report(name, feats, [], []), file=sys.stderr, flush=True)  # each part as soon as it is measured
+    steps = {} if args.skip_mlp else interleaved_steps(work, args.threads, args.hidden, args.step_batches)
+    mlps = [] if args.skip_mlp else mlp(work, args.threads, args.epochs, args.hidden)
+    if mlps:
+        mlps[0]["step_rows_per_s"], mlps[1]["step_rows_per_s"] = steps["old_rows_per_s"], steps["new_rows_per_s"]
+        mlps[0]["step_batches"] = steps["batches"]
+    print(report(name, [], mlps, []), file=sys.stderr, flush=True)
+    bases = [] if args.skip_baseline else baseline(data, work, args.threads, not args.skip_linearsvc)
+    return report(name, feats, mlps, bases)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sample", type=Path, default=None, help="the real-title sample (.jsonl.gz)")
+    ap.add_argument("--rows", type=int, default=0, help="also synthetic course-es titles of this many rows")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--epochs", type=int, default=2, help="MLP epochs (old and new alike)")
+    ap.add_argument("--hidden", type=lambda s: [int(x) for x in s.split(",")], default=[512])
+    ap.add_argument("--skip-mlp", action="store_true")
+    ap.add_argument("--step-batches", type=int, default=200, help="MLP: interleaved old/new training steps timed")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--skip-linearsvc", action="store_true", help="baseline: only the softmax solver")
+    ap.add_argument("--quick", action="store_true", help="3,000 synthetic rows, hidden 32, 1 epoch")
+    ap.add_argument("--new-only", action="store_true", help="only the new path (full size, where the old one does not fit)")
+    ap.add_argument("--fraction-rows", type=int, default=0,
+                    help="with --new-only: one epoch of the MLP and the softmax over this many train rows of the full features")
+    ap.add_argument("--keep-csv", type=Path, default=None, help="reuse/keep the generated synthetic CSV here")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rows, args.epochs, args.hidden, args.step_batches = args.rows or 3000, 1, [32], 10
+    if args.sample is None and not args.rows:
+        ap.error("give --sample PATH and/or --rows N (or --quick)")
+    out = [f"## TF-IDF path, old vs new ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+           f"--threads {args.threads})", ""]
+    with tempfile.TemporaryDirectory(prefix="bench-tfidf-", dir=args.workdir) as tmp:
+        tmp = Path(tmp)
+        if args.sample is not None:
+            prepare(args.sample, tmp / "sample" / "data", 0.15, 0.15)
+            out.append(bench_dataset(f"real sample ({args.sample.name})", tmp / "sample" / "data", tmp / "sample", args))
+            shutil.rmtree(tmp / "sample", ignore_errors=True)
+        if args.rows:
+            from benchmarks.synthetic import PRESETS, write_titles_csv
+
+            csv = args.keep_csv or tmp / "synthetic.csv.gz"
+            if not csv.exists():
+                write_titles_csv(csv, args.rows, PRESETS["course-es"])
+            prepare(csv, tmp / "synthetic" / "data", 0.1, 0.1)
+            out.append(bench_dataset(f"synthetic course-es, {args.rows:,} rows", tmp / "synthetic" / "data",
+                                     tmp / "synthetic", args))
+    sys.stdout.write("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as err:
+        sys.exit(f"{err.cmd[:3]} failed: {err.stderr!r:.2000}")
