@@ -62,9 +62,8 @@ def test_import_killed_at_many_points_never_leaves_an_unusable_store(tmp_path):
         if pid == 0:  # child: the importer
             code = 1
             try:
-                tracking.main(["import", "--experiment", EXPERIMENT, "--tracking-uri=", "--store-dir", str(store),
-                               "--out", str(store / "imported.json"), *runs])
-                code = 0
+                code = tracking.main(["import", "--experiment", EXPERIMENT, "--tracking-uri=", "--store-dir",
+                                      str(store), "--out", str(store / "imported.json"), *runs])
             finally:
                 os._exit(code)
         if kill_after is not None:

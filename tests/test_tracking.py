@@ -327,7 +327,7 @@ def test_mlflow_agrees_with_the_report_records_failures_and_survives_a_copy(tmp_
     copy = client_for(moved / "mlflow")
     artifact_dir = copy.get_run(first["runs"][runs[0]]).info.artifact_uri
     assert str(moved) not in artifact_dir  # MLflow's absolute path of the old place
-    assert tracking.main(["relocate", "--store-dir", str(moved / "mlflow")]) is None
+    assert tracking.main(["relocate", "--store-dir", str(moved / "mlflow")]) == 0
     copy = client_for(moved / "mlflow")
     assert copy.get_run(first["runs"][runs[0]]).info.artifact_uri.startswith((moved / "mlflow").resolve().as_uri())
     got = copy.download_artifacts(first["runs"][runs[0]], "metrics.json", str(tmp_path))

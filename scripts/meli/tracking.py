@@ -61,6 +61,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pandas as pd
 
 from meli import mlflow_store, runs, search
+from meli.cli import entry_point
 from meli.io import Progress, atomic_path, git_output, read_json, setup_logging, write_json
 from meli.redact import redact_url
 
@@ -582,7 +583,8 @@ def mark_selected(imported: str | Path, test_details: str | Path, out: str | Pat
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m meli.tracking", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="import finished run directories into MLflow")
@@ -602,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rel = sub.add_parser("relocate", help="after copying results/ elsewhere: point the store's artifact paths here")
     rel.add_argument("--store-dir", required=True, type=Path)
     args = ap.parse_args(argv)
-    setup_logging()
+    setup_logging("meli.tracking")
     start = time.monotonic()
     if args.command == "relocate":
         with store_lock(args.store_dir):
@@ -613,7 +615,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         mark_selected(args.imported, args.test_details, args.out, args.summary)
     log.info("done in %.1fs", time.monotonic() - start)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
