@@ -94,8 +94,15 @@ EMBEDDINGS_USED = sorted({p["embedding"] for f in NEURAL_FAMILIES for p in COMBO
 # The shared sparse TF-IDF matrix (rule tfidf_features) is built when the TF-IDF family or an
 # MLP with input tfidf reads it.
 TFIDF = f"{FEATURES}/tfidf"
-TFIDF_USED = bool(COMBOS["tfidf"]) or any(
-    p.get("input") == "tfidf" for f in NEURAL_FAMILIES for p in COMBOS[f].values())
+
+
+def reads_tfidf(family, params):
+    """The family says what a combination reads (meli/models/<family>.py), given its full params."""
+    fam = models.get(family)
+    return fam.inputs({**fam.defaults(), **params}) == models.family.TFIDF
+
+
+TFIDF_USED = bool(COMBOS["tfidf"]) or any(reads_tfidf(f, p) for f in NEURAL_FAMILIES for p in COMBOS[f].values())
 
 
 # ---------------------------------------------------- search (train.search; meli/search/)
@@ -320,7 +327,7 @@ def neural_inputs(wc):
         "y": expand(f"{FEATURES}/{{split}}_labels.npy", split=("train", "validation")),
         "labels": f"{FEATURES}/labels.json",
     }
-    if params.get("input") == "tfidf":
+    if reads_tfidf(wc.neural, params):
         inputs["tfidf"] = expand(f"{TFIDF}/{{split}}.npz", split=("train", "validation"))
     else:
         inputs["ids"] = expand(f"{FEATURES}/{{split}}_ids.npy", split=("train", "validation"))
