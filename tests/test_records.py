@@ -332,3 +332,22 @@ def test_switching_from_halving_to_the_grid_reuses_the_final_run(tiny_run, tmp_p
     assert len(runs_csv[runs_csv["family"] == "mlp"]) == 2 and "rung" not in runs_csv.columns
     again = snakemake(wf, "--cores", "2", "--configfile", "grid.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_diverged_search_record_is_not_damaged(tmp_path):
+    """A search's diverged combination (issue 22.4) has no epoch and no best epoch: a complete record
+    of its own kind, never mistaken for a damaged one (the aggregate job would refuse the sweep)."""
+    from meli import runs
+    from meli.search.__main__ import main
+
+    stage = tmp_path / "search" / "mlp" / "rung-0"
+    stage.mkdir(parents=True)
+    log = stage / "x.log"
+    log.write_text("meli.train.neural: training diverged: mean train loss 4.2e+19 at epoch 2\n")
+    assert main(["diverged", "--code", "3", "--family", "mlp", "--rung", "0", "--params", '{"lr": 1000000.0}',
+                 "--stage-dir", str(stage / "x"), "--snapshot", str(stage / "x" / "checkpoint.pt"),
+                 "--log", str(log)]) == 0
+    assert runs.check_record(stage / "x")["diverged"] is True
+    (stage / "x" / "history.csv").write_text("epoch,train_loss\n1,")  # but a cut history still is damaged
+    with pytest.raises(runs.RunError):
+        runs.check_record(stage / "x")

@@ -163,6 +163,8 @@ def check_record(run_dir: str | Path, required: Iterable[str] = TABLE_KEYS) -> d
         raise RunError(f"{path}: a row with empty values (cut short?)")
     if list(history["epoch"]) != list(range(1, len(history) + 1)) or len(history) != epochs_run:
         raise RunError(f"{path}: {len(history)} epoch row(s), but {METRICS} says epochs_run={epochs_run}")
+    if metrics.get("diverged"):  # a search's diverged combination (meli.search diverged): no epoch counts
+        return metrics
     if not isinstance(best, int) or not 1 <= best <= len(history):
         raise RunError(f"{run_dir / METRICS}: best_epoch={best!r} is not one of the {len(history)} epochs run")
     if not _close(history["val_bacc"].iloc[best - 1], metrics["val_bacc"]):
