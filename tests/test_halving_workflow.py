@@ -131,7 +131,7 @@ def test_halving_final_and_pruned_runs(halving_run):
     assert len(mlp) == 4 and mlp["pruned_at_rung"].isna().sum() == 1
     selection = json.loads((res / "tables" / "selection.json").read_text())["families"]["mlp"]
     assert selection["combo"] == final.name and selection["n_runs"] == 1 and selection["n_pruned"] == 3
-    assert set(pd.read_csv(res / "tables" / "test.csv")["family"]) == {"mlp", "cnn", "rnn", "tfidf"}
+    assert set(pd.read_csv(res / "tables" / "test.csv")["family"]) == {"mlp", "cnn", "rnn", "tfidf", "ensemble"}
     # the report's search section: every pruned combination with its rung, epochs against the grid
     html = (res / "report.html").read_text()
     search = html[html.index('<section id="search">'):]
