@@ -143,7 +143,7 @@ def test_halving_final_and_pruned_runs(halving_run):
     # elsewhere in the report: pruned runs are counted, labelled and never ranked or coloured
     comparison = html[html.index('<section id="comparison">'):]
     comparison = comparison[: comparison.index("</section>")]
-    assert "4 (3 pruned)" in comparison and comparison.count("pruned at rung ") == 3
+    assert "4 (3 pruned, not counted)" in comparison and comparison.count("pruned at rung ") == 3
     assert "best of 1 run trained to the end (3 pruned) on validation" in html
     curves = html[html.index('<section id="curves">'):]
     assert "3 pruned by the search" in curves[: curves.index("</section>")]
