@@ -40,6 +40,13 @@ class Network(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must define input_table (its embedding table)")
 
 
+def _embed_real(embedding: nn.Embedding, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vectors [B, T, dim], real-token mask [B, T]): PAD positions embed as zeros whatever row 0
+    holds (it may have been changed, e.g. fine-tuned by hand)."""
+    real = ids != PAD
+    return embedding(ids) * real.unsqueeze(-1).to(embedding.weight.dtype), real
+
+
 def _hidden_stack(in_dim: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
     for size in hidden:
@@ -135,10 +142,9 @@ class KimCNN(Network):
         return self.embedding
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        real = ids != PAD
+        x, real = _embed_real(self.embedding, ids)
+        x = x.transpose(1, 2)
         lengths = real.sum(1, keepdim=True)  # [B, 1]
-        # PAD rows must embed as zeros even if row 0 was changed (e.g. fine-tuned by hand).
-        x = (self.embedding(ids) * real.unsqueeze(-1).to(self.embedding.weight.dtype)).transpose(1, 2)
         short = max(self.kernel_sizes) - x.shape[-1]
         if short > 0:
             x = nn.functional.pad(x, (0, short))
@@ -198,10 +204,8 @@ class RecurrentNet(Network):
         return self.embedding
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        real = ids != PAD
+        x, real = _embed_real(self.embedding, ids)  # (only the empty title's one step reads a PAD row)
         lengths = real.sum(1)
-        # PAD rows embed as zeros whatever row 0 holds (only the empty title's one step reads one).
-        x = self.embedding(ids) * real.unsqueeze(-1).to(self.embedding.weight.dtype)
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
                                                    enforce_sorted=False)
         out, state = self.rnn(packed)
