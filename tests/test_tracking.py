@@ -62,8 +62,10 @@ def make_runs(root: Path, n: int, epochs: int) -> list[str]:
         (str(root / ("mlp" if i % 2 else "cnn") / combo_id({"dropout": 0.1 * (i + 1), "seed": i})), epochs + i, i)
         for i in range(n)
     ]
-    with multiprocessing.get_context("fork").Pool(n) as pool:
-        return pool.map(_job, jobs)
+    # spawn, not fork: forking a pytest process whose earlier tests started threads (MLflow, torch)
+    # can copy a held lock into a worker, which then hangs forever (seen once under load).
+    with multiprocessing.get_context("spawn").Pool(n) as pool:
+        return pool.map_async(_job, jobs).get(timeout=300)
 
 
 def client_for(store: Path):
