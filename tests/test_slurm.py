@@ -150,15 +150,18 @@ def slurm_cluster():
     reason = _cluster_skip_reason()
     if reason:
         pytest.skip(reason)
+    # a cluster that was already up (another session's, a developer's) is used and left running
+    already_up = _cluster("status").returncode == 0
     started = _cluster("start")
     try:
         assert started.returncode == 0, f"local_cluster.sh start failed:\n{started.stderr[-4000:]}"
         yield
     finally:
-        # stopping also removes /etc/slurm/slurm.conf: with it left behind but no controller,
-        # every later snakemake start would wait ~9 s for `scontrol show config`
-        stopped = _cluster("stop")
-        assert stopped.returncode == 0, stopped.stderr
+        if not already_up:
+            # stopping also removes /etc/slurm/slurm.conf: with it left behind but no controller,
+            # every later snakemake start would wait ~9 s for `scontrol show config`
+            stopped = _cluster("stop")
+            assert stopped.returncode == 0, stopped.stderr
 
 
 def _sacct(workdir: Path, since: str) -> list[dict[str, str]]:
