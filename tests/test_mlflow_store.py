@@ -73,7 +73,17 @@ def test_import_killed_at_many_points_never_leaves_an_unusable_store(tmp_path):
                     return 0  # finished before the kill
                 time.sleep(0.005)
             os.kill(pid, signal.SIGKILL)
-        return os.waitpid(pid, 0)[1]
+        # bounded: a child forked while another thread held a lock would wait forever, and so
+        # would this test (and CI) -- fail instead
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked importer hung for 180 s (killed)")
 
     t0 = time.monotonic()
     assert forked_import(tmp_path / "reference", None) == 0
