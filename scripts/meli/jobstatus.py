@@ -7,7 +7,10 @@ Snakemake deletes a failed job's outputs, so what happened to a combination (fai
 killed, how often tried) cannot live in them. The training rules run their command through this
 wrapper, which writes ``results/sweep/jobs/{family}/{combo}.json`` (atomically) before the command
 starts (``state: running``, attempt number, host, pid, SLURM job/array ids) and again when it ends
-(``finished``, ``failed``, ``diverged`` or ``killed`` with the exit code or signal). A job killed
+(``finished``, ``failed``, ``diverged``, ``interrupted`` (saved its state on a stop signal and
+exited to be retried) or ``killed`` with the exit code or signal, and the attempt's ``seconds``).
+``attempts`` lists the earlier attempts of the same job (state, seconds, start and end), which is
+what the report's time lost to restarts is counted from. A job killed
 together with this wrapper (SLURM memory or time limit, node crash) stays ``running`` here;
 :mod:`meli.sweep` then reads SLURM's log of that job to say why. Only the standard library is
 imported, so the wrapper adds milliseconds to a job.
@@ -21,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,12 @@ from meli.cli import entry_point  # standard library only, like this module
 # meli.train.neural exits with this code when the loss diverged: NaN/inf, or far above its start
 # for epochs in a row (NonFiniteLoss.exit_code).
 DIVERGED_EXIT = 3
+# meli.train.neural exits with this code (EX_TEMPFAIL) after a stop signal (SIGTERM: SLURM's time
+# limit, scancel, preemption; SIGUSR1: its early warning) once it has saved its state within the
+# epoch: the attempt was interrupted, not a crash, and the next attempt resumes where it stopped.
+INTERRUPTED_EXIT = 75
+# Earlier attempts kept in a record's "attempts" list (state, seconds, detail), newest last.
+KEEP_ATTEMPTS = 20
 SLURM_IDS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
 
 
@@ -68,6 +78,9 @@ def outcome(returncode: int) -> tuple[str, str]:
         return "finished", "exit code 0"
     if returncode == DIVERGED_EXIT:
         return "diverged", "the training loss diverged (exit code 3)"
+    if returncode == INTERRUPTED_EXIT:
+        return "interrupted", ("saved its training state on a stop signal and exited (code 75) to be retried; "
+                               "the next attempt resumes there")
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -78,14 +91,26 @@ def outcome(returncode: int) -> tuple[str, str]:
     return "failed", f"exit code {returncode}"
 
 
+def _earlier_attempts(previous: dict[str, Any]) -> list[dict[str, Any]]:
+    """The previous record's attempt list plus that attempt itself (a record still ``running`` was
+    killed together with its job: its end and seconds are unknown)."""
+    if not previous.get("attempt"):
+        return []
+    last = {key: previous.get(key) for key in ("attempt", "state", "started_at", "ended_at", "seconds", "detail")}
+    earlier = previous.get("attempts") if isinstance(previous.get("attempts"), list) else []
+    return [*earlier, last][-KEEP_ATTEMPTS:]
+
+
 def run(status_path: str | os.PathLike, command: list[str], log: str | None = None) -> int:
     previous = read_status(status_path) or {}
     # A halving combination's rung jobs share one record: attempts count tries of the same job
     # (its log), so rung 1's first try is attempt 1, not the combination's second job.
-    tries = int(previous.get("attempt", 0)) if previous.get("log") == log else 0
+    same_job = previous.get("log") == log
+    tries = int(previous.get("attempt", 0)) if same_job else 0
     record = {
         "state": "running",
         "attempt": tries + 1,
+        "attempts": _earlier_attempts(previous) if same_job else [],
         "started_at": now(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -95,6 +120,7 @@ def run(status_path: str | os.PathLike, command: list[str], log: str | None = No
     }
     write_status(status_path, record)
     print(f"meli.jobstatus: attempt {record['attempt']} of this job", file=sys.stderr, flush=True)
+    started = time.monotonic()
     child = subprocess.Popen(command)
 
     def forward(signum, _frame):  # SLURM's time limit sends SIGTERM first: let the job see it
@@ -107,7 +133,10 @@ def run(status_path: str | os.PathLike, command: list[str], log: str | None = No
     state, detail = outcome(returncode)
     if state == "killed" and record.get("signal_received") == "SIGTERM":
         detail += " after SIGTERM (time limit, preemption or scancel)"
-    record.update(state=state, detail=detail, returncode=returncode, ended_at=now())
+    if state == "interrupted" and record.get("signal_received"):
+        detail = detail.replace("a stop signal", record["signal_received"])
+    record.update(state=state, detail=detail, returncode=returncode, ended_at=now(),
+                  seconds=round(time.monotonic() - started, 3))
     write_status(status_path, record)
     print(f"meli.jobstatus: {state}: {detail}", file=sys.stderr, flush=True)
     return returncode if returncode >= 0 else 128 - returncode

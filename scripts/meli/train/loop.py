@@ -3,14 +3,18 @@
 :class:`Loop` holds what every epoch needs (the network, its optimizer, the placed splits, the
 device, the combination); :meth:`Loop.run` trains epochs until early stopping, the configured
 epochs or a rung's budget, calling ``save(epoch)`` after each so the job can be resumed. Every
-epoch's randomness (the permutation and dropout) is seeded from ``(seed, epoch)``.
+epoch's randomness (the permutation and dropout) is seeded from ``(seed, epoch)``. Within an
+epoch, a :class:`meli.train.checkpoint.Preemption` decides at each batch boundary whether to save
+(``state["partial"]``: batches done, running loss, RNG states) and whether to stop; an epoch
+resumed from such a state continues with the same batches and RNG, so it ends bit for bit like an
+uninterrupted one (on CPU).
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -22,7 +26,7 @@ from meli.io import Progress, format_seconds
 from meli.jobstatus import DIVERGED_EXIT
 from meli.metrics import balanced_accuracy
 from meli.models.runtime import EVAL_BATCH, autocast, iter_logits
-from meli.train.checkpoint import cpu_state
+from meli.train.checkpoint import Preemption, Terminated, cpu_state
 from meli.train.inputs import Split
 from meli.train.optim import epoch_seed, lr_factor, set_lr
 
@@ -53,23 +57,27 @@ def train_epoch(
     device: torch.device,
     class_weights: torch.Tensor | None = None,
     **options: Any,
-) -> float:
-    """One pass over ``ids[perm]`` in batches; returns the mean training loss.
+) -> float | None:
+    """One pass over ``ids[perm]`` in batches; returns the mean training loss (None: stopped early).
 
     ``perm`` lives where ``ids`` does; batches are gathered by indexing (on the GPU when the
     matrices are device-resident) and moved only when they are not. Options: ``progress`` (a
     :class:`meli.io.Progress`), ``label_smoothing`` (0), ``lr_at_batch(b)`` (sets the learning rate
-    before batch ``b``: the schedule).
+    before batch ``b``: the schedule), ``position`` (an :class:`EpochPosition`: where to start,
+    updated after every batch) and ``after_batch(batches_done) -> bool`` (True: stop here, return None).
     """
     progress, lr_at_batch = options.pop("progress", None), options.pop("lr_at_batch", None)
     label_smoothing = float(options.pop("label_smoothing", 0.0))
+    position, after_batch = options.pop("position", None) or EpochPosition(), options.pop("after_batch", None)
     if options:
         raise TypeError(f"train_epoch: unknown option(s) {sorted(options)}")
     model.train()
     on_device = ids.device == device
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = position.loss_sum.to(device)
     n = perm.numel()
     for b, start in enumerate(range(0, n, batch_size)):
+        if b < position.batch:  # done by an earlier attempt (a resumed epoch)
+            continue
         idx = perm[start : start + batch_size]
         x, y = ids[idx], labels[idx]
         if not on_device:
@@ -87,8 +95,19 @@ def train_epoch(
             progress.update(idx.numel())
         if (b + 1) % NAN_CHECK_EVERY == 0:
             _check_finite(total, f"after {start + idx.numel():,} samples")
+        position.batch, position.loss_sum = b + 1, total
+        if after_batch is not None and after_batch(b + 1):
+            return None
     _check_finite(total, "at the end of the epoch")
     return float(total) / max(n, 1)
+
+
+@dataclass
+class EpochPosition:
+    """Where a training pass is: batches done and the running sum of their losses (float64)."""
+
+    batch: int = 0
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
 
 
 def _check_finite(total_loss: torch.Tensor, where: str) -> None:
@@ -166,17 +185,27 @@ class Loop:
     def max_epochs(self) -> int:
         return int(self.params["epochs"])
 
-    def run(self, state: dict[str, Any], save: Callable[[int], None], until_epoch: int | None = None) -> None:
+    def run(self, state: dict[str, Any], save: Callable[..., None], until_epoch: int | None = None,
+            preemption: Preemption | None = None) -> None:
         """Epochs until early stopping, the configured epochs or ``until_epoch`` (a rung's budget);
-        ``state`` is updated in place and ``save(epoch)`` called after each epoch."""
-        if state["epoch"] == 0:
+        ``state`` is updated in place and ``save(epoch)`` called after each epoch, and
+        ``save(epoch, partial=True)`` within an epoch whenever ``preemption`` asks (``state["partial"]``
+        set). Raises
+        :class:`meli.train.checkpoint.Terminated` once the state is saved after a stop signal."""
+        preemption = preemption or Preemption()
+        if state["epoch"] == 0 and not state.get("partial"):
             state["initial_loss"] = initial_loss(self.model, self.train, self.device, self.weights)
         elapsed_before = state["elapsed_s"]
+        self._note_restart(state)
         while not state["done"] and (until_epoch is None or state["epoch"] < int(until_epoch)):
             epoch = state["epoch"] + 1
-            train_loss, train_s = self._train(epoch)
+            trained = self._train(epoch, state, save, preemption, elapsed_before)
+            if trained is None:  # stopped within the epoch, its state saved
+                raise Terminated(preemption.signum)
+            train_loss, train_s = trained
             check_divergence(state, train_loss, epoch, self.n_classes, self.params, self.family,
                              last_epoch=epoch >= self.max_epochs)
+            preemption.validating(epoch)
             val_loss, val_bacc = evaluate(self.model, self.val, self.n_classes, self.device)
             elapsed = elapsed_before + time.monotonic() - self.started
             n_train = len(self.train.labels)
@@ -187,22 +216,63 @@ class Loop:
                 "samples_per_s": n_train / max(train_s, 1e-9), "elapsed_s": elapsed,
             })
             self._keep_best(state, epoch, elapsed)
+            state["partial"] = None
             save(epoch)
+            preemption.saved()
+            if preemption.stop and not state["done"]:  # (a finished job writes its outputs instead)
+                log.warning("stopping after epoch %d (its checkpoint is saved); the next attempt starts epoch %d",
+                            epoch, epoch + 1)
+                raise Terminated(preemption.signum)
 
-    def _train(self, epoch: int) -> tuple[float, float]:
-        """One epoch's training pass: (mean loss, seconds)."""
+    def _note_restart(self, state: dict[str, Any]) -> None:
+        """A job resuming its own checkpoint: record where, and what restarting cost before training
+        went on (the startup: imports, inputs, restoring), for the run record's restart figures."""
+        if state.pop("resumed", False):
+            part = state.get("partial") or {}
+            state.setdefault("restarts", []).append({
+                "epoch": state["epoch"] + (1 if part else 0), "batch": part.get("batch", 0),
+                "startup_s": time.monotonic() - self.started, "kept_elapsed_s": state["elapsed_s"]})
+
+    def _train(self, epoch: int, state: dict[str, Any], save: Callable[..., None], preemption: Preemption,
+               elapsed_before: float) -> tuple[float, float] | None:
+        """One epoch's training pass: (mean loss, seconds), or None when it stopped on a signal
+        (``state["partial"]`` then holds where, and is saved)."""
         n_train, batch_size = len(self.train.labels), int(self.params["batch_size"])
         seed = epoch_seed(self.params["seed"], epoch)
         torch.manual_seed(seed)  # dropout (CPU and CUDA generators)
+        part = state.get("partial")
+        position, train_s_before = EpochPosition(), 0.0
+        if part and part["epoch"] == epoch:  # continue where an earlier attempt stopped
+            position = EpochPosition(int(part["batch"]), part["loss_sum"].to(torch.float64))
+            train_s_before = float(part["train_s"])
+            _set_rng(part)
         perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).to(self.train.ids.device)
         progress = Progress(log, n_train, f"epoch {epoch}/{self.max_epochs}", every_s=30.0)
+        progress.done = min(position.batch * batch_size, n_train)
         t0 = time.monotonic()
+
+        def after_batch(batches: int) -> bool:
+            action = preemption.after_batch(epoch, batches)
+            if action is None:
+                return False
+            state["partial"] = {"epoch": epoch, "batch": batches, "loss_sum": position.loss_sum.detach().cpu().clone(),
+                                "train_s": train_s_before + time.monotonic() - t0, **_rng_state(self.device)}
+            state["elapsed_s"] = elapsed_before + time.monotonic() - self.started
+            save(epoch, partial=True)
+            preemption.saved()
+            log.info("epoch %d: state saved after batch %d of %d%s", epoch, batches,
+                     math.ceil(n_train / batch_size), " (stopping)" if action == "stop" else "")
+            return action == "stop"
+
         loss = train_epoch(self.model, self.optimizer, self.train.ids, self.train.labels, batch_size, perm,
                            self.device, self.weights, progress=progress,
-                           label_smoothing=float(self.params["label_smoothing"]), lr_at_batch=self._schedule(epoch))
+                           label_smoothing=float(self.params["label_smoothing"]), lr_at_batch=self._schedule(epoch),
+                           position=position, after_batch=after_batch)
+        if loss is None:
+            return None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return loss, time.monotonic() - t0
+        return loss, train_s_before + time.monotonic() - t0
 
     def _schedule(self, epoch: int) -> Callable[[int], float] | None:
         """The learning rate at each batch of ``epoch`` (None: constant, the optimizer's own)."""
@@ -232,3 +302,15 @@ class Loop:
             " (best)" if improved else "", f"{last['samples_per_s']:,.0f}", format_seconds(elapsed),
             format_seconds(eta), f"  -> early stop (no improvement for {patience} epochs)" if stop_early else "",
         )
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The RNG states a resumed epoch needs (dropout): CPU, and CUDA's on a GPU."""
+    return {"rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
+
+
+def _set_rng(part: dict[str, Any]) -> None:
+    torch.set_rng_state(part["rng"])
+    if part.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(part["cuda_rng"])

@@ -10,10 +10,11 @@ What the family reads (token ids + an embedding matrix, or the shared sparse TF-
 ``input_kind``; its network its ``build`` (meli/models/<family>.py). The pieces: meli.train.inputs
 (loading, checks, device placement), meli.train.memory (the estimate checked against --mem-mb),
 meli.train.optim (optimizers, schedule), meli.train.loop (the epochs), meli.train.checkpoint
-(per-epoch state, resuming, SIGTERM) and meli.runs (the record). Every epoch's randomness is
-seeded from ``(seed, epoch)`` and a checkpoint is written after every epoch, so a killed job
-restarted with the same arguments resumes and ends exactly where an uninterrupted run would (on
-CPU). Outputs are written atomically; metrics.json last.
+(state on disk, resuming, stop signals) and meli.runs (the record). Every epoch's randomness is
+seeded from ``(seed, epoch)`` and a checkpoint is written after every epoch, within an epoch every
+``--checkpoint-minutes`` and at the next batch boundary after SIGTERM/SIGUSR1 (then the job exits
+with code 75, to be retried), so a killed job restarted with the same arguments resumes and ends
+exactly where an uninterrupted run would (on CPU). Outputs are written atomically; metrics.json last.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -39,8 +39,8 @@ from meli.models.family import TFIDF
 from meli.models.nets import build_model
 from meli.models.runtime import predict_labels, select_device
 from meli.train import checkpoint
-from meli.train.checkpoint import (KILL_ENV, KILL_SIGNAL_ENV, StartStateError, Terminated, default_checkpoint_dir,
-                                   fingerprint)
+from meli.train.checkpoint import (KILL_ENV, KILL_SIGNAL_ENV, Preemption, StartStateError, Terminated,
+                                   default_checkpoint_dir, fingerprint)
 from meli.train.inputs import Data, Sources, Split, check_memory, load_data, load_sparse_data, place
 from meli.train.loop import Loop, NonFiniteLoss, check_divergence, evaluate, train_epoch
 from meli.train.optim import (LR_SCHEDULES, OPTIMIZERS, Optimizers, class_weight_tensor, epoch_seed, lr_factor,
@@ -112,6 +112,7 @@ class Job:
     start_from: Path | None = None  # the previous rung's training state
     snapshot: Path | None = None  # write the training state here (a rung before the last)
     rung: int | None = None  # recorded in metrics.json
+    checkpoint_minutes: float | None = None  # also checkpoint within an epoch this often (None/0: only on a signal)
 
     def __post_init__(self):
         for key in ("features", "matrix", "out_dir", "checkpoint_dir", "tfidf_dir", "start_from", "snapshot"):
@@ -199,15 +200,22 @@ def train(job: Job) -> dict[str, Any]:
     loop = Loop(job.family, params, model, optimizer, place(data.train, device), place(data.validation, device),
                 device, weights, started)
 
-    saved = {"epoch": state["epoch"]}
-
-    def save(epoch: int) -> None:
+    def save(epoch: int, partial: bool = False) -> None:
         checkpoint.save(job.checkpoint_path, expected, model, optimizer, state)
-        saved["epoch"] = epoch
-        checkpoint.inject_fault(epoch)
+        if not partial:
+            checkpoint.inject_fault(epoch)
 
-    with checkpoint.log_termination(saved, job.checkpoint_path):
-        loop.run(state, save, job.until_epoch)
+    minutes = job.checkpoint_minutes
+    with Preemption(every_s=60.0 * minutes if minutes else None).installed() as preemption:
+        try:
+            loop.run(state, save, job.until_epoch, preemption)
+        except Terminated as stop:
+            part = state.get("partial")
+            where = (f"within epoch {part['epoch']} after batch {part['batch']}" if part
+                     else f"after epoch {state['epoch']}")
+            log.warning("stopped on %s: the state is saved %s in %s; the next attempt resumes there (exit code %d)",
+                        signal.Signals(stop.signum).name, where, job.checkpoint_path, stop.code)
+            raise
 
     record = Record(job, combo, params, data, device, resumed_from)
     if job.snapshot is not None:
@@ -292,12 +300,24 @@ class Record:
             "n_classes": self.data.n_classes,
             "stopped_early": bool(state["stopped_early"]),
             "resumed_from_epoch": self.resumed_from,
+            **restart_figures(state),
             "elapsed_s": state["elapsed_s"],
             "torch": torch.__version__,
             **search,
             "finished_at": runs.finished_at(),
         }
         return runs.write_record(self.job.out_dir, state["history"], metrics)
+
+
+def restart_figures(state: dict[str, Any]) -> dict[str, Any]:
+    """What restarts cost this run (issue 23): ``attempts`` (training processes, this one included),
+    ``restart_startup_s`` (the resumed attempts' time from their start until training went on) and
+    ``resumed_elapsed_s`` (the elapsed time the earlier attempts had saved when the last one
+    resumed: meli.sweep subtracts it from their wall time to count the work they lost)."""
+    restarts = state.get("restarts") or []
+    return {"attempts": 1 + len(restarts), "restart_startup_s": sum(r["startup_s"] for r in restarts),
+            "resumed_elapsed_s": restarts[-1]["kept_elapsed_s"] if restarts else 0.0,
+            "resumed_at": [[r["epoch"], r["batch"]] for r in restarts]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -315,6 +335,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mem-mb", type=int, default=None, help="the job's memory (resources.mem_mb): fail early if the "
                     "estimate does not fit")
+    ap.add_argument("--checkpoint-minutes", type=float, default=None, help="also save the training state within "
+                    "an epoch every this many minutes (train.checkpoint_minutes; default: only after each epoch and "
+                    "on SIGTERM/SIGUSR1)")
     search = ap.add_argument_group("successive halving (meli.search): one rung of a combination")
     search.add_argument("--until-epoch", type=int, default=None, help="stop after this epoch (the rung's budget)")
     search.add_argument("--start-from", default=None, help="the previous rung's training state (checkpoint.pt)")
@@ -333,12 +356,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--params must be a JSON object")
         train(Job(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads,
                   args.checkpoint_dir, args.mem_mb, args.tfidf, args.combo, until_epoch=args.until_epoch,
-                  start_from=args.start_from, snapshot=args.snapshot, rung=args.rung))
-    except Terminated as stop:  # logged; now end *by* the signal, so the caller (meli.jobstatus, SLURM) sees it
-        logging.shutdown()
-        signal.signal(stop.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), stop.signum)
-        return 128 + stop.signum
+                  start_from=args.start_from, snapshot=args.snapshot, rung=args.rung,
+                  checkpoint_minutes=args.checkpoint_minutes))
+    except Terminated as stop:  # saved and logged: exit 75 (meli.jobstatus: interrupted; Snakemake retries)
+        return int(stop.code)
     except NonFiniteLoss as err:
         log.error("%s", err)
         return err.exit_code

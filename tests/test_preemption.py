@@ -1,0 +1,153 @@
+"""Preemption-safe training (issue 23): a stop signal within an epoch saves the state at the next
+batch boundary, the job exits 75 (meli.jobstatus: interrupted; Snakemake retries it) and the next
+attempt resumes there, ending bit for bit like an uninterrupted run (CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from meli import jobstatus
+from meli.jobstatus import INTERRUPTED_EXIT
+from meli.train import checkpoint
+from meli.train.checkpoint import KILL_SIGNAL_ENV, SIGNAL_AT_ENV
+from tests.test_sparse_mlp import PARAMS as SPARSE
+from tests.test_sparse_mlp import sparse_data  # noqa: F401 (a fixture)
+from tests.test_train import MLP, make_features
+
+ROOT = Path(__file__).resolve().parents[1]
+# 300 train rows / batch 32: 10 batches an epoch. Dropout and a cosine schedule: the RNG state and
+# the position in the schedule must both come back exactly.
+PARAMS = {**MLP, "epochs": 3, "patience": 3, "lr_schedule": "cosine"}
+# The sparse TF-IDF MLP's LazyAdam state must come back too (meli.train.sparse).
+COLS = ["epoch", "train_loss", "val_loss", "val_bacc"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> tuple[Path, Path]:
+    return make_features(tmp_path_factory.mktemp("preempt"), n_train=300, n_val=80)
+
+
+def train(toy, out: Path, env: dict | None = None, params: dict | None = None, extra: tuple = (),
+          status: Path | None = None) -> subprocess.CompletedProcess:
+    """``meli.train.neural`` (through ``meli.jobstatus`` with ``status``, as rules/common.smk's
+    TRAIN_SHELL runs it); ``toy``: (features, matrix), or (features, None) for TF-IDF input."""
+    features, matrix = toy
+    source = ["--matrix", str(matrix)] if matrix is not None else ["--tfidf", str(features / "tfidf")]
+    cmd = [sys.executable, "-m", "meli.train.neural", "--family", "mlp", "--params", json.dumps(params or PARAMS),
+           "--features", str(features), *source, "--out-dir", str(out), "--device", "cpu", "--threads", "1", *extra]
+    if status is not None:
+        cmd = [sys.executable, "-m", "meli.jobstatus", "--status", str(status), "--log", "train.log", "--", *cmd]
+    return subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "scripts"), **(env or {})},
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def straight(toy, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight") / "runs" / "mlp" / "straight"
+    proc = train(toy, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    for key in ("val_bacc", "val_loss", "final_train_loss", "best_epoch", "epochs_run", "stopped_early", "params"):
+        assert ma[key] == mb[key], key
+    pd.testing.assert_frame_equal(pd.read_csv(a / "history.csv")[COLS], pd.read_csv(b / "history.csv")[COLS],
+                                  check_exact=True)
+    wa, wb = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    pa, pb = (pd.read_parquet(d / "val_predictions.parquet") for d in (a, b))
+    pd.testing.assert_frame_equal(pa, pb, check_exact=True)
+
+
+def test_a_stop_signal_mid_epoch_saves_there_and_the_retry_ends_identical(toy, straight, tmp_path):
+    out, status = tmp_path / "runs" / "mlp" / "c", tmp_path / "status.json"
+    ckpt = tmp_path / "checkpoints" / "mlp" / "c" / checkpoint.CHECKPOINT
+    # attempt 1: SIGTERM after batch 4 of epoch 2 (SLURM's time limit)
+    first = train(toy, out, {SIGNAL_AT_ENV: "2:4,2:7", KILL_SIGNAL_ENV: "TERM"}, status=status)
+    assert first.returncode == INTERRUPTED_EXIT, first.stderr[-3000:]
+    assert "received SIGTERM" in first.stderr and "within epoch 2 after batch 4" in first.stderr
+    state = torch.load(ckpt, weights_only=True)["state"]
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and state["partial"]["batch"] == 4
+    record = json.loads(status.read_text())
+    assert record["state"] == "interrupted" and "resumes" in record["detail"] and record["seconds"] > 0
+    assert not (out / "metrics.json").exists()
+    # attempt 2: resumes after batch 4; SIGUSR1 (the early warning) after batch 7 of the same epoch
+    second = train(toy, out, {SIGNAL_AT_ENV: "2:4,2:7", KILL_SIGNAL_ENV: "USR1"}, status=status)
+    assert second.returncode == INTERRUPTED_EXIT, second.stderr[-3000:]
+    assert "within epoch 2, after batch 4" in second.stderr and "received SIGUSR1" in second.stderr
+    assert torch.load(ckpt, weights_only=True)["state"]["partial"]["batch"] == 7
+    # attempt 3 finishes
+    third = train(toy, out, {SIGNAL_AT_ENV: "2:4,2:7"}, status=status)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert_identical(straight, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["attempts"] == 3 and metrics["resumed_at"] == [[2, 4], [2, 7]]
+    assert metrics["restart_startup_s"] > 0 and metrics["resumed_elapsed_s"] > 0
+    record = json.loads(status.read_text())
+    assert record["state"] == "finished" and record["attempt"] == 3
+    assert [a["state"] for a in record["attempts"]] == ["interrupted", "interrupted"]
+    assert not ckpt.parent.exists()
+
+
+def test_a_signal_during_validation_saves_the_finished_epoch(toy, straight, tmp_path):
+    out = tmp_path / "runs" / "mlp" / "v"
+    first = train(toy, out, {SIGNAL_AT_ENV: "1:val"})
+    assert first.returncode == INTERRUPTED_EXIT, first.stderr[-3000:]
+    assert "stopping after epoch 1" in first.stderr
+    state = torch.load(tmp_path / "checkpoints" / "mlp" / "v" / checkpoint.CHECKPOINT, weights_only=True)["state"]
+    assert state["epoch"] == 1 and state["partial"] is None and len(state["history"]) == 1
+    assert train(toy, out).returncode == 0
+    assert_identical(straight, out)
+
+
+def test_the_periodic_checkpoint_within_an_epoch_survives_a_sigkill(toy, straight, tmp_path):
+    """--checkpoint-minutes: a state within the epoch on disk, so a SIGKILL loses at most that much."""
+    out = tmp_path / "runs" / "mlp" / "k"
+    # every ~0 minutes: a checkpoint after every batch; SIGKILL after batch 5 of epoch 2
+    killed = train(toy, out, {SIGNAL_AT_ENV: "2:5", KILL_SIGNAL_ENV: "KILL"}, extra=("--checkpoint-minutes", "1e-9"))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    part = torch.load(tmp_path / "checkpoints" / "mlp" / "k" / checkpoint.CHECKPOINT, weights_only=True)["state"]["partial"]
+    assert (part["epoch"], part["batch"]) == (2, 4)  # the last boundary saved before the kill
+    resumed = train(toy, out)
+    assert resumed.returncode == 0 and "within epoch 2, after batch 4" in resumed.stderr
+    assert_identical(straight, out)
+
+
+def test_the_sparse_tfidf_mlp_resumes_its_lazy_adam_state_mid_epoch(sparse_data, tmp_path):
+    """Two optimizers (LazyAdam for the sparse bag, Adam for the rest) and a cosine schedule."""
+    _, features = sparse_data
+    params = {**SPARSE, "epochs": 2, "lr_schedule": "cosine"}
+    runs = tmp_path / "runs" / "mlp"
+    assert train((features, None), runs / "a", params=params).returncode == 0
+    stopped = train((features, None), runs / "b", {SIGNAL_AT_ENV: "1:3"}, params=params)
+    assert stopped.returncode == INTERRUPTED_EXIT, stopped.stderr[-3000:]
+    assert train((features, None), runs / "b", params=params).returncode == 0
+    assert_identical(runs / "a", runs / "b")
+
+
+def test_a_checkpoint_from_before_mid_epoch_state_still_resumes(toy, straight, tmp_path):
+    """Checkpoints written before issue 23 have no ``partial``/``restarts``: an epoch's state."""
+    out = tmp_path / "runs" / "mlp" / "old"
+    assert train(toy, out, {checkpoint.KILL_ENV: "1"}).returncode == -9
+    path = tmp_path / "checkpoints" / "mlp" / "old" / checkpoint.CHECKPOINT
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("partial", "restarts"):
+        del ckpt["state"][key]
+    torch.save(ckpt, path)
+    resumed = train(toy, out)
+    assert resumed.returncode == 0 and "after epoch 1" in resumed.stderr, resumed.stderr[-3000:]
+    assert_identical(straight, out)
+
+
+def test_jobstatus_records_an_interruption_apart_from_a_crash():
+    assert jobstatus.outcome(INTERRUPTED_EXIT)[0] == "interrupted"
+    assert jobstatus.outcome(1)[0] == "failed" and jobstatus.outcome(-9)[0] == "killed"
