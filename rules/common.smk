@@ -194,11 +194,20 @@ def gpu_model(res):
 
 # One MLP/CNN job's resources (train_neural, train_rung): a retry after an out-of-memory or
 # timeout kill gets more of both.
+def stop_signal(wc, attempt):
+    """sbatch's --signal for a training job (slurm plugin: slurm_extra): SIGTERM train.stop_signal_s
+    before its time limit (at most a quarter of its runtime), so the trainer saves its state within
+    the epoch and exits 75 well before SLURM's own SIGTERM and kill; Snakemake's retry resumes it."""
+    lead = min(int(config["train"]["stop_signal_s"]), family_resources(wc.neural)["runtime"] * attempt * 60 // 4)
+    return f"--signal=TERM@{lead}" if lead > 0 else ""
+
+
 NEURAL_JOB_RESOURCES = dict(
     mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
     runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
     gpu=lambda wc: family_resources(wc.neural)["gpu"],
     gpu_model=lambda wc: gpu_model(family_resources(wc.neural)),
+    slurm_extra=stop_signal,
 )
 
 
@@ -216,22 +225,29 @@ NEURAL_JOB_PARAMS = dict(
     # Attempt record (running/failed/diverged/killed, attempts; every stage of a combination):
     # outside the outputs, which Snakemake deletes when the job fails; read by meli.sweep.
     status=lambda wc: f"results/sweep/jobs/{wc.neural}/{wc.combo}.json",
+    # Also checkpoint within an epoch this often (minutes; 0: only after epochs and on a stop signal).
+    ckpt_minutes=config["train"]["checkpoint_minutes"],
 )
+# SLURM signals every process of a job step (time limit: SIGTERM; sbatch --signal / scancel
+# --signal: the one asked for). The job's bash must outlive it, or the step ends and takes the
+# trainer down before it has saved: a trap (not '' : that would be inherited as "ignore") makes
+# bash wait for its command and then exit with its status (75: interrupted, retried).
 # The one training command of train_neural and train_rung (a search's arguments in params.stage).
 TRAIN_SHELL = (
-    "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
+    "trap : TERM USR1; python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
     " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
     " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
-    " --checkpoint-dir {params.checkpoint_dir:q}"
+    " --checkpoint-dir {params.checkpoint_dir:q} --checkpoint-minutes {params.ckpt_minutes}"
     " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
     " --combo {wildcards.combo}"  # the grid's combination id, into metrics.json
     "{params.stage} > {log:q} 2>&1"
 )
 # A stage job (train_rung): a combination whose training diverges (exit code 3) is recorded as
 # such and pruned by the stage's selection, like a failed trial in a tuner, instead of failing
-# the job and leaving the whole search waiting for it; any other failure fails the job as usual.
+# the job and leaving the whole search waiting for it; any other failure fails the job as usual
+# (75, interrupted on a signal, included: it is retried and resumes). The subshell resets traps.
 STAGE_SHELL = (
-    f"( {TRAIN_SHELL} ) || python -m meli.search diverged --code $? --family {{wildcards.neural}}"
+    f"trap : TERM USR1; ( {TRAIN_SHELL} ) || python -m meli.search diverged --code $? --family {{wildcards.neural}}"
     " {params.select} --params {params.hp} --stage-dir {params.run_dir:q} --snapshot {output.state:q}"
     " --log {log:q} >> {log:q} 2>&1"
 )

@@ -332,8 +332,9 @@ def test_sigterm_logs_the_signal_and_where_training_resumes(tmp_path, monkeypatc
     ckpt = tmp_path / "ckpt"
     with caplog.at_level(logging.INFO, logger="meli.train.neural"), pytest.raises(SystemExit) as stop:
         run("mlp", params, features, matrix, tmp_path / "run", "cpu", 1, checkpoint_dir=ckpt)
-    assert stop.value.code == 143
-    assert "received SIGTERM" in caplog.text and f"resumes after epoch 1 from {ckpt / 'checkpoint.pt'}" in caplog.text
+    assert stop.value.code == 75  # issue 23: saved, then exit 75 (interrupted; Snakemake retries), was 143
+    assert "received SIGTERM" in caplog.text and "stopping after epoch 1" in caplog.text
+    assert f"saved after epoch 1 in {ckpt / 'checkpoint.pt'}; the next attempt resumes there" in caplog.text
     monkeypatch.delenv(KILL_ENV)
     metrics = run("mlp", params, features, matrix, tmp_path / "run", "cpu", 1, checkpoint_dir=ckpt)
     assert metrics["resumed_from_epoch"] == 1
@@ -428,8 +429,9 @@ def test_report_shows_only_what_the_current_runs_use(tmp_path):
     assert not any("sbwce_removed" in k or "old-dataset" in k for k in r.stage_benchmarks)
 
 
-def test_sigterm_through_the_jobstatus_wrapper_is_recorded_as_killed(tmp_path):
-    """The CLI ends by the signal itself after logging, so the sweep's record says SIGTERM."""
+def test_sigterm_through_the_jobstatus_wrapper_is_recorded_as_interrupted(tmp_path):
+    """The CLI saves its state and exits 75 (issue 23; it used to end by the signal itself), so the
+    sweep's record says interrupted, not killed: the next attempt resumes."""
     import os
     import subprocess
     import sys
@@ -444,7 +446,7 @@ def test_sigterm_through_the_jobstatus_wrapper_is_recorded_as_killed(tmp_path):
          str(features), "--matrix", str(matrix), "--out-dir", str(tmp_path / "run"), "--device", "cpu"],
         env={**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "MELI_KILL_AFTER_EPOCH": "1",
              "MELI_KILL_SIGNAL": "TERM"}, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 143, proc.stderr[-2000:]
-    assert "received SIGTERM" in proc.stderr and "resumes after epoch 1" in proc.stderr
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    assert "received SIGTERM" in proc.stderr and "saved after epoch 1" in proc.stderr
     record = json.loads(status.read_text())
-    assert record["state"] == "killed" and "SIGTERM" in record["detail"]
+    assert record["state"] == "interrupted" and "resumes" in record["detail"]
