@@ -19,8 +19,10 @@ from meli.jobstatus import INTERRUPTED_EXIT
 from meli.train import checkpoint, neural
 from meli.train.checkpoint import KILL_SIGNAL_ENV, SIGNAL_AT_ENV
 from tests.test_sparse_mlp import PARAMS as SPARSE
-from tests.test_sparse_mlp import sparse_data  # noqa: F401 (a fixture)
+from tests.test_sparse_mlp import sparse_data as _sparse_data
 from tests.test_train import MLP, make_features
+
+sparse_data = _sparse_data  # the fixture, under its own name here
 
 ROOT = Path(__file__).resolve().parents[1]
 # 300 train rows / batch 32: 10 batches an epoch. Dropout and a cosine schedule: the RNG state and
@@ -168,3 +170,39 @@ def test_a_checkpoint_from_before_mid_epoch_state_still_resumes(toy, straight, t
 def test_jobstatus_records_an_interruption_apart_from_a_crash():
     assert jobstatus.outcome(INTERRUPTED_EXIT)[0] == "interrupted"
     assert jobstatus.outcome(1)[0] == "failed" and jobstatus.outcome(-9)[0] == "killed"
+
+
+def test_attempts_and_time_lost_to_restarts_in_progress_and_report(tmp_path):
+    """`make report`'s progress and the report's cost section count restarts (issue 23)."""
+    import pandas as pd
+
+    from meli import sweep
+    from meli.io import write_json
+    from meli.report import restarts
+    from tests.test_sweep import _finish, _record, _results
+
+    results = _results(tmp_path, {"mlp": ["twice", "once", "stopped"]})
+    for combo in ("twice", "once"):
+        _finish(results, "mlp", combo, seconds=40)
+    # "twice": attempt 1 ran 30 s and was interrupted; the run kept 25 s of it, attempt 2 took 4 s to resume
+    _record(results, "mlp", "twice", state="finished", attempt=2, started_at="2026-01-01T00:00:00+00:00",
+            ended_at="2026-01-01T00:00:40+00:00",
+            attempts=[{"attempt": 1, "state": "interrupted", "seconds": 30.0}])
+    metrics = results / "runs" / "mlp" / "twice" / "metrics.json"
+    write_json(metrics, {**json.loads(metrics.read_text()), "attempts": 2, "restart_startup_s": 4.0,
+                         "resumed_elapsed_s": 25.0, "resumed_at": [[3, 120]]})
+    _record(results, "mlp", "stopped", state="interrupted", detail=jobstatus.outcome(INTERRUPTED_EXIT)[1])
+    assert jobstatus.restart_cost(json.loads(sweep.status_path(results, "mlp", "twice").read_text()),
+                                  json.loads(metrics.read_text()))["lost_s"] == pytest.approx(9.0)
+
+    scanned = sweep.scan(results, final=True)
+    text = sweep.progress_text(scanned)
+    assert "restarts: 1 combination took more than one attempt (1 restarts) · ~0m09s lost to restarts" in text, text
+    assert "interrupted       mlp/stopped, 1 attempt" in text and scanned.counts["failed"] == 1, text
+
+    runs = pd.DataFrame({"family": ["mlp", "mlp"], "combo": ["twice", "once"],
+                         "run_dir": [str(results / "runs" / "mlp" / c) for c in ("twice", "once")]})
+    html = restarts.section(results, runs)
+    assert "1 of 2 runs took more than one attempt (1 restarts in all); about 9 s were lost" in html, html
+    assert "<td>2</td>" in html.replace(' class="num"', "") or ">2<" in html
+    assert "first attempt" in restarts.section(results, runs.iloc[1:])

@@ -101,6 +101,24 @@ def _earlier_attempts(previous: dict[str, Any]) -> list[dict[str, Any]]:
     return [*earlier, last][-KEEP_ATTEMPTS:]
 
 
+def restart_cost(record: dict[str, Any] | None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What restarts cost one combination (issue 23): ``attempts`` (of its last job, or the trainer's
+    count), ``earlier_s`` (wall seconds of its earlier attempts; ``unknown`` of them had no end on
+    record) and, for a finished run (``metrics``), ``lost_s``: the earlier attempts' time the run did
+    not keep (work after their last save, exits) plus the resumed attempts' startup before training
+    went on. Queue waits between attempts are not counted (SLURM's, not the job's)."""
+    record, metrics = record or {}, metrics or {}
+    earlier = [a for a in record.get("attempts") or [] if isinstance(a, dict)]
+    earlier_s = sum(float(a.get("seconds") or 0.0) for a in earlier)
+    attempts = max(int(record.get("attempt") or 0), int(metrics.get("attempts") or 0), 1 if metrics else 0)
+    lost = None
+    if metrics:
+        kept = float(metrics.get("resumed_elapsed_s") or 0.0)
+        lost = (max(0.0, earlier_s - kept) if earlier else 0.0) + float(metrics.get("restart_startup_s") or 0.0)
+    return {"attempts": attempts, "earlier_s": earlier_s, "lost_s": lost,
+            "unknown": sum(1 for a in earlier if a.get("seconds") is None)}
+
+
 def run(status_path: str | os.PathLike, command: list[str], log: str | None = None) -> int:
     previous = read_status(status_path) or {}
     # A halving combination's rung jobs share one record: attempts count tries of the same job

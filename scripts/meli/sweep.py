@@ -48,7 +48,7 @@ from typing import Any
 
 from meli import models, runs, search
 from meli.cli import MeliError, entry_point
-from meli.jobstatus import read_status
+from meli.jobstatus import read_status, restart_cost
 
 log = logging.getLogger("meli.sweep")
 
@@ -66,7 +66,10 @@ OUTDATED = "outdated"
 DAMAGED = "damaged record"  # all files there, but metrics.json / history.csv unreadable or contradicting
 FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED = (
     "failed", "diverged", "killed for memory", "timed out", "killed", "cancelled")
-FAILED_STATES = (FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED)
+# Stopped by a signal after saving its state within the epoch (exit 75): Snakemake's retry, or the
+# next run, resumes it there (issue 23).
+INTERRUPTED = "interrupted"
+FAILED_STATES = (FAILED, DIVERGED, OOM, TIMEOUT, KILLED, CANCELLED, INTERRUPTED)
 LEFT_STATES = (NOT_RUN, LOST, OUTDATED)
 
 # SLURM's words in a job's log (slurmstepd / the batch script's stderr) -> state
@@ -156,6 +159,7 @@ class Combination:
     log: str = ""
     run_dir: str = ""
     duration_s: float | None = None  # of the finished attempt
+    lost_s: float | None = None  # time lost to restarts of a finished run (meli.jobstatus.restart_cost)
     running_for_s: float | None = None
     slurm_logs: list[str] = field(default_factory=list)
 
@@ -254,6 +258,9 @@ def _alive_here(record: dict[str, Any]) -> bool:
 
 def _finished(c: Combination, run_dir: Path, record: dict[str, Any] | None) -> Combination:
     c.state = DONE
+    with contextlib.suppress(OSError, ValueError):
+        cost = restart_cost(record, json.loads((run_dir / "metrics.json").read_text()))
+        c.attempts, c.lost_s = max(c.attempts, cost["attempts"]), cost["lost_s"]
     if record and record.get("state") == "finished":
         c.duration_s = _seconds_between(record.get("started_at"), record.get("ended_at"))
     if c.duration_s is None:  # finished before attempt records existed, or record lost
@@ -474,12 +481,30 @@ def progress_text(sweep: Sweep) -> str:
              f"  done {counts['done']} · running {counts['running']} · failed {counts['failed']} · left {counts['left']}"
              + (f" · pruned {counts['pruned']}" if "pruned" in counts else "")
              + f" · ETA {eta_text}"]
+    restarts = restart_line(sweep)
+    if restarts:
+        lines.append(restarts)
     for c in sweep.missing:
         attempts = f", {c.attempts} attempt{'s' if c.attempts != 1 else ''}" if c.attempts else ""
         lines.append(f"  {c.state:<17} {c.family}/{c.combo}{attempts}: {c.detail or '-'}")
         if c.state != NOT_RUN:
             lines.append(f"  {'':<17} log: {c.log}")
     return "\n".join(lines)
+
+
+def restart_line(sweep: Sweep) -> str | None:
+    """Attempts beyond the first and the time lost to restarts (issue 23), or None without restarts."""
+    from meli.io import format_seconds
+
+    again = [c for c in sweep.combinations if c.attempts > 1]
+    if not again:
+        return None
+    lost = [c.lost_s for c in again if c.lost_s is not None]
+    text = (f"  restarts: {len(again)} combination{'s' if len(again) != 1 else ''} took more than one attempt "
+            f"({sum(c.attempts - 1 for c in again)} restarts)")
+    if lost:
+        text += f" · ~{format_seconds(sum(lost))} lost to restarts in {len(lost)} finished"
+    return text
 
 
 def status_html(sweep: Sweep, final: bool) -> dict[str, str]:

@@ -22,6 +22,10 @@ ADVICE = {
                   "which add time); training resumes from its last checkpoint. " + RERUN),
     "killed": "Killed from outside (preemption, node failure, signal); it resumes from its last checkpoint. " + RERUN,
     "cancelled": "Cancelled by a person or the scheduler. " + RERUN,
+    "interrupted": ("Stopped by a signal (time limit, its early warning, preemption, scancel) after saving its state "
+                    "within the epoch; Snakemake's retries resume it there. Once the sweep has ended without them: rerun, and it "
+                    "resumes where it stopped (for epochs longer than a job's time limit raise <code>retries</code> "
+                    "or <code>train.&lt;family&gt;.resources.runtime</code>). " + RERUN),
     "outputs missing": "Its files were deleted after it finished. " + RERUN,
     "not run yet": "Not started: the sweep stopped before it. " + RERUN,
     "running": "Still running: wait for it, or refresh this report with <code>make report</code>.",

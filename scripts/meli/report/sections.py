@@ -22,7 +22,7 @@ import pandas as pd
 
 from meli.io import git_output
 from meli.redact import redact_config, redact_config_text
-from meli.report import charts
+from meli.report import charts, restarts
 from meli import search
 from meli.report.aggregate import hyperparameters, pruned, swept
 from meli.report.html import (
@@ -705,6 +705,7 @@ def section_cost(r: Results) -> str:
         tall=len(per_run) > 15) + "</details>")
     out.append('<p class="note">Train time, samples/s and peak memory: measured by the training script; '
                "job columns: Snakemake's benchmark of the whole job (loading included).</p>")
+    out.append(restarts.section(r.root, r.runs))  # issue 23: attempts and time lost to restarts
     if r.stage_benchmarks:
         out.append("<h3>Other workflow jobs</h3>" + table(
             ["job", "wall time (s)", "max RSS (MB)", "CPU time (s)"],
