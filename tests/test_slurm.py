@@ -243,3 +243,76 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     failed_log = wf / SLURM_LOGDIR / "rule_train_neural" / f"cnn_{cnn_combo}" / f"{first['JobID']}.log"
     assert "exceeded memory limit" in failed_log.read_text(), failed_log.read_text()[-2000:]
     assert str(failed_log) in log or f"{SLURM_LOGDIR}/rule_train_neural/cnn_{cnn_combo}" in log
+
+
+def _wait_for(predicate, what: str, timeout: float = 240.0, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"snakemake ended ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slurm
+def test_a_job_signalled_mid_epoch_resumes_in_its_retry_identical_to_one_run(slurm_cluster, tmp_path):
+    """Issue 23: SLURM's SIGTERM (what the time limit, the profile's --signal lead and preemption
+    send to every process of the job step) reaches the trainer mid-epoch through Snakemake, bash and
+    meli.jobstatus; it saves its state at the next batch and exits 75, the job ends FAILED, and
+    Snakemake's retry resumes it at that batch: the same run as without interruption, and the
+    progress shows the attempts. (scancel --signal while the trainer waits at a known batch, to be
+    exact; a second interruption in one epoch is tests/test_preemption.py's.)"""
+    from meli.train.checkpoint import PAUSE_AT_ENV, PAUSE_LINE
+    from tests.test_preemption import assert_identical
+
+    wf = copy_workflow(tmp_path / "wf")
+    # the MLP's inputs here (not what this test is about), then only its run through SLURM (no
+    # GPU asked: the 2 fake GPUs are shared, and waiting for one would only slow the test)
+    snakemake(wf, "results/features/labels.json", "results/embeddings/w2v/matrix.npy", "--cores", "2",
+              "--configfile", str(TINY_CONFIG), timeout=300)
+    dry = snakemake(wf, "-n", "--configfile", str(TINY_CONFIG)).stdout
+    combo = re.search(r"results/runs/mlp/([^/\s]+)/metrics\.json", dry).group(1)
+    status = wf / "results" / "sweep" / "jobs" / "mlp" / f"{combo}.json"
+    train_log = wf / "results" / "logs" / "train" / "mlp" / f"{combo}.log"
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           PAUSE_AT_ENV: "2:5"}  # 12 batches an epoch: wait for a signal after batch 5 of epoch 2
+    run = subprocess.Popen([str(bin_dir / "snakemake"), f"results/runs/mlp/{combo}/metrics.json", "--profile",
+                            str(PROFILE), "--profile", str(TEST_PROFILE)],
+                           cwd=wf, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: train_log.exists() and PAUSE_LINE in train_log.read_text(), "the pause mid-epoch", proc=run)
+        subprocess.run(["scancel", "--signal=TERM", json.loads(status.read_text())["slurm_job_id"]], check=True,
+                       timeout=30)
+        out, _ = run.communicate(timeout=400)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, out[-6000:]
+
+    record = json.loads(status.read_text())
+    assert record["state"] == "finished" and record["attempt"] == 2, record
+    assert [a["state"] for a in record["attempts"]] == ["interrupted"] and "SIGTERM" in record["attempts"][0]["detail"]
+    jobs = [j for j in _sacct(wf, since) if j["Comment"] == f"rule_train_neural_wildcards_mlp_{combo}"]
+    assert [j["State"] for j in jobs] == ["FAILED", "COMPLETED"], jobs
+    run_dir = wf / "results" / "runs" / "mlp" / combo
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["attempts"] == 2 and metrics["resumed_at"] == [[2, 5]], metrics
+
+    # the same command without SLURM or signals, in one go: the same run, bit for bit
+    command = [sys.executable, *record["command"][1:]]
+    for flag, value in (("--out-dir", tmp_path / "straight"), ("--checkpoint-dir", tmp_path / "straight-ckpt")):
+        command[command.index(flag) + 1] = str(value)
+    straight = subprocess.run(command, cwd=wf, env={**os.environ, "PYTHONPATH": str(wf / "scripts")}, timeout=300,
+                              capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert_identical(tmp_path / "straight", run_dir)
+
+    progress = subprocess.run([sys.executable, "-m", "meli.sweep", "report"], cwd=wf, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(wf / "scripts")}, timeout=300)
+    assert "restarts: 1 combination took more than one attempt (1 restarts)" in progress.stdout, progress.stdout
