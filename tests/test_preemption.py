@@ -206,3 +206,12 @@ def test_attempts_and_time_lost_to_restarts_in_progress_and_report(tmp_path):
     assert "1 of 2 runs took more than one attempt (1 restarts in all); about 9 s were lost" in html, html
     assert "<td>2</td>" in html.replace(' class="num"', "") or ">2<" in html
     assert "first attempt" in restarts.section(results, runs.iloc[1:])
+
+
+def test_a_signal_in_a_rungs_last_validation_finishes_the_rung(toy, tmp_path):
+    """A rung job (successive halving) at its epoch budget has nothing left to resume: it writes
+    its record and state instead of exiting to be retried."""
+    out = tmp_path / "search" / "mlp" / "rung-0" / "c"
+    snapshot = out / "state.pt"
+    assert train_here(toy, out, {SIGNAL_AT_ENV: "1:val"}, until_epoch=1, snapshot=snapshot, rung=0) == 0
+    assert snapshot.exists() and json.loads((out / "metrics.json").read_text())["epochs_run"] == 1

@@ -136,6 +136,7 @@ class Resume:
             ckpt = None
         if ckpt is None and start is not None:
             log.info("continuing from %s (epoch %d)", self.start_from, start_epoch)
+            start["state"]["restarts"] = []  # the previous rung's restarts are in its own record
             return start
         if ckpt is not None:
             part = ckpt["state"].get("partial")

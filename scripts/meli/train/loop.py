@@ -219,7 +219,8 @@ class Loop:
             state["partial"] = None
             save(epoch)
             preemption.saved()
-            if preemption.stop and not state["done"]:  # (a finished job writes its outputs instead)
+            finished = state["done"] or (until_epoch is not None and epoch >= int(until_epoch))
+            if preemption.stop and not finished:  # (a finished job writes its outputs instead)
                 log.warning("stopping after epoch %d (its checkpoint is saved); the next attempt starts epoch %d",
                             epoch, epoch + 1)
                 raise Terminated(preemption.signum)
