@@ -304,15 +304,21 @@ def test_a_job_signalled_mid_epoch_resumes_in_its_retry_identical_to_one_run(slu
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["attempts"] == 2 and metrics["resumed_at"] == [[2, 5]], metrics
 
-    # the same command without SLURM or signals, in one go: the same run, bit for bit
-    command = [sys.executable, *record["command"][1:]]
-    for flag, value in (("--out-dir", tmp_path / "straight"), ("--checkpoint-dir", tmp_path / "straight-ckpt")):
-        command[command.index(flag) + 1] = str(value)
-    straight = subprocess.run(command, cwd=wf, env={**os.environ, "PYTHONPATH": str(wf / "scripts")}, timeout=300,
-                              capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    assert_identical(tmp_path / "straight", run_dir)
+    # the same command without SLURM or signals, in one go (here: no second import of torch): the
+    # same run, bit for bit
+    from meli import sweep
+    from meli.train import neural
 
-    progress = subprocess.run([sys.executable, "-m", "meli.sweep", "report"], cwd=wf, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(wf / "scripts")}, timeout=300)
-    assert "restarts: 1 combination took more than one attempt (1 restarts)" in progress.stdout, progress.stdout
+    args = record["command"][3:]  # after "python -m meli.train.neural"
+    for flag, value in (("--out-dir", tmp_path / "straight"), ("--checkpoint-dir", tmp_path / "straight-ckpt")):
+        args[args.index(flag) + 1] = str(value)
+    here = os.getcwd()
+    os.chdir(wf)
+    try:
+        assert neural.main(args) == 0
+        # what `make report` prints (meli.sweep report's progress, without its partial render)
+        progress = sweep.progress_text(sweep.scan(Path("results")))
+    finally:
+        os.chdir(here)
+    assert_identical(tmp_path / "straight", run_dir)
+    assert "restarts: 1 combination took more than one attempt (1 restarts) · ~" in progress, progress
