@@ -51,6 +51,16 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
+# Issue 23, in the prefix (read at run time, not part of any rule's code, so neither reruns a
+# finished job): SLURM signals every process of a job step (time limit: SIGTERM; --signal, scancel
+# --signal). The job's bash must outlive it, or the step ends and takes the trainer down before
+# it has saved: a trap (not '': that would be inherited as "ignore") makes bash wait for its
+# command, then exit with its status (75: interrupted, retried). `( cmd )` execs cmd in the
+# subshell, so STAGE_SHELL's jobstatus is bash's child too. The trainer also saves within an epoch
+# every train.checkpoint_minutes (meli.train.neural reads it from the environment).
+_PREFIX += "export MELI_CHECKPOINT_MINUTES=%s; trap : TERM USR1; " % float(config["train"]["checkpoint_minutes"])
+shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))
+
 # `--sdm conda`: every rule runs in this environment (relative to rules/); otherwise in the
 # current Python (the venv that `make run` builds).
 CONDA_ENV = "../envs/meli.yaml"
@@ -192,8 +202,6 @@ def gpu_model(res):
     return (res.get("gpu_model") or "") if res["gpu"] else ""
 
 
-# One MLP/CNN job's resources (train_neural, train_rung): a retry after an out-of-memory or
-# timeout kill gets more of both.
 def stop_signal(wc, attempt):
     """sbatch's --signal for a training job (slurm plugin: slurm_extra): SIGTERM train.stop_signal_s
     before its time limit (at most a quarter of its runtime), so the trainer saves its state within
@@ -202,6 +210,8 @@ def stop_signal(wc, attempt):
     return f"--signal=TERM@{lead}" if lead > 0 else ""
 
 
+# One MLP/CNN job's resources (train_neural, train_rung): a retry after an out-of-memory or
+# timeout kill gets more of both.
 NEURAL_JOB_RESOURCES = dict(
     mem_mb=lambda wc, attempt: family_resources(wc.neural)["mem_mb"] * attempt,
     runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * attempt,
@@ -225,29 +235,22 @@ NEURAL_JOB_PARAMS = dict(
     # Attempt record (running/failed/diverged/killed, attempts; every stage of a combination):
     # outside the outputs, which Snakemake deletes when the job fails; read by meli.sweep.
     status=lambda wc: f"results/sweep/jobs/{wc.neural}/{wc.combo}.json",
-    # Also checkpoint within an epoch this often (minutes; 0: only after epochs and on a stop signal).
-    ckpt_minutes=config["train"]["checkpoint_minutes"],
 )
-# SLURM signals every process of a job step (time limit: SIGTERM; sbatch --signal / scancel
-# --signal: the one asked for). The job's bash must outlive it, or the step ends and takes the
-# trainer down before it has saved: a trap (not '' : that would be inherited as "ignore") makes
-# bash wait for its command and then exit with its status (75: interrupted, retried).
 # The one training command of train_neural and train_rung (a search's arguments in params.stage).
 TRAIN_SHELL = (
-    "trap : TERM USR1; python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
+    "python -m meli.jobstatus --status {params.status:q} --log {log:q} --"
     " python -m meli.train.neural --family {wildcards.neural} --params {params.hp}"
     " --features {params.features} {params.source} --out-dir {params.run_dir:q}"
-    " --checkpoint-dir {params.checkpoint_dir:q} --checkpoint-minutes {params.ckpt_minutes}"
+    " --checkpoint-dir {params.checkpoint_dir:q}"
     " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb}"
     " --combo {wildcards.combo}"  # the grid's combination id, into metrics.json
     "{params.stage} > {log:q} 2>&1"
 )
 # A stage job (train_rung): a combination whose training diverges (exit code 3) is recorded as
 # such and pruned by the stage's selection, like a failed trial in a tuner, instead of failing
-# the job and leaving the whole search waiting for it; any other failure fails the job as usual
-# (75, interrupted on a signal, included: it is retried and resumes). The subshell resets traps.
+# the job and leaving the whole search waiting for it; any other failure fails the job as usual.
 STAGE_SHELL = (
-    f"trap : TERM USR1; ( {TRAIN_SHELL} ) || python -m meli.search diverged --code $? --family {{wildcards.neural}}"
+    f"( {TRAIN_SHELL} ) || python -m meli.search diverged --code $? --family {{wildcards.neural}}"
     " {params.select} --params {params.hp} --stage-dir {params.run_dir:q} --snapshot {output.state:q}"
     " --log {log:q} >> {log:q} 2>&1"
 )

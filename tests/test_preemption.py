@@ -17,7 +17,7 @@ import torch
 from meli import jobstatus
 from meli.jobstatus import INTERRUPTED_EXIT
 from meli.train import checkpoint, neural
-from meli.train.checkpoint import KILL_SIGNAL_ENV, SIGNAL_AT_ENV
+from meli.train.checkpoint import CHECKPOINT_MINUTES_ENV, KILL_SIGNAL_ENV, SIGNAL_AT_ENV
 from tests.test_sparse_mlp import PARAMS as SPARSE
 from tests.test_sparse_mlp import sparse_data as _sparse_data
 from tests.test_train import MLP, make_features
@@ -131,7 +131,8 @@ def test_the_periodic_checkpoint_within_an_epoch_survives_a_sigkill(toy, straigh
     """--checkpoint-minutes: a state within the epoch on disk, so a SIGKILL loses at most that much."""
     out = tmp_path / "runs" / "mlp" / "k"
     # every ~0 minutes: a checkpoint after every batch; SIGKILL after batch 5 of epoch 2
-    killed = train(toy, out, {SIGNAL_AT_ENV: "2:5", KILL_SIGNAL_ENV: "KILL"}, extra=("--checkpoint-minutes", "1e-9"))
+    # (as the rules pass train.checkpoint_minutes: in the environment, see rules/common.smk)
+    killed = train(toy, out, {SIGNAL_AT_ENV: "2:5", KILL_SIGNAL_ENV: "KILL", CHECKPOINT_MINUTES_ENV: "1e-9"})
     assert killed.returncode == -9, killed.stderr[-3000:]
     part = torch.load(tmp_path / "checkpoints" / "mlp" / "k" / checkpoint.CHECKPOINT, weights_only=True)["state"]["partial"]
     assert (part["epoch"], part["batch"]) == (2, 4)  # the last boundary saved before the kill
@@ -215,3 +216,26 @@ def test_a_signal_in_a_rungs_last_validation_finishes_the_rung(toy, tmp_path):
     snapshot = out / "state.pt"
     assert train_here(toy, out, {SIGNAL_AT_ENV: "1:val"}, until_epoch=1, snapshot=snapshot, rung=0) == 0
     assert snapshot.exists() and json.loads((out / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_the_jobs_bash_outlives_the_step_signal_and_exits_with_the_trainers_code(tmp_path):
+    """SLURM signals every process of the job step: with the rules' prefix (trap) bash waits for
+    the wrapper instead of dying, also around STAGE_SHELL's `( ... ) ||`, and exits 75."""
+    import re
+    import signal
+    import time
+
+    prefix = re.search(r'"(export MELI_CHECKPOINT_MINUTES=%s; trap : TERM USR1; )"',
+                       (ROOT / "rules" / "common.smk").read_text()).group(1) % 10.0
+    child = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); "
+             f"open({str(tmp_path / 'ready')!r}, 'w').write(os.environ['MELI_CHECKPOINT_MINUTES']); time.sleep(30)")
+    script = f"set -euo pipefail; {prefix}( {sys.executable} -c {child!r} > {tmp_path / 'log'} 2>&1 ) || exit $?"
+    proc = subprocess.Popen(["bash", "-c", script])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "ready").read_text() == "10.0"
+    tree = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    for pid in [proc.pid, *map(int, tree)]:  # every process, as slurmstepd does
+        os.kill(pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == INTERRUPTED_EXIT

@@ -52,6 +52,9 @@ SIGNAL_AT_ENV = "MELI_SIGNAL_AT"
 PAUSE_AT_ENV = "MELI_PAUSE_AT"
 PAUSE_LINE = "paused for a signal"
 PAUSE_MAX_S = 120.0
+# The rules' default for --checkpoint-minutes (train.checkpoint_minutes, set by the shell prefix
+# in rules/common.smk: an operational setting that must not rerun finished jobs).
+CHECKPOINT_MINUTES_ENV = "MELI_CHECKPOINT_MINUTES"
 # What asks a job to save and stop: SLURM's time limit, scancel and preemption send SIGTERM;
 # SIGUSR1 is the usual early warning (sbatch --signal=USR1@<seconds>, scancel --signal=USR1).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -336,14 +337,24 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--mem-mb", type=int, default=None, help="the job's memory (resources.mem_mb): fail early if the "
                     "estimate does not fit")
     ap.add_argument("--checkpoint-minutes", type=float, default=None, help="also save the training state within "
-                    "an epoch every this many minutes (train.checkpoint_minutes; default: only after each epoch and "
-                    "on SIGTERM/SIGUSR1)")
+                    f"an epoch every this many minutes (default: ${checkpoint.CHECKPOINT_MINUTES_ENV}, which the rules "
+                    "set from train.checkpoint_minutes; else 0: only after each epoch and on SIGTERM/SIGUSR1)")
     search = ap.add_argument_group("successive halving (meli.search): one rung of a combination")
     search.add_argument("--until-epoch", type=int, default=None, help="stop after this epoch (the rung's budget)")
     search.add_argument("--start-from", default=None, help="the previous rung's training state (checkpoint.pt)")
     search.add_argument("--snapshot", default=None, help="write the training state here (a rung before the last)")
     search.add_argument("--rung", type=int, default=None, help="recorded in metrics.json")
     return ap
+
+
+def _checkpoint_minutes(given: float | None) -> float | None:
+    if given is not None:
+        return given
+    value = os.environ.get(checkpoint.CHECKPOINT_MINUTES_ENV)
+    try:
+        return float(value) if value else None
+    except ValueError:
+        raise ValueError(f"${checkpoint.CHECKPOINT_MINUTES_ENV}={value!r} is not a number of minutes") from None
 
 
 @entry_point
@@ -357,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         train(Job(args.family, params, args.features, args.matrix, args.out_dir, args.device, args.threads,
                   args.checkpoint_dir, args.mem_mb, args.tfidf, args.combo, until_epoch=args.until_epoch,
                   start_from=args.start_from, snapshot=args.snapshot, rung=args.rung,
-                  checkpoint_minutes=args.checkpoint_minutes))
+                  checkpoint_minutes=_checkpoint_minutes(args.checkpoint_minutes)))
     except Terminated as stop:  # saved and logged: exit 75 (meli.jobstatus: interrupted; Snakemake retries)
         return int(stop.code)
     except NonFiniteLoss as err:
