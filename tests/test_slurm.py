@@ -322,3 +322,15 @@ def test_a_job_signalled_mid_epoch_resumes_in_its_retry_identical_to_one_run(slu
         os.chdir(here)
     assert_identical(tmp_path / "straight", run_dir)
     assert "restarts: 1 combination took more than one attempt (1 restarts) · ~" in progress, progress
+
+
+def test_training_jobs_ask_slurm_for_sigterm_before_their_time_limit(tmp_path, monkeypatch):
+    """Issue 23: train.stop_signal_s becomes sbatch --signal=TERM@<s> (the plugin's slurm_extra),
+    capped at a quarter of the job's runtime; the other jobs ask for nothing."""
+    wf = copy_workflow(tmp_path / "wf")
+    fake_bin, _ = _fake_slurm_bin(tmp_path)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    out = snakemake(wf, "--profile", str(PROFILE), "-n", "--configfile", str(TINY_CONFIG)).stdout
+    # tiny.yaml: runtime 10 min -> at most 150 s before the limit (the default asks for 300)
+    assert {_resources(b).get("slurm_extra") for b in _job_blocks(out, "train_neural")} == {"--signal=TERM@150"}
+    assert all("slurm_extra" not in _resources(b) for b in _job_blocks(out, "train_tfidf"))
