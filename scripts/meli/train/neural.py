@@ -314,7 +314,7 @@ def restart_figures(state: dict[str, Any]) -> dict[str, Any]:
     """What restarts cost this run (issue 23): ``attempts`` (training processes, this one included),
     ``restart_startup_s`` (the resumed attempts' time from their start until training went on) and
     ``resumed_elapsed_s`` (the elapsed time the earlier attempts had saved when the last one
-    resumed: meli.sweep subtracts it from their wall time to count the work they lost)."""
+    resumed: meli.jobstatus.restart_cost subtracts it from their wall time to count the work they lost)."""
     restarts = state.get("restarts") or []
     return {"attempts": 1 + len(restarts), "restart_startup_s": sum(r["startup_s"] for r in restarts),
             "resumed_elapsed_s": restarts[-1]["kept_elapsed_s"] if restarts else 0.0,
