@@ -5,6 +5,7 @@ import os
 import shlex
 import sys
 from functools import partial
+from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import yaml
@@ -32,7 +33,7 @@ shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))
 from meli import models  # noqa: E402
 from meli.config import ConfigError, check_after_defaults, check_config, stage_config  # noqa: E402
 from meli.data.fetch import local_path  # noqa: E402
-from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family  # noqa: E402
+from meli.grid import FAMILIES, NEURAL_FAMILIES, check_job_count, expand_family, pack_combos  # noqa: E402
 from meli import search  # noqa: E402
 from meli.overrides import coerce  # noqa: E402
 from meli.sweep import partial_stamp  # noqa: E402
@@ -256,6 +257,91 @@ STAGE_SHELL = (
 )
 
 
+# ------------------------------------------------ packing (train.pack; rules/train.smk, meli/train/pack.py)
+def family_pack(family):
+    """train.pack overridden by train.<family>.pack."""
+    return int(config["train"].get(family, {}).get("pack") or config["train"]["pack"])
+
+
+# A searched family's stage jobs and final runs stay one job each (their combinations are known
+# only stage by stage): packing applies to grid families.
+for _f in NEURAL_FAMILIES:
+    if _f in PLANS and family_pack(_f) > 1 and COMBOS[_f]:
+        print(f"config train.pack: {_f} is searched in stages ({SEARCH['strategy']}): its stage jobs and final "
+              "runs are not packed (one job each)", file=sys.stderr)
+PACKED = [f for f in NEURAL_FAMILIES if f not in PLANS and family_pack(f) > 1 and COMBOS[f]]
+
+
+def _input_key(family, combo):
+    params = COMBOS[family][combo]
+    return "tfidf" if reads_tfidf(family, params) else params["embedding"]
+
+
+# {family: {pack id: [combos]}}: fixed by the grid, so the same combination is in the same pack on every parse
+PACKS = {f: pack_combos(COMBOS[f], family_pack(f), key=partial(_input_key, f)) for f in PACKED}
+PACK_OF = {f: {c: p for p, members in PACKS[f].items() for c in members} for f in PACKED}
+# train_neural's families: every neural family not packed ("(?!)" matches nothing).
+UNPACKED_RE = "|".join(f for f in NEURAL_FAMILIES if f not in PACKED) or "(?!)"
+# The run's files that a pack's member stages and pack_member adopts (train_neural's outputs).
+RUN_FILES = ("metrics.json", "history.csv", "model.pt", "val_predictions.parquet")
+
+
+def pack_stamp(wc):
+    """pack_member's input: the stamp of its combination's pack."""
+    return f"results/packs/{wc.neural}/{PACK_OF[wc.neural][wc.combo]}.json"
+
+
+def staged_dir(family, combo):
+    return f"results/packs/{family}/staged/{combo}"
+
+
+def _pack_members(wc):
+    try:
+        return PACKS[wc.neural][wc.pack]
+    except KeyError:
+        raise WorkflowError(f"{wc.neural}: no {wc.pack} in this config's packs") from None
+
+
+def pack_inputs(wc):
+    """train_pack's input: every member's data (the splits, and each matrix or the TF-IDF rows)."""
+    files = {}
+    for combo in _pack_members(wc):
+        for key, value in neural_inputs(SimpleNamespace(neural=wc.neural, combo=combo)).items():
+            files.setdefault(key, set()).update([value] if isinstance(value, str) else value)
+    return {key: sorted(value) for key, value in files.items()}
+
+
+def pack_members_arg(wc):
+    """train_pack's --members: per combination, what its own train_neural job would get."""
+    members = []
+    for combo in _pack_members(wc):
+        inputs = neural_inputs(SimpleNamespace(neural=wc.neural, combo=combo))
+        member = {
+            "combo": combo,
+            "params": COMBOS[wc.neural][combo],
+            "run_dir": f"results/runs/{wc.neural}/{combo}",
+            "staged_dir": staged_dir(wc.neural, combo),
+            "checkpoint_dir": f"results/checkpoints/{wc.neural}/{combo}",
+            "status": f"results/sweep/jobs/{wc.neural}/{combo}.json",
+            "log": f"results/logs/train/{wc.neural}/{combo}.log",
+            "inputs": sorted(f for v in inputs.values() for f in ([v] if isinstance(v, str) else v)),
+        }
+        if "matrix" in inputs:
+            member["matrix"] = inputs["matrix"]
+        else:
+            member["tfidf"] = os.path.dirname(inputs["tfidf"][0])
+        members.append(member)
+    return as_arg(members)
+
+
+# A pack asks for one combination's threads, memory and GPU, and its combinations' runtimes added
+# up (they train one after another); a retry gets more memory and time, as a single job does.
+PACK_JOB_RESOURCES = dict(
+    NEURAL_JOB_RESOURCES,
+    runtime=lambda wc, attempt: family_resources(wc.neural)["runtime"] * len(_pack_members(wc)) * attempt,
+)
+
+
 def final_run_dirs(family):
     return [f"results/runs/{family}/{c}" for c in final_combos(family)]
 
@@ -432,3 +518,4 @@ wildcard_constraints:
     combo="[^/]+",
     emb="[^/]+",
     stage="(bracket-[0-9]+/)?rung-[0-9]+",
+    pack="pack-[0-9]+",

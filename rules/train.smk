@@ -22,6 +22,8 @@ rule train_neural:
     threads: lambda wc: family_resources(wc.neural)["threads"]
     resources:
         **NEURAL_JOB_RESOURCES,
+    wildcard_constraints:
+        neural=UNPACKED_RE,  # a packed family's runs come from pack_member (below)
     conda:
         CONDA_ENV
     shell:
@@ -108,3 +110,71 @@ if SEARCHED:
         shell:
             "python -m meli.search summary --family {wildcards.neural} --runs-dir {params.runs_dir:q}"
             " --out {output:q} {params.straight} {params.selections} > {log:q} 2>&1"
+
+
+# Packing (train.pack > 1; meli/train/pack.py, docs/design.md "Packing combinations"): one cluster
+# job trains a pack of a grid family's combinations one after another, in one process, on one GPU.
+# Its declared output is only a stamp (temp: gone once every member is adopted), written when every
+# member finished, so a failed member never makes Snakemake delete the others' runs; each member's
+# run files are the outputs of its own pack_member job (local: it moves the staged files into place),
+# so `snakemake -n`, `rule all` (run_outputs), a deleted run and a changed input work per
+# combination as for train_neural. A packed family's runs come from pack_member, the others' from
+# train_neural (the `neural` wildcard of each is limited to its families).
+if PACKED:
+
+    localrules:
+        pack_member,
+
+    rule train_pack:
+        """Several grid combinations of one family in one job: each with its own run, log, attempt record
+        and checkpoints; those finished before are not trained again."""
+        input:
+            unpack(pack_inputs),
+        output:
+            temp("results/packs/{neural}/{pack}.json"),
+        log:
+            "results/logs/pack/{neural}/{pack}.log",
+        benchmark:
+            "results/benchmarks/pack/{neural}/{pack}.tsv"
+        params:
+            members=pack_members_arg,
+            device=config["train"]["device"],
+            features=lambda wc, input: os.path.dirname(input.labels[0]),
+            files=" ".join(RUN_FILES),
+        threads: lambda wc: family_resources(wc.neural)["threads"]
+        resources:
+            **PACK_JOB_RESOURCES,
+        wildcard_constraints:
+            neural="|".join(PACKED),
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m meli.train.pack run --family {wildcards.neural} --pack {wildcards.pack}"
+            " --members {params.members} --files {params.files} --features {params.features:q}"
+            " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb} --log {log:q}"
+            " --stamp {output:q} > {log:q} 2>&1"
+
+    rule pack_member:
+        """One packed combination's run: its files, trained by its pack's job, moved into the run directory."""
+        input:
+            unpack(neural_inputs),
+            pack=pack_stamp,
+        output:
+            metrics="results/runs/{neural}/{combo}/metrics.json",
+            history="results/runs/{neural}/{combo}/history.csv",
+            model="results/runs/{neural}/{combo}/model.pt",
+            predictions="results/runs/{neural}/{combo}/val_predictions.parquet",
+        log:
+            "results/logs/pack/{neural}/adopt/{combo}.log",
+        benchmark:
+            "results/benchmarks/pack/{neural}/adopt/{combo}.tsv"
+        params:
+            staged=lambda wc: staged_dir(wc.neural, wc.combo),
+        resources:
+            runtime=lambda wc, attempt: 10 * attempt,
+        wildcard_constraints:
+            neural="|".join(PACKED),
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m meli.train.pack adopt --staged {params.staged:q} {output:q} > {log:q} 2>&1"

@@ -122,3 +122,22 @@ def check_job_count(combos: dict[str, dict[str, Any]], train_cfg: dict[str, Any]
         f"{total:,} training jobs ({'; '.join(parts)}), over train.max_combinations={limit:,}. Each combination is "
         "its own (GPU) job: check the grids for a typo, train a random sample with train.<family>.sample: N, "
         "or raise train.max_combinations if you mean it")
+
+
+PACK_PREFIX = "pack-"
+
+
+def pack_combos(combos: Iterable[str], size: int, key=None) -> dict[str, list[str]]:
+    """Split a family's combinations into packs of at most ``size`` (``train.pack``): ``{pack id:
+    [combo ids]}``, ids ``pack-000``, ``pack-001``, ... Combinations with the same ``key`` (what they
+    read: an embedding, or TF-IDF) are kept together, so that a pack loads as few inputs as it can;
+    otherwise the grid's order. The same grid always gives the same packs."""
+    if size < 1:
+        raise ValueError(f"pack size must be >= 1, got {size}")
+    combos = list(combos)
+    if key is not None:
+        first = {}
+        for c in combos:
+            first.setdefault(key(c), len(first))
+        combos.sort(key=lambda c: first[key(c)])  # stable: the grid's order within a group
+    return {f"{PACK_PREFIX}{i // size:03d}": combos[i:i + size] for i in range(0, len(combos), size)}

@@ -160,8 +160,11 @@ def _reuse_equivalent(job: Job, combo: str, params: dict[str, Any]) -> dict[str,
     return reused
 
 
-def train(job: Job) -> dict[str, Any]:
+def train(job: Job, loaded: dict | None = None) -> dict[str, Any]:
     """Train one combination and write its outputs; returns metrics.json's content.
+
+    ``loaded`` (meli.train.pack: several combinations in one process) keeps the last inputs loaded
+    across calls, so combinations reading the same splits and matrix load them once.
 
     Successive halving (meli.search) trains a combination in rungs, one job each: ``start_from``
     is the previous rung's training state (``snapshot`` of that job), ``until_epoch`` the rung's
@@ -187,7 +190,7 @@ def train(job: Job) -> dict[str, Any]:
     inputs = sources.files(kind)
     if kind != TFIDF:  # (the sparse rows' size is their .npz size; the estimate is for token input)
         check_memory(job.family, params, job.features, job.matrix, job.mem_mb)
-    data = sources.load(kind)
+    data = _load(sources, kind, loaded)
     _log_start(job, combo, data, device)
 
     torch.manual_seed(int(params["seed"]))
@@ -230,6 +233,18 @@ def train(job: Job) -> dict[str, Any]:
     checkpoint.remove(job.checkpoint_path.parent)
     log.info("done: best epoch %d, val_bacc %.4f -> %s", metrics["best_epoch"], metrics["val_bacc"], job.out_dir)
     return metrics
+
+
+def _load(sources: Sources, kind: str, loaded: dict | None) -> Data:
+    """The job's inputs; with ``loaded``, reused when the previous call read the same files (the
+    training never changes them: the network copies the matrix) and kept for the next one."""
+    if loaded is None:
+        return sources.load(kind)
+    key = (kind, tuple(str(p) for p in sources.files(kind)))
+    if loaded.get("key") != key:
+        loaded.clear()  # one set of inputs at a time: a pack groups its combinations by input
+        loaded.update(key=key, data=sources.load(kind))
+    return loaded["data"]
 
 
 def _log_start(job: Job, combo: str, data: Data, device: torch.device) -> None:
