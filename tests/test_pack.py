@@ -224,3 +224,32 @@ def test_pack_config_is_checked_and_a_searched_family_is_not_packed(tmp_path):
     assert "mlp is searched in stages (halving): its stage jobs and final runs are not packed" in run_.stdout + run_.stderr
     counts = _counts(run_.stdout)
     assert counts["train_rung"] == 6 and counts["train_pack"] == 2, counts  # the CNN's and the RNN's packs
+
+
+# ------------------------------------------------------------------- report and progress
+def test_report_and_progress_show_the_packed_jobs(tmp_path):
+    import pandas as pd
+
+    from meli.jobstatus import write_status
+    from meli.report import packs
+    from meli.sweep import DONE, Combination, Sweep, progress_text
+
+    root = tmp_path / "results"
+    for combo, pack_id in (("a", "pack-000"), ("b", "pack-000"), ("c", "pack-001")):
+        write_status(root / "sweep" / "jobs" / "mlp" / f"{combo}.json", {"state": "finished", "attempt": 1,
+                                                                        "pack": pack_id, "pack_size": 2})
+    write_status(root / "sweep" / "jobs" / "cnn" / "d.json", {"state": "finished", "attempt": 1})  # its own job
+    bench = root / "benchmarks" / "pack" / "mlp" / "pack-000.tsv"
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\tmax_rss\tcpu_time\n12.0\t0:00:12\t300\t8.0\n")
+    runs = pd.DataFrame({"family": ["mlp", "mlp", "mlp", "cnn"], "combo": ["a", "b", "c", "d"]})
+    rows = packs.packed_jobs(root, runs)
+    assert [(r["pack"], r["runs"], r["wall_s"], r["wall_per_run_s"]) for r in rows] == [
+        ("pack-000", 2, 12.0, 6.0), ("pack-001", 1, None, None)]
+    assert "3 runs were trained in 2 cluster jobs" in packs.section(root, runs)
+    assert packs.section(root, runs[runs["family"] == "cnn"]) == ""
+
+    combos = [Combination("mlp", c, DONE, pack=p) for c, p in (("a", "pack-000"), ("b", "pack-000"), ("c", "pack-001"))]
+    text = progress_text(Sweep({"started_at": "now"}, [*combos, Combination("cnn", "d", DONE)]))
+    assert "packed: 3 combinations in 2 jobs (train.pack)" in text
+    assert "packed" not in progress_text(Sweep({}, [Combination("cnn", "d", DONE)]))

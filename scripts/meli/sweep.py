@@ -162,6 +162,7 @@ class Combination:
     lost_s: float | None = None  # time lost to restarts of a finished run (meli.jobstatus.restart_cost)
     running_for_s: float | None = None
     slurm_logs: list[str] = field(default_factory=list)
+    pack: str = ""  # the pack job that trains it (train.pack), from its attempt record
 
 
 def run_files(family: str) -> tuple[str, ...]:
@@ -313,6 +314,7 @@ def classify(results: Path, family: str, combo: str, final: bool = False) -> Com
     if record:
         c.attempts = int(record.get("attempt") or 0)
         c.log = record.get("log") or c.log
+        c.pack = str(record.get("pack") or "")
     problem = incomplete(run_dir, family)
     if damaged(run_dir, family, problem):
         return _damaged(c, run_dir, problem, final)
@@ -484,6 +486,10 @@ def progress_text(sweep: Sweep) -> str:
     restarts = restart_line(sweep)
     if restarts:
         lines.append(restarts)
+    packed = [c for c in sweep.combinations if c.pack]
+    if packed:  # train.pack: combinations sharing a cluster job
+        jobs = {(c.family, c.pack) for c in packed}
+        lines.append(f"  packed: {len(packed)} combinations in {len(jobs)} jobs (train.pack)")
     for c in sweep.missing:
         attempts = f", {c.attempts} attempt{'s' if c.attempts != 1 else ''}" if c.attempts else ""
         lines.append(f"  {c.state:<17} {c.family}/{c.combo}{attempts}: {c.detail or '-'}")

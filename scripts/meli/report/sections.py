@@ -141,7 +141,7 @@ class Results:
         parts = key.split("/")
         source = str((self.summary.get("source") or {}).get("path", "")) if isinstance(self.summary.get("source"),
                                                                                       dict) else ""
-        if parts[0] == "train":
+        if parts[0] in ("train", "pack"):  # per run; packed jobs: meli.report.packs
             return False
         if parts[0] in ("embedding_matrix", "download_vectors") and len(parts) > 1:
             return used is None or parts[1] in used
@@ -706,6 +706,9 @@ def section_cost(r: Results) -> str:
     out.append('<p class="note">Train time, samples/s and peak memory: measured by the training script; '
                "job columns: Snakemake's benchmark of the whole job (loading included).</p>")
     out.append(restarts.section(r.root, r.runs))  # issue 23: attempts and time lost to restarts
+    from meli.report import packs  # packed runs have no job of their own: their packs' jobs
+
+    out.append(packs.section(r.root, r.runs))
     if r.stage_benchmarks:
         out.append("<h3>Other workflow jobs</h3>" + table(
             ["job", "wall time (s)", "max RSS (MB)", "CPU time (s)"],
