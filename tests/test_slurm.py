@@ -192,6 +192,9 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     # continues the better one; bracket 0 trains the third straight
     config["train"]["search"] = {"strategy": "hyperband", "eta": 3, "min_epochs": 1}
     config["train"]["mlp"]["grid"]["lr"] = [0.03, 0.01, 0.003]
+    # two RNN combinations packed into one GPU job (train.pack; rule train_pack, local pack_member)
+    config["train"]["rnn"]["grid"]["hidden_size"] = [8, 12]
+    config["train"]["rnn"]["pack"] = 2
     (wf / "slurm-test.yaml").write_text(yaml.safe_dump(config))
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
 
@@ -206,11 +209,19 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     training = [j for j in jobs if j["Comment"].startswith("rule_train_neural_wildcards_")]
     combos = {p.parent.name: p.parent.parent.name for p in (wf / "results" / "runs").glob("*/*/metrics.json")}
     neural = {c: f for c, f in combos.items() if f in ("mlp", "cnn", "rnn")}
-    assert len(neural) == 4 and len(combos) == 6  # 2 MLP finals (one per bracket), the CNN, the RNN, 2 TF-IDF
+    assert len(neural) == 5 and len(combos) == 7  # 2 MLP finals (one per bracket), the CNN, 2 RNNs, 2 TF-IDF
     for combo, family in neural.items():
+        if family == "rnn":
+            continue  # packed: below
         own = [j for j in training if j["Comment"] == f"rule_train_neural_wildcards_{family}_{combo}"]
         assert own and own[-1]["State"] == "COMPLETED", (combo, own)
         assert all("gres/gpu=1" in j["ReqTRES"] for j in own), own
+    packed = [j for j in jobs if j["Comment"].startswith("rule_train_pack_wildcards_")]
+    assert [(j["Comment"], j["State"]) for j in packed] == [("rule_train_pack_wildcards_rnn_pack-000", "COMPLETED")]
+    assert "gres/gpu=1" in packed[0]["ReqTRES"]  # two combinations, one GPU
+    rnn_records = [json.loads(p.read_text()) for p in (wf / "results" / "sweep" / "jobs" / "rnn").glob("*.json")]
+    assert len(rnn_records) == 2 and all(r["state"] == "finished" and r["pack"] == "pack-000"
+                                         and r["slurm_job_id"] == packed[0]["JobID"] for r in rnn_records)
     rungs = [j for j in jobs if j["Comment"].startswith("rule_train_rung_wildcards_mlp_bracket-1_rung-0_")]
     assert len(rungs) == 2 and all(j["State"] == "COMPLETED" and "gres/gpu=1" in j["ReqTRES"] for j in rungs), rungs
     # the baseline: one array of two tasks, each with its SLURM log and its ids in the attempt record
@@ -225,11 +236,12 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     assert all(r["state"] == "finished" for r in records)
     progress = subprocess.run([sys.executable, "-m", "meli.sweep", "report"], cwd=wf, capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(wf / "scripts")}, timeout=120)
-    assert "done 6 · running 0 · failed 0 · left 0 · pruned 1" in progress.stdout, progress.stdout + progress.stderr
+    assert "done 7 · running 0 · failed 0 · left 0 · pruned 1" in progress.stdout, progress.stdout + progress.stderr
+    assert "packed: 2 combinations in 1 jobs (train.pack)" in progress.stdout
     # aggregate, report and MLflow import are localrules: they ran on the submit host
     submitted = {j["Comment"].split("_wildcards_")[0] for j in jobs}
     assert not submitted & {"rule_aggregate", "rule_report_html", "rule_mlflow_import", "rule_select_rung",
-                            "rule_search_done"}, submitted
+                            "rule_search_done", "rule_pack_member"}, submitted
 
     # the CNN job: killed at 400 MB, then completed with more memory
     cnn = [j for j in training if "_wildcards_cnn_" in j["Comment"]]
