@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,7 @@ def _counts(out: str) -> dict[str, int]:
     return {parts[0]: int(parts[1]) for parts in (line.split() for line in stats.splitlines()[3:]) if len(parts) == 2}
 
 
+@pytest.mark.workflow
 def test_dry_run_lists_packs_and_one_adoption_per_combination(tmp_path):
     wf = _dry_config(tmp_path, pack=4)
     out = snakemake(wf, "-n", "--cores", "1", "--configfile", "pack.yaml").stdout
@@ -215,6 +217,7 @@ def test_dry_run_lists_packs_and_one_adoption_per_combination(tmp_path):
     assert counts["train_pack"] == 2 and counts["pack_member"] == 6 and counts["train_neural"] == 2, counts
 
 
+@pytest.mark.workflow
 def test_pack_config_is_checked_and_a_searched_family_is_not_packed(tmp_path):
     wf = _dry_config(tmp_path, pack=0)
     bad = snakemake(wf, "-n", "--cores", "1", "--configfile", "pack.yaml", check=False)
@@ -253,3 +256,41 @@ def test_report_and_progress_show_the_packed_jobs(tmp_path):
     text = progress_text(Sweep({"started_at": "now"}, [*combos, Combination("cnn", "d", DONE)]))
     assert "packed: 3 combinations in 2 jobs (train.pack)" in text
     assert "packed" not in progress_text(Sweep({}, [Combination("cnn", "d", DONE)]))
+
+
+# ------------------------------------------------------------------ through the workflow
+@pytest.mark.workflow
+def test_a_packed_sweep_with_a_failing_member_keeps_the_other_and_the_rerun_trains_only_the_new(tiny_run,
+                                                                                                tmp_path):
+    """The finished tiny run, its MLP grid extended by a diverging learning rate and packed by 2:
+    the pack job fails (keep-going), the finished member stays and shows in the partial report;
+    the next run (the bad value replaced) trains only the new member; then nothing is left to do."""
+    wf = tmp_path / "wf"
+    shutil.copytree(tiny_run[0], wf, symlinks=True)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["train"]["mlp"]["grid"]["lr"] = [0.01, 1.0e30]
+    cfg["train"]["mlp"]["pack"] = 2
+    (wf / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    failed = snakemake(wf, "--cores", "2", "--keep-going", "--configfile", "grid.yaml", check=False)
+    out = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "done 4 · running 0 · failed 1 · left 0" in out, out[-4000:]
+    # the lr-0.01 run (trained by the tiny run) was found finished: only the failing member is packed
+    assert "packed: 1 combination in 1 job (train.pack)" in out
+    jobs = wf / "results" / "sweep" / "jobs" / "mlp"
+    records = {p.stem: json.loads(p.read_text()) for p in jobs.glob("*.json")}
+    bad = next(c for c in records if "lr-1e+30" in c)
+    good = next(c for c in records if "lr-0.01" in c)
+    assert records[bad]["state"] == "diverged" and records[bad]["pack"] == "pack-000"
+    good_metrics = (wf / "results" / "runs" / "mlp" / good / "metrics.json").read_text()
+    assert "Partial: 1 of 5 combinations missing" in (wf / "results" / "report.html").read_text()
+
+    cfg["train"]["mlp"]["grid"]["lr"] = [0.01, 0.03]
+    (wf / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    again = snakemake(wf, "--cores", "2", "--configfile", "grid.yaml")
+    pack_log = (wf / "results" / "logs" / "pack" / "mlp" / "pack-000.log").read_text()
+    assert f"{good}: finished before, not trained again" in pack_log and "1 of 2" not in pack_log
+    assert (wf / "results" / "runs" / "mlp" / good / "metrics.json").read_text() == good_metrics
+    new = next(p for p in (wf / "results" / "runs" / "mlp").iterdir() if "lr-0.03" in p.name)
+    assert json.loads((new / "metrics.json").read_text())["combo"] == new.name
+    assert not list((wf / "results" / "packs").glob("mlp/*.json"))  # the stamp is temp: gone once adopted
+    assert again.returncode == 0 and "Nothing to be done" in snakemake(wf, "-n", "--configfile", "grid.yaml").stdout

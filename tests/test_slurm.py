@@ -237,7 +237,7 @@ def test_demo_workflow_runs_through_sbatch_and_survives_a_job_killed_for_memory(
     progress = subprocess.run([sys.executable, "-m", "meli.sweep", "report"], cwd=wf, capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(wf / "scripts")}, timeout=120)
     assert "done 7 · running 0 · failed 0 · left 0 · pruned 1" in progress.stdout, progress.stdout + progress.stderr
-    assert "packed: 2 combinations in 1 jobs (train.pack)" in progress.stdout
+    assert "packed: 2 combinations in 1 job (train.pack)" in progress.stdout
     # aggregate, report and MLflow import are localrules: they ran on the submit host
     submitted = {j["Comment"].split("_wildcards_")[0] for j in jobs}
     assert not submitted & {"rule_aggregate", "rule_report_html", "rule_mlflow_import", "rule_select_rung",

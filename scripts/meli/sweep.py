@@ -489,7 +489,8 @@ def progress_text(sweep: Sweep) -> str:
     packed = [c for c in sweep.combinations if c.pack]
     if packed:  # train.pack: combinations sharing a cluster job
         jobs = {(c.family, c.pack) for c in packed}
-        lines.append(f"  packed: {len(packed)} combinations in {len(jobs)} jobs (train.pack)")
+        lines.append(f"  packed: {len(packed)} combination{'s' if len(packed) != 1 else ''} in {len(jobs)} "
+                     f"job{'s' if len(jobs) != 1 else ''} (train.pack)")
     for c in sweep.missing:
         attempts = f", {c.attempts} attempt{'s' if c.attempts != 1 else ''}" if c.attempts else ""
         lines.append(f"  {c.state:<17} {c.family}/{c.combo}{attempts}: {c.detail or '-'}")

@@ -199,6 +199,8 @@ def _done_already(member: dict[str, Any], family: str, names: list[str]) -> bool
         if finished_run(here, names, family, params, member["inputs"]):
             if not finished_run(there, names, family, params, member["inputs"]):
                 link_files(here, there, names)
+            for name in names:  # dated now: this sweep keeps it (meli.sweep: not "outdated", done)
+                os.utime(run_dir / name)
             return True
     return False
 
