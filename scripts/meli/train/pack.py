@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,20 +110,24 @@ def link_files(src: Path, dst: Path, names: list[str]) -> None:
 def _begin_record(member: dict[str, Any], pack: dict[str, Any]) -> dict[str, Any]:
     """meli.jobstatus's record for one member (the same keys, plus the pack's id and size)."""
     previous = jobstatus.read_status(member["status"]) or {}
-    tries = int(previous.get("attempt", 0)) if previous.get("log") == member["log"] else 0
+    same_job = previous.get("log") == member["log"]
+    tries = int(previous.get("attempt", 0)) if same_job else 0
     record = {
-        "state": "running", "attempt": tries + 1, "started_at": jobstatus.now(), "host": socket.gethostname(),
+        "state": "running", "attempt": tries + 1, "attempts": jobstatus._earlier_attempts(previous) if same_job else [],
+        "started_at": jobstatus.now(), "host": socket.gethostname(),
         "pid": os.getpid(), "log": member["log"], "command": ["python", "-m", "meli.train.pack", "run", "..."],
         **pack,
         **{key.lower(): os.environ[key] for key in jobstatus.SLURM_IDS if os.environ.get(key)},
     }
     jobstatus.write_status(member["status"], record)
+    record["_started"] = time.monotonic()
     return record
 
 
 def _end_record(member: dict[str, Any], record: dict[str, Any], returncode: int) -> str:
     state, detail = jobstatus.outcome(returncode)
-    record.update(state=state, detail=detail, returncode=returncode, ended_at=jobstatus.now())
+    seconds = round(time.monotonic() - record.pop("_started", time.monotonic()), 3)
+    record.update(state=state, detail=detail, returncode=returncode, ended_at=jobstatus.now(), seconds=seconds)
     jobstatus.write_status(member["status"], record)
     return state
 
@@ -147,7 +152,8 @@ class _MemberLog:
 
 def train_member(member: dict[str, Any], settings: dict[str, Any], loaded: dict) -> int:
     """Train one member like its own ``meli.train.neural`` job; its exit code (0, 1, 3 diverged).
-    A termination signal (SLURM's time limit) is recorded and raised: the pack stops there."""
+    A stop signal (SLURM's time limit, --signal, preemption: the trainer saves its state within the
+    epoch) is recorded as ``interrupted`` and raised: the pack stops there and exits 75."""
     from meli.train import neural
 
     record = _begin_record(member, settings["pack"])
@@ -158,10 +164,10 @@ def train_member(member: dict[str, Any], settings: dict[str, Any], loaded: dict)
             neural.train(neural.Job(settings["family"], member["params"], settings["features"], member.get("matrix"),
                                     member["staged_dir"], settings["device"], settings["threads"],
                                     member["checkpoint_dir"], settings["mem_mb"], member.get("tfidf"),
-                                    member["combo"]), loaded)
+                                    member["combo"], checkpoint_minutes=settings.get("checkpoint_minutes")), loaded)
             code = 0
         except neural.Terminated as stop:
-            _end_record(member, record, -stop.signum)
+            _end_record(member, record, int(stop.code))
             raise
         except neural.NonFiniteLoss as err:
             log.error("%s", err)
@@ -247,26 +253,28 @@ def _members(text: str) -> list[dict[str, Any]]:
     return members
 
 
-def _terminate(signum, _frame):  # between members (inside one, the trainer's own handler logs it)
+def _terminate(signum, _frame):  # between members (inside one, the trainer's own handler saves and stops)
     from meli.train.checkpoint import Terminated
 
+    log.warning("received %s between members: stopping; the next attempt trains the unfinished ones",
+                signal.Signals(signum).name)
     raise Terminated(signum)
 
 
 def _run_main(args) -> int:
     from meli.train.checkpoint import Terminated
+    from meli.train.neural import _checkpoint_minutes
 
     members = _members(args.members)
     settings = {"family": args.family, "features": args.features, "device": args.device, "threads": args.threads,
-                "mem_mb": args.mem_mb, "pack": {"pack": args.pack, "pack_size": len(members), "pack_log": args.log}}
-    signal.signal(signal.SIGTERM, _terminate)
+                "mem_mb": args.mem_mb, "checkpoint_minutes": _checkpoint_minutes(None),  # (the shell prefix's env)
+                "pack": {"pack": args.pack, "pack_size": len(members), "pack_log": args.log}}
+    for sig in (signal.SIGTERM, signal.SIGUSR1):  # the stop signals meli.train.neural saves on
+        signal.signal(sig, _terminate)
     try:
         states = run_pack(settings, members, args.files, args.stamp)
-    except Terminated as stop:  # end by the signal, as a single job does, so SLURM and Snakemake see it
-        logging.shutdown()
-        signal.signal(stop.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), stop.signum)
-        return 128 + stop.signum
+    except Terminated as stop:  # saved and recorded: exit 75 as a single job does (interrupted; Snakemake retries)
+        return int(stop.code)
     return 0 if all(s == "finished" for s in states.values()) else 1
 
 
