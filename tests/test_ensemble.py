@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from meli import ensemble, predict
@@ -53,7 +54,8 @@ def built(tmp_path, monkeypatch):
 
 def test_candidates_are_chosen_on_validation_and_beat_their_members(built):
     results, out = built
-    assert set(out["candidates"]) == {"mlp/top-3", "cnn/top-2", "tfidf/top-2", "all/best-of-families", "all/top-3"}
+    assert set(out["candidates"]) == {"mlp/top-3", "cnn/top-2", "tfidf/top-2", "all/best-of-families", "all/top-3",
+                                      "all/greedy"}
     best = out["candidates"][out["chosen"]]
     assert out["chosen"] == max(out["candidates"], key=lambda n: out["candidates"][n]["val_bacc"])
     assert best["val_bacc"] > max(m["val_bacc"] for m in best["members"])  # averaging helps here
@@ -95,3 +97,65 @@ def test_the_ensemble_is_scored_on_test_compared_served_and_reported(built, tmp_
     html = render.render(results, {"dataset": {"name": "demo"}}, ["config.yaml"], workdir=tmp_path)
     assert f"Ensemble <code>{out['chosen']}</code>" in html and "meli-predict --run results/ensembles/" in html
     assert "Ensemble" in html and "calibrated on validation" in html
+
+
+def _members(y, accs, k, seed=0):
+    """Members right on a share ``acc`` of the rows with independent errors, the right class kept second."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for acc in accs:
+        right = rng.random(len(y)) < acc
+        pred = np.where(right, y, (y + rng.integers(1, k, len(y))) % k)
+        p = np.full((len(y), k), 0.02)
+        p[np.arange(len(y)), y] += 0.2
+        p[np.arange(len(y)), pred] += 0.6
+        out.append((p / p.sum(axis=1, keepdims=True)).astype(np.float32))
+    return out
+
+
+def test_greedy_selection_picks_the_useful_members_and_beats_each():
+    y = np.arange(3000) % 10
+    good_a, good_b, bad = _members(y, [0.8, 0.8, 0.2], 10)
+    probas = [good_a, good_b, bad, good_a]  # the last is a duplicate of the first: picking it adds nothing new
+    counts = ensemble.greedy_counts(probas, y, rounds=20)
+    assert counts.sum() == 20 and counts[2] == 0  # the weak member is never picked
+    assert counts[1] > 0 and counts[0] + counts[3] > 0  # both independent good members are
+    mixed = ensemble.weighted_mean(probas, counts)
+    assert ensemble.log_loss(mixed, y) < min(ensemble.log_loss(p, y) for p in probas[:3])
+    assert ensemble.val_bacc(mixed, y) > max(ensemble.val_bacc(p, y) for p in probas[:3])
+    np.testing.assert_allclose(mixed.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_cross_fitting_removes_the_optimism_of_weights_chosen_on_the_same_rows():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 20, 1500)
+    noise = [(p / p.sum(axis=1, keepdims=True)).astype(np.float32) for p in rng.random((25, 1500, 20)) ** 4]
+    counts = ensemble.greedy_counts(noise, y, rounds=10)
+    in_sample = ensemble.log_loss(ensemble.weighted_mean(noise, counts), y)
+    oof = ensemble.cross_fitted(noise, y, rounds=10, folds=5)
+    assert ensemble.log_loss(oof, y) > in_sample + 0.01  # fitted on noise: looks better in sample than it is
+    # with one clearly better member, every fold picks it: out-of-fold predictions are its own
+    useful = _members(y, [0.9], 20, seed=2)[0]
+    np.testing.assert_array_equal(ensemble.cross_fitted([useful, *noise[:3]], y, 5, 5).argmax(1), useful.argmax(1))
+
+
+def test_the_greedy_candidate_is_scored_cross_fitted_and_served_with_its_weights(built):
+    results, out = built
+    greedy = out["candidates"]["all/greedy"]
+    runs = pd.read_csv(results / "tables" / "runs.csv")
+    assert greedy["val_scored_by"] == "cross-fitting" and greedy["library"] == min(12, len(runs))  # any family
+    record = json.loads((results / "ensembles" / "all" / "greedy" / "ensemble.json").read_text())
+    weights = [m["weight"] for m in record["members"]]
+    assert sum(weights) == pytest.approx(1) and all(w > 0 for w in weights)
+    assert all(w * greedy["rounds"] == pytest.approx(round(w * greedy["rounds"])) for w in weights)
+    # served: the weighted mean of the members' tempered probabilities
+    pred = ensemble.EnsemblePredictor(results / "ensembles" / "all" / "greedy", "results/data", "results/features")
+    got = pred.predict_proba_split("validation")
+    want = sum(m["weight"] * ensemble.tempered(fake_member_proba(results.parent / m["run_dir"], "results/data",
+                                                                 "results/features", split="validation")[0],
+                                               m["temperature"]) for m in record["members"])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # disabled by library 0 or rounds 1
+    off = ensemble.build("results/tables/selection.json", "results/tables/runs.csv", "results/data", "results/features",
+                         {"top_k": 3, "greedy": {"library": 0}}, "cpu", "results/ens2", "results/tables/e2.json")
+    assert "all/greedy" not in off["candidates"]
