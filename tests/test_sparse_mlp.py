@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from meli.embeddings import tfidf as tfidf_features
 from meli.inference import load_predictor
+from meli.models import mlp
 from meli.models import runtime
 from meli.models.nets import KimCNN, MeanMLP, TfidfMLP, build_model
 from meli.train import neural
@@ -166,6 +167,39 @@ def test_tfidf_mlp_trains_writes_the_contract_and_predicts(sparse_data, tmp_path
     assert proba.shape == (3, 4) and list(proba[:2].argmax(axis=1)) == [2, 0]
     assert predictor.known_words(["bicicleta", "", "qqq"]).tolist()[1:] == [0, 0]
     assert predictor.known_words(["bicicleta"])[0] > 1  # its word and char n-grams
+
+
+@pytest.mark.parametrize("view,block", [("char", "char_wb"), ("word", "word")])
+def test_a_tfidf_view_reads_one_block_in_training_and_prediction(sparse_data, tmp_path, view, block):
+    data, features = sparse_data
+    out = tmp_path / "runs" / "mlp" / view
+    metrics = neural.run("mlp", {**PARAMS, "tfidf_view": view}, features, None, out, "cpu", 1)
+    blocks = json.loads((features / "tfidf" / "stats.json").read_text())["blocks"]
+    assert f"_view-{view}_" in metrics["combo"] and metrics["val_bacc"] > 0.5
+    bundle = torch.load(out / "model.pt", weights_only=True)
+    assert bundle["vocab_size"] == blocks[block] < sum(blocks.values())  # its bag has only that block's rows
+    predictor = load_predictor(out, data, features, "cpu")
+    pred, _ = predictor.predict_split("validation")
+    np.testing.assert_array_equal(pred, pd.read_parquet(out / "val_predictions.parquet")["pred"])
+    assert predictor.predict_proba(["BICICLTA Ruido3", "Taldro ruido9"]).shape == (2, 4)
+    # rows of the other block only (a title of one unseen word has char n-grams but no known word)
+    # give the model nothing to read: its bias alone, the same answer for any such title
+    if view == "word":
+        p = predictor.predict_proba(["qzxv", "wqyk"])
+        np.testing.assert_allclose(p[0], p[1], rtol=1e-6)
+
+
+def test_tfidf_view_ids_and_checks():
+    assert "tfidf_view" not in mlp.prune({"input": "tfidf", "tfidf_view": "all", "hidden": [8]})  # ids as before
+    assert mlp.prune({"input": "tfidf", "tfidf_view": "char", "hidden": [8]})["tfidf_view"] == "char"
+    assert "tfidf_view" not in mlp.prune({"input": "embedding", "tfidf_view": "char", "embedding": "w2v"})
+    assert mlp.view_columns({"input": "tfidf", "tfidf_view": "word"}, {"word": 5, "char_wb": 7}) == slice(0, 5)
+    assert mlp.view_columns({"input": "tfidf", "tfidf_view": "char"}, {"word": 5, "char_wb": 7}) == slice(5, 12)
+    assert mlp.view_columns({"input": "tfidf", "tfidf_view": "all"}, {"word": 5, "char_wb": 7}) is None
+    with pytest.raises(ValueError, match="no word block"):
+        mlp.view_columns({"input": "tfidf", "tfidf_view": "word"}, {"char_wb": 7})
+    with pytest.raises(ValueError, match="needs input tfidf"):
+        mlp.validate({"input": "embedding", "tfidf_view": "char", "hidden": [8]})
 
 
 def test_meli_predict_serves_a_tfidf_mlp(sparse_data, tmp_path, capsys):

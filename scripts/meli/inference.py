@@ -128,6 +128,18 @@ class NeuralPredictor(_Titles):
         self.tfidf = models.get(self.family).inputs({**models.get(self.family).defaults(), **self.params}) == TFIDF
         self.tfidf_dir = self.features_dir / "tfidf"
         self.n_features = int(bundle["vocab_size"])
+        self._columns: Any = False  # the TF-IDF columns it reads (its tfidf_view), looked up on first use
+
+    def _view(self, x):
+        """The columns of the shared TF-IDF rows this run was trained on (an MLP's tfidf_view)."""
+        if self._columns is False:
+            from meli.train.inputs import tfidf_block_sizes
+
+            spec = models.get(self.family)
+            self._columns = spec.columns(self.params, tfidf_block_sizes(self.tfidf_dir)) if spec.input_columns else None
+        from meli.train.inputs import select_columns
+
+        return select_columns(x, self._columns)
 
     def _rows(self, x) -> torch.Tensor | CsrRows:
         if isinstance(x, CsrRows):
@@ -138,7 +150,7 @@ class NeuralPredictor(_Titles):
         if self.tfidf:
             from meli.embeddings.tfidf import load_csr
 
-            x = load_csr(self.tfidf_dir / f"{split}.npz")
+            x = self._view(load_csr(self.tfidf_dir / f"{split}.npz"))
             self._check_columns(x.shape[1], self.tfidf_dir / f"{split}.npz")
             return CsrRows.from_scipy(x)
         return self._rows(np.load(self.features_dir / f"{split}_ids.npy"))
@@ -164,11 +176,12 @@ class NeuralPredictor(_Titles):
         if self.tfidf:
             from meli.embeddings.tfidf import load_vectorizer
 
+            path = self.tfidf_dir / "vectorizer.joblib"
             if self._vectorizer is None:
-                path = self.tfidf_dir / "vectorizer.joblib"
                 self._vectorizer = load_vectorizer(path)
-                self._check_columns(self._vectorizer.n_features, path)
-            return CsrRows.from_scipy(self._vectorizer.transform(self.clean(titles)))
+            rows = self._view(self._vectorizer.transform(self.clean(titles)))
+            self._check_columns(rows.shape[1], path)
+            return CsrRows.from_scipy(rows)
         from meli.embeddings.features import encode, load_vocab  # written by the embedding stage; lazy on purpose
 
         if self._vocab is None:

@@ -74,6 +74,9 @@ class Family:
     # embedding): applied to every combination before its id is made, so an unused key neither
     # names a run nor multiplies the grid. None: every key always applies.
     prune: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # (params, {block: columns}) -> the slice of the shared TF-IDF matrix's columns a TFIDF-input
+    # combination reads (None: all); None: always all (meli.train.inputs, meli.inference).
+    input_columns: Callable[[dict[str, Any], dict[str, int]], Any] | None = None
     # "module:callable" returning the run's meli.inference.Predictor (imported only when serving).
     predictor: str = NEURAL_PREDICTOR
 
@@ -98,6 +101,10 @@ class Family:
         if kind not in INPUT_KINDS:
             raise ValueError(f"family {self.name}: input kind {kind!r} not one of {INPUT_KINDS}")
         return kind
+
+    def columns(self, params: dict[str, Any], block_sizes: dict[str, int]):
+        """The TF-IDF columns this combination reads (a slice), or None for all of them."""
+        return self.input_columns({**self.defaults(), **params}, block_sizes) if self.input_columns else None
 
     def __post_init__(self):
         if set(self.aliases) != set(self.parameters):

@@ -18,19 +18,43 @@ from meli.models.family import (NEURAL_ID_HEAD, NEURAL_ID_TAIL, TFIDF, TOKENS, F
 INPUTS = {"embedding": TOKENS, "tfidf": TFIDF}  # the `input` value -> what the trainer loads
 # Keys that only mean something for word-vector input.
 EMBEDDING_ONLY = ("embedding", "freeze_embeddings")
+# tfidf_view -> the blocks of the shared TF-IDF matrix (meli.embeddings.tfidf) the bag reads.
+VIEWS = {"all": None, "word": "word", "char": "char_wb"}
 
 
 @dataclass
 class MlpParams(NeuralParams):
     hidden: list[int] = field(default_factory=lambda: [256, 128])
     input: str = "embedding"  # embedding | tfidf
+    # input tfidf: all columns, or only the word or the char_wb n-gram block (a different view of
+    # the same titles: a more diverse ensemble member than another seed)
+    tfidf_view: str = "all"
 
 
 def prune(params: dict[str, Any]) -> dict[str, Any]:
-    """A tfidf-input combination has no embedding: its id and inputs do not name one."""
+    """A tfidf-input combination has no embedding: its id and inputs do not name one. tfidf_view
+    names a run only when it is not ``all`` (ids from before the key existed stay as they were)."""
     if params.get("input") == "tfidf":
-        return {k: v for k, v in params.items() if k not in EMBEDDING_ONLY}
-    return params
+        out = {k: v for k, v in params.items() if k not in EMBEDDING_ONLY}
+        if out.get("tfidf_view", "all") == "all":
+            out.pop("tfidf_view", None)
+        return out
+    return {k: v for k, v in params.items() if k != "tfidf_view"}
+
+
+def view_columns(params: dict[str, Any], block_sizes: dict[str, int]) -> slice | None:
+    """The columns of the shared TF-IDF matrix an ``input: tfidf`` MLP reads: ``None`` for all, else
+    its view's block (blocks are stacked side by side in ``block_sizes``' order, word first)."""
+    view = params.get("tfidf_view", "all")
+    if params.get("input") != "tfidf" or view == "all":
+        return None
+    start = 0
+    for name, size in block_sizes.items():
+        if name == VIEWS[view]:
+            return slice(start, start + int(size))
+        start += int(size)
+    raise ValueError(f"tfidf_view {view}: the shared TF-IDF matrix has no {VIEWS[view]} block (its blocks: "
+                     f"{list(block_sizes)}; enable it in tfidf_features)")
 
 
 def input_kind(params: dict[str, Any]) -> str:
@@ -40,6 +64,10 @@ def input_kind(params: dict[str, Any]) -> str:
 def validate(params: dict[str, Any]) -> None:
     if params["input"] not in INPUTS:
         raise ValueError(f"input {params['input']!r} not one of {tuple(INPUTS)}")
+    if params.get("tfidf_view", "all") not in VIEWS:
+        raise ValueError(f"tfidf_view {params['tfidf_view']!r} not one of {tuple(VIEWS)}")
+    if params.get("tfidf_view", "all") != "all" and params["input"] != "tfidf":
+        raise ValueError(f"tfidf_view {params['tfidf_view']!r} needs input tfidf")
     if params["input"] == "tfidf" and not params["hidden"]:
         raise ValueError("input tfidf needs a hidden layer: hidden[0] is the width of its sparse bag (e.g. [512])")
 
@@ -69,7 +97,7 @@ FAMILY = Family(
     name="mlp",
     display_name="MLP",
     params=MlpParams,
-    aliases={"input": "in", **NEURAL_ID_HEAD, **NEURAL_ID_TAIL},
+    aliases={"input": "in", **NEURAL_ID_HEAD, "tfidf_view": "view", **NEURAL_ID_TAIL},
     neural=True,
     model_file="model.pt",
     build=build,
@@ -77,4 +105,5 @@ FAMILY = Family(
     input_kind=input_kind,
     validate=validate,
     prune=prune,
+    input_columns=view_columns,
 )

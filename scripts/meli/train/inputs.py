@@ -81,8 +81,20 @@ class Sources:
     def tfidf_dir(self) -> Path:
         return self.tfidf if self.tfidf is not None else self.features / "tfidf"
 
-    def load(self, kind: str) -> Data:
-        return load_sparse_data(self.features, self.tfidf_dir) if kind == TFIDF else load_data(self.features, self.matrix)
+    def columns(self, kind: str, params: dict[str, Any], family: str) -> slice | None:
+        """For TFIDF input, the columns ``family``'s combination ``params`` reads (None: all)."""
+        if kind != TFIDF:
+            return None
+        from meli import models
+
+        spec = models.get(family)
+        return spec.columns(params, tfidf_block_sizes(self.tfidf_dir)) if spec.input_columns else None
+
+    def load(self, kind: str, columns: slice | None = None) -> Data:
+        """The inputs; for TFIDF only ``columns`` of the shared matrix (all by default)."""
+        if kind != TFIDF:
+            return load_data(self.features, self.matrix)
+        return load_sparse_data(self.features, self.tfidf_dir, columns)
 
 
 def _load_split(features: Path, split: str, n_classes: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +148,24 @@ def load_data(features: str | Path, matrix_path: str | Path) -> Data:
                 matrix=torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)))
 
 
-def load_sparse_data(features: str | Path, tfidf_dir: str | Path) -> Data:
-    """The shared TF-IDF rows (rule tfidf_features) with the label ids of the embedding stage."""
+def tfidf_block_sizes(tfidf_dir: str | Path) -> dict[str, int]:
+    """``{block: columns}`` of the shared TF-IDF matrix, in column order (its stats.json, else its vectorizer)."""
+    stats = Path(tfidf_dir) / "stats.json"
+    if stats.exists() and "blocks" in (s := read_json(stats)):
+        return {k: int(v) for k, v in s["blocks"].items()}
+    from meli.embeddings.tfidf import load_vectorizer
+
+    return load_vectorizer(Path(tfidf_dir) / "vectorizer.joblib").block_sizes()
+
+
+def select_columns(x, columns: slice | None):
+    """A CSR matrix's columns ``columns`` (None: all of them, the matrix itself)."""
+    return x if columns is None else x[:, columns].tocsr()
+
+
+def load_sparse_data(features: str | Path, tfidf_dir: str | Path, columns: slice | None = None) -> Data:
+    """The shared TF-IDF rows (rule tfidf_features) with the label ids of the embedding stage;
+    ``columns``: only those columns (the MLP's tfidf_view, meli.models.mlp.view_columns)."""
     from meli.embeddings.tfidf import load_csr
 
     features, tfidf_dir = Path(features), Path(tfidf_dir)
@@ -145,7 +173,7 @@ def load_sparse_data(features: str | Path, tfidf_dir: str | Path) -> Data:
     raw = {}
     for split in ("train", "validation"):
         path = tfidf_dir / f"{split}.npz"
-        x = load_csr(path)
+        x = select_columns(load_csr(path), columns)
         raw[split] = (x, _load_labels(features, split, len(categories), x.shape[0], path))
     splits = _known_splits(features, raw, CsrRows.from_scipy)
     if raw["train"][0].shape[1] != raw["validation"][0].shape[1]:

@@ -190,7 +190,7 @@ def train(job: Job, loaded: dict | None = None) -> dict[str, Any]:
     inputs = sources.files(kind)
     if kind != TFIDF:  # (the sparse rows' size is their .npz size; the estimate is for token input)
         check_memory(job.family, params, job.features, job.matrix, job.mem_mb)
-    data = _load(sources, kind, loaded)
+    data = _load(sources, kind, loaded, params, job.family)
     _log_start(job, combo, data, device)
 
     torch.manual_seed(int(params["seed"]))
@@ -235,15 +235,17 @@ def train(job: Job, loaded: dict | None = None) -> dict[str, Any]:
     return metrics
 
 
-def _load(sources: Sources, kind: str, loaded: dict | None) -> Data:
-    """The job's inputs; with ``loaded``, reused when the previous call read the same files (the
-    training never changes them: the network copies the matrix) and kept for the next one."""
+def _load(sources: Sources, kind: str, loaded: dict | None, params: dict[str, Any], family: str) -> Data:
+    """The job's inputs (for TF-IDF input, the columns its combination reads: an MLP's tfidf_view);
+    with ``loaded``, reused when the previous call read the same files and columns (the training
+    never changes them: the network copies the matrix) and kept for the next one."""
+    columns = sources.columns(kind, params, family)
     if loaded is None:
-        return sources.load(kind)
-    key = (kind, tuple(str(p) for p in sources.files(kind)))
+        return sources.load(kind, columns)
+    key = (kind, tuple(str(p) for p in sources.files(kind)), str(columns))
     if loaded.get("key") != key:
         loaded.clear()  # one set of inputs at a time: a pack groups its combinations by input
-        loaded.update(key=key, data=sources.load(kind))
+        loaded.update(key=key, data=sources.load(kind, columns))
     return loaded["data"]
 
 
