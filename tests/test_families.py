@@ -20,7 +20,7 @@ SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
 # Issue 21 added the rnn family's own keys (between the CNN's and the shared tail: no id changes).
 # Issue 25 added the TF-IDF family's solver (and softmax's batch_size/lr/epochs), absent unless set.
 ID_KEY_ORDER = [
-    "input", "embedding", "freeze_embeddings", "hidden", "filters", "kernel_sizes", "cell", "hidden_size", "layers",
+    "input", "embedding", "freeze_embeddings", "hidden", "tfidf_view", "filters", "kernel_sizes", "cell", "hidden_size", "layers",
     "bidirectional", "pooling", "dropout", "batch_size", "lr",
     "weight_decay", "optimizer", "epochs", "patience", "class_weights", "lr_schedule", "label_smoothing", "C",
     "seed", "solver",
@@ -134,7 +134,8 @@ def test_every_family_default_is_the_validated_configs_default(name):
     documented = set(defaults) - set(filled)
     # Issue 25: the TF-IDF family's solver and softmax-only keys are absent from ids unless set.
     tfidf_later = {"solver", "batch_size", "lr", "epochs"} if name == "tfidf" else set()
-    assert documented <= {"input", "lr_schedule", "label_smoothing"} | tfidf_later, documented
+    # Issue 24: the MLP's tfidf_view is absent from ids unless set to a single block.
+    assert documented <= {"input", "lr_schedule", "label_smoothing", "tfidf_view"} | tfidf_later, documented
 
 
 def _schema_defaults(*path: str) -> dict:
