@@ -46,7 +46,8 @@ from meli.metrics import balanced_accuracy
 LOG = logging.getLogger("meli.ensemble")
 DEFAULTS = {"enabled": True, "top_k": 3, "cross_family": True, "greedy": {}}
 # Greedy forward selection (Caruana et al. 2004): the library is the best `library` runs on validation.
-GREEDY_DEFAULTS = {"library": 12, "rounds": 30, "folds": 5, "seed": 0}
+GREEDY_DEFAULTS = {"library": 12, "rounds": 20, "folds": 5, "seed": 0, "metric": "bacc"}
+GREEDY_METRICS = ("bacc", "log_loss")
 ENSEMBLE_FILE = "ensemble.json"
 GREEDY = "all/greedy"
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
@@ -120,21 +121,30 @@ def candidates(selection: dict[str, Any], runs: pd.DataFrame, cfg: dict[str, Any
 
 
 # ------------------------------------------------------------ weighted: greedy forward selection
-def greedy_counts(probas: Sequence[np.ndarray], y: np.ndarray, rounds: int) -> np.ndarray:
-    """Caruana et al. (2004), forward selection with replacement: start from the member with the
-    lowest log-loss on ``y``, then ``rounds - 1`` times add the member (again, if it is the best)
-    whose addition to the running mean lowers the log-loss most. Returns how often each member was
-    picked: its weight is that count / ``rounds``. The log-loss (smooth, unlike the balanced
-    accuracy, so less prone to chase noise) needs only each member's probability of the true class."""
+def greedy_counts(probas: Sequence[np.ndarray], y: np.ndarray, rounds: int, metric: str = "bacc") -> np.ndarray:
+    """Caruana et al. (2004), forward selection with replacement: start from the best member on
+    ``y``, then ``rounds - 1`` times add the member (again, if it is the best) whose addition to the
+    running mean scores best. Returns how often each member was picked: its weight is that count /
+    ``rounds``. ``metric``: ``bacc`` (the balanced accuracy the runs are selected on; ties go to the
+    member listed first) or ``log_loss`` (smooth, but it under-weighs a member that is right often
+    with flat probabilities, as the LinearSVC's are)."""
+    if metric not in GREEDY_METRICS:
+        raise EnsembleError(f"report.ensemble.greedy.metric: {metric!r} is not one of {GREEDY_METRICS}")
     seen = y >= 0
-    right = np.stack([p[seen, y[seen]] for p in probas]).astype(np.float64)  # [members, rows]
+    probas = [p[seen] for p in probas]
+    y = y[seen]
     counts = np.zeros(len(probas), dtype=np.int64)
-    total = np.zeros(right.shape[1])
-    for r in range(max(1, int(rounds))):
-        losses = -np.log(np.clip((total + right) / (r + 1), EPS, 1.0)).mean(axis=1)
-        best = int(np.argmin(losses))
+    total = np.zeros_like(probas[0], dtype=np.float64)
+    for _ in range(max(1, int(rounds))):
+        if metric == "bacc":
+            scores = [balanced_accuracy(y, (total + p).argmax(axis=1)) for p in probas]
+        else:  # the running mean's log-loss needs only each member's probability of the true class
+            right = total[np.arange(len(y)), y]
+            scores = [np.log(np.clip((right + p[np.arange(len(y)), y]) / (counts.sum() + 1), EPS, 1.0)).mean()
+                      for p in probas]
+        best = int(np.argmax(scores))
         counts[best] += 1
-        total += right[best]
+        total += probas[best]
     return counts
 
 
@@ -143,7 +153,8 @@ def weighted_mean(probas: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarr
     return sum(float(w) * p for w, p in zip(weights, probas) if w > 0).astype(np.float32)
 
 
-def cross_fitted(probas: Sequence[np.ndarray], y: np.ndarray, rounds: int, folds: int, seed: int = 0) -> np.ndarray:
+def cross_fitted(probas: Sequence[np.ndarray], y: np.ndarray, rounds: int, folds: int, seed: int = 0,
+                 metric: str = "bacc") -> np.ndarray:
     """Out-of-fold probabilities of the greedy ensemble: the validation rows in ``folds`` random
     folds, each fold averaged with the weights selected on the other folds. Their score is an
     honest validation score of the *method* (weights chosen on the same rows they are scored on
@@ -152,7 +163,7 @@ def cross_fitted(probas: Sequence[np.ndarray], y: np.ndarray, rounds: int, folds
     out = np.empty_like(probas[0])
     for f in np.unique(fold):
         held = fold == f
-        counts = greedy_counts([p[~held] for p in probas], y[~held], rounds)
+        counts = greedy_counts([p[~held] for p in probas], y[~held], rounds, metric)
         out[held] = weighted_mean([p[held] for p in probas], counts)
     return out
 
@@ -226,13 +237,13 @@ def greedy_candidate(folder: Path, dirs: list[str], members: _Members, y: np.nda
     cross-fitted ones, so it competes fairly with the equal-weight candidates."""
     t0 = time.perf_counter()
     probas = [members.get(d) for d in dirs]
-    counts = greedy_counts(probas, y, greedy["rounds"])
-    oof = cross_fitted(probas, y, greedy["rounds"], greedy["folds"], greedy["seed"])
+    counts = greedy_counts(probas, y, greedy["rounds"], greedy["metric"])
+    oof = cross_fitted(probas, y, greedy["rounds"], greedy["folds"], greedy["seed"], greedy["metric"])
     chosen = [(d, int(c)) for d, c in zip(dirs, counts) if c > 0]
     in_sample = weighted_mean(probas, counts)
     weights = {d: c / int(counts.sum()) for d, c in chosen}
     extra = {"val_bacc_in_sample": val_bacc(in_sample, y), "library": len(dirs), "rounds": int(greedy["rounds"]),
-             "folds": int(greedy["folds"]), "val_scored_by": "cross-fitting", "combine_s": time.perf_counter() - t0}
+             "folds": int(greedy["folds"]), "metric": greedy["metric"], "val_scored_by": "cross-fitting", "combine_s": time.perf_counter() - t0}
     LOG.info("greedy selection over %d runs: %s; cross-fitted validation bacc %.4f (in-sample %.4f)", len(dirs),
              ", ".join(f"{_relative(d, root)} x{c}" for d, c in chosen), val_bacc(oof, y), extra["val_bacc_in_sample"])
     return write_ensemble(folder, GREEDY, weights, members, oof, y, root, extra)
