@@ -97,6 +97,8 @@ def test_the_ensemble_is_scored_on_test_compared_served_and_reported(built, tmp_
     html = render.render(results, {"dataset": {"name": "demo"}}, ["config.yaml"], workdir=tmp_path)
     assert f"Ensemble <code>{out['chosen']}</code>" in html and "meli-predict --run results/ensembles/" in html
     assert "Ensemble" in html and "calibrated on validation" in html
+    # the fakes' members err independently: the weighted greedy candidate wins here, and says how it was made
+    assert out["chosen"] == "all/greedy" and "greedy forward selection" in html and "cross-fitted over 5 folds" in html
 
 
 def _members(y, accs, k, seed=0):

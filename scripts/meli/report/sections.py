@@ -299,14 +299,18 @@ def _ensemble_card(r: Results, test: pd.DataFrame | None) -> list[str]:
     vs = next((x for x in r.comparisons if x["a"] == "ensemble"), None)
     others = ", ".join(f"{n} {fmt(v['val_bacc'], 4)}" for n, v in r.ensembles["candidates"].items() if n != chosen)
     members = "".join(f"<li><code>{escape(m['run_dir'])}</code> (val {fmt(m['val_bacc'], 4)}, "
-                      f"temperature {m['temperature']:.3g})</li>" for m in c["members"])
+                      f"temperature {m['temperature']:.3g}, weight {m['weight']:.3g})</li>" for m in c["members"])
+    how = (f"Weighted mean of {len(c['members'])} runs' probabilities (greedy forward selection on validation "
+           f"{escape(str(c.get('metric', 'bacc')))}, {c['rounds']} picks from the {c['library']} best runs; its "
+           f"validation score is cross-fitted over {c['folds']} folds, in-sample {fmt(c['val_bacc_in_sample'], 4)}), "
+           if "rounds" in c else f"Mean of {len(c['members'])} runs' probabilities, ")
     return [f'<div class="card"><div class="label">Ensemble <code>{escape(chosen)}</code> · best of '
             f'{plural(len(r.ensembles["candidates"]), "ensemble")} on validation</div>'
             f'<div class="big">{escape(fmt(t["test_bacc"], 4) if t is not None else DASH)}</div>'
             f'<div class="label">test balanced accuracy, {escape(ci)} · validation {fmt(c["val_bacc"], 4)}'
             + (f" · other candidates: {escape(others)}" if others else "") + "</div>"
             + (f'<div class="label">{comparison_sentence(vs)}</div>' if vs else "")
-            + f'<div class="label">Mean of {len(c["members"])} runs\' probabilities, each calibrated on validation '
+            + f'<div class="label">{how}each calibrated on validation '
             f'by one temperature:</div><ul class="note">{members}</ul>'
             f'<div class="label">Classify new titles with it:</div><pre class="cmd">'
             f"{escape(predict_command(c['run_dir']))}</pre></div>"]
