@@ -6,6 +6,8 @@ rule tfidf_features) through a sparse ``EmbeddingBag(n_features, hidden[0], mode
 by the tf-idf values, i.e. a first dense layer that only touches the n-grams a title has
 (network: nets.TfidfMLP). Titles are short and full of brands, model numbers and misspellings:
 on the real MeLi sample this input is what lifts the MLP above the linear SVM (issue 12).
+``tfidf_view: word | char`` reads only that block of the matrix (``all`` by default): another
+view of the same titles, for ensembles (issue 24).
 """
 from __future__ import annotations
 
