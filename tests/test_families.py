@@ -52,7 +52,7 @@ def test_schema_defaults_are_the_family_defaults(name):
 def test_every_family_has_a_config_section_and_nothing_else_does():
     train = SCHEMA["properties"]["train"]["properties"]
     assert set(models.names()) == set(train) - {"device", "resources", "max_combinations", "search",
-                                                "checkpoint_minutes", "stop_signal_s"}  # issue 23: operational keys
+                                                "checkpoint_minutes", "stop_signal_s", "pack"}  # issue 23: operational keys
 
 
 def test_merged_id_order_is_unchanged_and_keeps_each_family_order():
