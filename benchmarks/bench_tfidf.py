@@ -13,8 +13,10 @@ one after the other on the same data, so the machine's load affects both alike:
    real sample (``--sample``, split 70/15/15 as config/meli2019-sample.yaml) and/or synthetic
    course-shaped titles (``--rows N``: ``synthetic.py`` preset course-es, split 80/10/10).
 2. **MLP input tfidf** (hidden [512], config/meli2019-sample.yaml's combination, ``--epochs``):
-   before = sklearn features + SparseAdam (``MELI_SPARSE_OPTIMIZER=sparse_adam``), after = hashed
-   features + LazyAdam; train rows/s (the epochs' own ``samples_per_s``), validation bacc, peak RSS.
+   before issue 25 = sklearn features + SparseAdam, today = hashed features + LazyAdam, new =
+   hashed features + row-wise RMSprop (``sparse_optimizer: rowwise_rmsprop``, forced per run by ``MELI_SPARSE_OPTIMIZER``);
+   train rows/s (the epochs' own ``samples_per_s``, and training steps of the three interleaved
+   batch by batch in one process), validation bacc, CPU seconds, peak RSS.
 3. **baseline** (``meli.train.baseline``): LinearSVC (C 0.5, over the sklearn features, as
    before) against ``solver: softmax`` (over the hashed features); validation bacc, fit seconds.
 
@@ -40,7 +42,8 @@ from benchmarks.bench_scale import run_measured  # noqa: E402
 
 FEATURES = {"word_ngrams": [1, 2], "char_ngrams": [2, 5], "min_df": 2, "max_features": 262144}  # meli2019*.yaml
 MLP = {"input": "tfidf", "hidden": [512], "dropout": 0.3, "lr": 0.003, "batch_size": 128, "seed": 0}
-SOFTMAX = {"solver": "softmax", "lr": 0.02, "epochs": 5, "batch_size": 256}
+SOFTMAX = {"solver": "softmax", "lr": 0.03, "epochs": 5, "batch_size": 256, "class_weights": True,
+           "sparse_optimizer": "rowwise_adagrad"}  # config/meli2019.yaml's
 
 
 CPU_S: dict[str, float] = {}  # log name -> the process's CPU seconds (user + system)
@@ -94,28 +97,38 @@ def _rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+# The input-tfidf MLP's sparse optimizers, oldest first: (label, features engine, sparse optimizer).
+MLP_VARIANTS = (("before issue 25: sklearn features + SparseAdam", "sklearn", "sparse_adam"),
+                ("today: hashed features + LazyAdam", "hashed", "lazy_adam"),
+                ("new: hashed features + row-wise RMSprop", "hashed", "rowwise_rmsprop"))
+ROWWISE = {"sparse_lr_scale": 0.3}  # the bag's lr = 0.3 x lr under rowwise_rmsprop (config/meli2019*.yaml)
+
+
+def _mlp_params(kind: str, **extra) -> dict:
+    return {**MLP, **extra, **({"sparse_optimizer": kind, **ROWWISE} if kind.startswith("rowwise_") else {})}
+
+
 def mlp(work: Path, threads: int, epochs: int, hidden: list[int]) -> list[dict]:
     out = []
-    params = {**MLP, "hidden": hidden, "epochs": epochs, "patience": epochs}
-    for what, engine, opt in (("before: sklearn features + SparseAdam", "sklearn", "sparse_adam"),
-                              ("after: hashed features + LazyAdam", "hashed", "lazy")):
-        run = work / f"mlp-{engine}"
+    for what, engine, opt in MLP_VARIANTS:
+        run = work / f"mlp-{engine}-{opt}"
+        params = _mlp_params(opt, hidden=hidden, epochs=epochs, patience=epochs)
         wall, rss = _measured("meli.train.neural", [
             "--family", "mlp", "--params", json.dumps(params), "--features", str(work / "features"),
-            "--tfidf", str(work / f"tfidf-{engine}"), "--out-dir", str(run), "--checkpoint-dir", str(work / f"ckpt-{engine}"),
-            "--device", "cpu", "--threads", str(threads)], work / "logs" / f"mlp-{engine}.log",
+            "--tfidf", str(work / f"tfidf-{engine}"), "--out-dir", str(run), "--checkpoint-dir", str(work / f"ckpt-{opt}"),
+            "--device", "cpu", "--threads", str(threads)], work / "logs" / f"{run.name}.log",
             {"MELI_SPARSE_OPTIMIZER": opt})
         m = json.loads((run / "metrics.json").read_text())
-        out.append({"what": what, "epochs": m["epochs_run"], "train_rows_per_s": m["samples_per_s"],
-                    "cpu_s": CPU_S[f"mlp-{engine}"],
-                    "val_bacc": m["val_bacc"], "wall_s": wall, "peak_rss_mb": rss, "n_train": m["n_train"]})
+        out.append({"what": what, "kind": opt, "epochs": m["epochs_run"], "train_rows_per_s": m["samples_per_s"],
+                    "cpu_s": CPU_S[run.name], "val_bacc": m["val_bacc"], "wall_s": wall, "peak_rss_mb": rss,
+                    "n_train": m["n_train"]})
     return out
 
 
 def interleaved_steps(work: Path, threads: int, hidden: list[int], batches: int, batch_size: int = 128) -> dict:
-    """Training steps of the old (SparseAdam) and new (LazyAdam) bag in one process, alternating
-    batch by batch over the same batches of the hashed features: load from other work on the
-    machine falls on both alike, which sequential runs cannot promise on a shared machine."""
+    """Training steps of the three sparse optimizers in one process, alternating batch by batch
+    (rotating which goes first) over the same batches of the hashed features: load from other work
+    on the machine falls on all alike, which sequential runs cannot promise on a shared machine."""
     import torch
     import torch.nn.functional as F
 
@@ -126,37 +139,34 @@ def interleaved_steps(work: Path, threads: int, hidden: list[int], batches: int,
     data = neural.load_sparse_data(work / "features", work / "tfidf-hashed")
     x, y = data.train.ids, data.train.labels
     n_classes = len(data.categories)
-    models, opts, spent = {}, {}, {"sparse_adam": 0.0, "lazy": 0.0}
-    params = {"lr": MLP["lr"], "weight_decay": 0.0, "optimizer": "adam"}
-    for kind in spent:
+    kinds = [kind for _, _, kind in MLP_VARIANTS]
+    models, opts, spent = {}, {}, dict.fromkeys(kinds, 0.0)
+    for kind in kinds:
         torch.manual_seed(0)
         models[kind] = TfidfMLP(x.n_features, n_classes, hidden=hidden, dropout=MLP["dropout"])
-        os.environ["MELI_SPARSE_OPTIMIZER"] = kind
-        opts[kind] = neural.make_optimizer(models[kind], params)
-    os.environ.pop("MELI_SPARSE_OPTIMIZER")
+        opts[kind] = neural.make_optimizer(models[kind], {**_mlp_params(kind), "sparse_optimizer": kind,
+                                                          "weight_decay": 0.0, "optimizer": "adam"})
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     batches = min(batches, len(y) // batch_size)
     for b in range(batches):
         idx = perm[b * batch_size : (b + 1) * batch_size]
-        order = list(spent) if b % 2 == 0 else list(spent)[::-1]
-        for kind in order:
+        for kind in kinds[b % 3 :] + kinds[: b % 3]:
             start = time.perf_counter()
             rows = x[idx]  # the gather is part of the step
             loss = F.cross_entropy(models[kind](rows), y[idx])
             opts[kind].zero_grad()
             loss.backward()
             opts[kind].step()
-            if b >= 2:  # first batches: allocation of the moments
+            if b >= 3:  # first batches: allocation of the optimizer state
                 spent[kind] += time.perf_counter() - start
-    rows_done = (batches - 2) * batch_size
-    return {"batches": batches, "batch_size": batch_size,
-            "old_rows_per_s": rows_done / spent["sparse_adam"], "new_rows_per_s": rows_done / spent["lazy"]}
+    rows_done = (batches - 3) * batch_size
+    return {"batches": batches, "batch_size": batch_size, **{kind: rows_done / spent[kind] for kind in kinds}}
 
 
 def baseline(data: Path, work: Path, threads: int, linearsvc: bool) -> list[dict]:
     out = []
     runs = [("LinearSVC C 0.5, sklearn features", "sklearn", {"C": 0.5})] if linearsvc else []
-    runs.append(("softmax (torch, LazyAdam), hashed features", "hashed", SOFTMAX))
+    runs.append(("softmax (torch, row-wise Adagrad, class-balanced), hashed features", "hashed", SOFTMAX))
     for what, engine, params in runs:
         run = work / f"baseline-{engine}"
         wall, rss = _measured("meli.train.baseline", [
@@ -235,16 +245,18 @@ def report(name: str, feats: list[dict], mlps: list[dict], bases: list[dict], pa
                       f"{old['cpu_s'] / new['cpu_s']:.1f}x less CPU time, peak RSS x{new['peak_rss_mb'] / old['peak_rss_mb']:.2f} "
                       f"(hashed / sklearn), same run", ""]
     if mlps:
-        old, new = mlps
         lines += ["| MLP input tfidf | epochs | train rows/s (epochs, sequential runs) | train rows/s (steps interleaved) "
                   "| val bacc | wall s | CPU s (job) | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {m['what']} | {m['epochs']} | {m['train_rows_per_s']:,.0f} | {m['step_rows_per_s']:,.0f} | "
                   f"{m['val_bacc']:.4f} | {m['wall_s']:.0f} | {m['cpu_s']:.0f} | {m['peak_rss_mb']:,.0f} |" for m in mlps]
-        lines += ["", f"MLP: **{new['step_rows_per_s'] / old['step_rows_per_s']:.1f}x train rows/s** (training steps "
-                      f"interleaved batch by batch in one process, {old['step_batches']} batches of {MLP['batch_size']}; "
-                      f"the sequential epochs: x{new['train_rows_per_s'] / old['train_rows_per_s']:.1f}; CPU time of "
-                      f"the whole job: {old['cpu_s'] / new['cpu_s']:.1f}x less), val bacc "
-                      f"{100 * (new['val_bacc'] - old['val_bacc']):+.2f} points, peak RSS x{new['peak_rss_mb'] / old['peak_rss_mb']:.2f}", ""]
+        before, today, new = mlps
+        for old, name in ((today, "today's LazyAdam"), (before, "SparseAdam (before issue 25)")):
+            lines += ["", f"MLP against {name}: **{new['step_rows_per_s'] / old['step_rows_per_s']:.1f}x train rows/s** "
+                          f"(training steps interleaved batch by batch in one process, {mlps[0]['step_batches']} batches of "
+                          f"{MLP['batch_size']}; the sequential epochs: x{new['train_rows_per_s'] / old['train_rows_per_s']:.1f}; "
+                          f"CPU time of the whole job: {old['cpu_s'] / new['cpu_s']:.1f}x less), val bacc "
+                          f"{100 * (new['val_bacc'] - old['val_bacc']):+.2f} points, peak RSS x{new['peak_rss_mb'] / old['peak_rss_mb']:.2f}"]
+        lines.append("")
     if bases:
         lines += ["| baseline | val bacc | fit s | wall s | CPU s (job) | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {b['what']} | {b['val_bacc']:.4f} | {b['fit_s']:.1f} | {b['wall_s']:.0f} | {b['cpu_s']:.0f} | "
@@ -266,9 +278,8 @@ def bench_dataset(name: str, data: Path, work: Path, args) -> str:
     print(report(name, feats, [], []), file=sys.stderr, flush=True)  # each part as soon as it is measured
     steps = {} if args.skip_mlp else interleaved_steps(work, args.threads, args.hidden, args.step_batches)
     mlps = [] if args.skip_mlp else mlp(work, args.threads, args.epochs, args.hidden)
-    if mlps:
-        mlps[0]["step_rows_per_s"], mlps[1]["step_rows_per_s"] = steps["old_rows_per_s"], steps["new_rows_per_s"]
-        mlps[0]["step_batches"] = steps["batches"]
+    for m in mlps:
+        m["step_rows_per_s"], m["step_batches"] = steps[m["kind"]], steps["batches"]
     print(report(name, [], mlps, []), file=sys.stderr, flush=True)
     bases = [] if args.skip_baseline else baseline(data, work, args.threads, not args.skip_linearsvc)
     return report(name, feats, mlps, bases)

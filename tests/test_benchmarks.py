@@ -196,6 +196,6 @@ def test_tfidf_benchmark_prints_old_and_new_side_by_side(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "| sklearn | 1,200 |" in out and "| hashed | 1,200 |" in out and "x faster**" in out
-    assert "before: sklearn features + SparseAdam" in out and "after: hashed features + LazyAdam" in out
-    assert "x train rows/s**" in out and "softmax (torch, LazyAdam)" in out
+    assert "before issue 25: sklearn features + SparseAdam" in out and "new: hashed features + row-wise RMSprop" in out
+    assert "x train rows/s**" in out and "softmax (torch, row-wise Adagrad, class-balanced)" in out
     assert not list(tmp_path.iterdir())  # the work directory is removed

@@ -18,12 +18,13 @@ SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
 # Issue 12 added input, lr_schedule and label_smoothing (absent from an id unless set, so old ids
 # stand) and moved the TF-IDF family's ngram_max/max_features to the tfidf_features section.
 # Issue 21 added the rnn family's own keys (between the CNN's and the shared tail: no id changes).
-# Issue 25 added the TF-IDF family's solver (and softmax's batch_size/lr/epochs), absent unless set.
+# Issue 25 added the TF-IDF family's solver (and softmax's batch_size/lr/epochs/weight_decay/
+# sparse_optimizer) and the MLP's sparse_optimizer/sparse_lr_scale, absent unless set.
 ID_KEY_ORDER = [
     "input", "embedding", "freeze_embeddings", "hidden", "tfidf_view", "filters", "kernel_sizes", "cell", "hidden_size", "layers",
     "bidirectional", "pooling", "dropout", "batch_size", "lr",
     "weight_decay", "optimizer", "epochs", "patience", "class_weights", "lr_schedule", "label_smoothing", "C",
-    "seed", "solver",
+    "seed", "solver", "sparse_optimizer", "sparse_lr_scale",
 ]
 
 
@@ -133,9 +134,10 @@ def test_every_family_default_is_the_validated_configs_default(name):
     assert {k: v[0] for k, v in filled.items()} == {k: v for k, v in defaults.items() if k in filled}
     documented = set(defaults) - set(filled)
     # Issue 25: the TF-IDF family's solver and softmax-only keys are absent from ids unless set.
-    tfidf_later = {"solver", "batch_size", "lr", "epochs"} if name == "tfidf" else set()
+    tfidf_later = {"solver", "batch_size", "lr", "epochs", "weight_decay", "sparse_optimizer"} if name == "tfidf" else set()
+    mlp_later = {"sparse_optimizer", "sparse_lr_scale"} if name == "mlp" else set()
     # Issue 24: the MLP's tfidf_view is absent from ids unless set to a single block.
-    assert documented <= {"input", "lr_schedule", "label_smoothing", "tfidf_view"} | tfidf_later, documented
+    assert documented <= {"input", "lr_schedule", "label_smoothing", "tfidf_view"} | tfidf_later | mlp_later, documented
 
 
 def _schema_defaults(*path: str) -> dict:

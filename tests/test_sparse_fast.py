@@ -51,6 +51,9 @@ def test_hashed_tfidf_matches_sklearn_values_and_is_chunk_and_thread_invariant(m
     again = tfidf.TitleVectorizer({"min_df": 2})
     assert (again.fit_transform(texts, threads=3) != x_new).nnz == 0
     assert (again.transform(texts, threads=2) != x_new).nnz == 0
+    monkeypatch.setattr(tfidf, "KEEP_COUNTS_ROWS", 5)  # large inputs: counts summed, then recounted when weighed
+    twice = tfidf.TitleVectorizer({"min_df": 2})
+    assert (twice.fit_transform(texts, threads=2) != x_new).nnz == 0 and twice.block_sizes() == new.block_sizes()
     restored = pickle.loads(pickle.dumps(again))  # predict loads it from vectorizer.joblib
     assert (restored.transform(texts[:5]) != x_new[:5]).nnz == 0
     assert restored.transform([]).shape == (0, x_new.shape[1])
@@ -142,3 +145,75 @@ def test_int32_rows_feed_the_bag():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(small), model(rows))
+
+
+@pytest.mark.parametrize("kind", ["rowwise_adagrad", "rowwise_rmsprop"])
+def test_rowwise_optimizers_are_their_formula_with_one_accumulator_per_row(kind, monkeypatch):
+    from meli.train.optim import set_lr
+    from meli.train.sparse import RowwiseAdagrad
+
+    monkeypatch.delenv("MELI_SPARSE_OPTIMIZER", raising=False)
+    torch.manual_seed(0)
+    model = TfidfMLP(40, 3, hidden=[8])
+    params = {"lr": 0.01, "weight_decay": 0.0, "optimizer": "adam", "sparse_optimizer": kind, "sparse_lr_scale": 10}
+    opt = neural.make_optimizer(model, params)
+    bag_opt, dense = opt.parts
+    assert isinstance(bag_opt, RowwiseAdagrad) and bag_opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    set_lr(opt, 0.005)  # the schedule keeps the bag's multiple
+    assert bag_opt.param_groups[0]["lr"] == pytest.approx(0.05) and dense.param_groups[0]["lr"] == 0.005
+    acc = torch.zeros(40)
+    for seed in range(3):  # different rows each step: an untouched row's weight and accumulator stay
+        rows, y = _batches(seed=seed)
+        opt.zero_grad()
+        F.cross_entropy(model(rows[torch.arange(4)]), y[:4]).backward()
+        touched, grad = (t.clone() for t in model.embedding.row_grad)
+        before = model.embedding.weight.detach().clone()
+        opt.step()
+        want, lr = before.clone(), 0.05
+        if kind == "rowwise_adagrad":  # the sum of the row's mean squared gradients
+            acc[touched] += grad.square().mean(1)
+        else:  # their average (beta2 0.999), bias-corrected by the global step
+            acc[touched] = 0.999 * acc[touched] + 0.001 * grad.square().mean(1)
+            lr *= (1 - 0.999 ** (seed + 1)) ** 0.5
+        want[touched] -= lr * grad / (acc[touched].sqrt() + 1e-8).unsqueeze(1)
+        torch.testing.assert_close(model.embedding.weight.detach(), want, rtol=1e-5, atol=1e-7)
+    state = bag_opt.state_dict()["state"][0]
+    assert state["step"] == 3 and state["sum"].shape == (40,)  # 4 B per column, not 2 x width x 4 B
+    torch.testing.assert_close(state["sum"], acc)
+    again = neural.make_optimizer(TfidfMLP(40, 3, hidden=[8]), params)
+    again.load_state_dict(opt.state_dict())  # a checkpoint round-trips
+    torch.testing.assert_close(again.parts[0].state_dict()["state"][0]["sum"], acc)
+
+
+def test_sparse_optimizer_choice_and_its_checks(monkeypatch):
+    from meli.train.sparse import RowwiseAdagrad
+
+    params = {"lr": 0.01, "sparse_optimizer": "rowwise_adagrad"}
+    monkeypatch.delenv("MELI_SPARSE_OPTIMIZER", raising=False)
+    assert isinstance(make_sparse_optimizer(TfidfMLP(40, 3, hidden=[8]).embedding, params), RowwiseAdagrad)
+    assert isinstance(make_sparse_optimizer(TfidfMLP(40, 3, hidden=[8]).embedding, {"lr": 0.01}), LazyAdam)
+    monkeypatch.setenv("MELI_SPARSE_OPTIMIZER", "sparse_adam")  # benchmarks' side-by-side override
+    assert isinstance(make_sparse_optimizer(TfidfMLP(40, 3, hidden=[8]).embedding, params), torch.optim.SparseAdam)
+    base = {"input": "tfidf", "hidden": [16]}
+    p = neural.resolve_params("mlp", {**base, "sparse_optimizer": "rowwise_adagrad", "sparse_lr_scale": 10})
+    assert p["sparse_optimizer"] == "rowwise_adagrad" and p["sparse_lr_scale"] == 10
+    assert neural.resolve_params("mlp", base)["sparse_optimizer"] == "lazy_adam"  # the documented default
+    for bad, match in (({"sparse_optimizer": "adagrad"}, "sparse_optimizer"), ({"sparse_lr_scale": 0}, "sparse_lr_scale")):
+        with pytest.raises(ValueError, match=match):
+            neural.resolve_params("mlp", {**base, **bad})
+    words = neural.resolve_params("mlp", {"embedding": "w2v", "sparse_optimizer": "rowwise_adagrad"})
+    assert "sparse_optimizer" not in words and "sparse_lr_scale" not in words  # no sparse bag: pruned
+
+
+def test_streamed_stack_is_vstack_and_grows_when_the_first_part_is_sparse():
+    from meli.embeddings.tfidf import _stack_stream
+
+    parts = [sp.random(r, 30, density=d, format="csr", random_state=i, dtype=np.float32)
+             for i, (r, d) in enumerate([(5, 0.05), (7, 0.5), (0, 0.1), (9, 0.9), (4, 0.3)])]
+    for p in parts:
+        p.sort_indices()
+    want = sp.vstack(parts, format="csr")
+    for threads in (1, 2, 3):
+        got = _stack_stream(threads, lambda p: p, parts, sum(p.shape[0] for p in parts))
+        assert got.shape == want.shape and got.dtype == np.float32 and (got != want).nnz == 0
+        assert np.array_equal(got.indptr, want.indptr)

@@ -17,11 +17,13 @@ from typing import Any
 from meli.models.family import (NEURAL_ID_HEAD, NEURAL_ID_TAIL, TFIDF, TOKENS, Family, NetworkMemory, NeuralParams,
                                 Shapes, layer_weights)
 
+SPARSE_OPTIMIZERS = ("lazy_adam", "rowwise_adagrad", "rowwise_rmsprop", "sparse_adam")  # meli.train.sparse (no torch import here)
 INPUTS = {"embedding": TOKENS, "tfidf": TFIDF}  # the `input` value -> what the trainer loads
-# Keys that only mean something for word-vector input.
+# Keys that only mean something for word-vector input, and for tfidf input.
 EMBEDDING_ONLY = ("embedding", "freeze_embeddings")
 # tfidf_view -> the blocks of the shared TF-IDF matrix (meli.embeddings.tfidf) the bag reads.
 VIEWS = {"all": None, "word": "word", "char": "char_wb"}
+TFIDF_ONLY = ("sparse_optimizer", "sparse_lr_scale")
 
 
 @dataclass
@@ -31,17 +33,22 @@ class MlpParams(NeuralParams):
     # input tfidf: all columns, or only the word or the char_wb n-gram block (a different view of
     # the same titles: a more diverse ensemble member than another seed)
     tfidf_view: str = "all"
+    # input tfidf: the sparse bag's optimizer (meli.train.sparse.SPARSE_OPTIMIZERS) and its lr as a
+    # multiple of `lr` (the row-wise ones: rowwise_rmsprop wants ~0.3, rowwise_adagrad ~10).
+    sparse_optimizer: str = "lazy_adam"
+    sparse_lr_scale: float = 1.0
 
 
 def prune(params: dict[str, Any]) -> dict[str, Any]:
     """A tfidf-input combination has no embedding: its id and inputs do not name one. tfidf_view
-    names a run only when it is not ``all`` (ids from before the key existed stay as they were)."""
+    names a run only when it is not ``all`` (ids from before the key existed stay as they were). A
+    word-vector one has no sparse bag (no sparse optimizer)."""
     if params.get("input") == "tfidf":
         out = {k: v for k, v in params.items() if k not in EMBEDDING_ONLY}
         if out.get("tfidf_view", "all") == "all":
             out.pop("tfidf_view", None)
         return out
-    return {k: v for k, v in params.items() if k != "tfidf_view"}
+    return {k: v for k, v in params.items() if k != "tfidf_view" and k not in TFIDF_ONLY}
 
 
 def view_columns(params: dict[str, Any], block_sizes: dict[str, int]) -> slice | None:
@@ -72,6 +79,10 @@ def validate(params: dict[str, Any]) -> None:
         raise ValueError(f"tfidf_view {params['tfidf_view']!r} needs input tfidf")
     if params["input"] == "tfidf" and not params["hidden"]:
         raise ValueError("input tfidf needs a hidden layer: hidden[0] is the width of its sparse bag (e.g. [512])")
+    if params.get("sparse_optimizer", "lazy_adam") not in SPARSE_OPTIMIZERS:
+        raise ValueError(f"sparse_optimizer {params['sparse_optimizer']!r} not one of {SPARSE_OPTIMIZERS}")
+    if not float(params.get("sparse_lr_scale", 1.0)) > 0:
+        raise ValueError(f"sparse_lr_scale must be > 0, got {params['sparse_lr_scale']!r}")
 
 
 def build(params: dict[str, Any], vocab_size: int, dim: int, n_classes: int):
@@ -99,7 +110,8 @@ FAMILY = Family(
     name="mlp",
     display_name="MLP",
     params=MlpParams,
-    aliases={"input": "in", **NEURAL_ID_HEAD, "tfidf_view": "view", **NEURAL_ID_TAIL},
+    aliases={"input": "in", **NEURAL_ID_HEAD, "tfidf_view": "view", **NEURAL_ID_TAIL, "sparse_optimizer": "sopt",
+             "sparse_lr_scale": "slr"},
     neural=True,
     model_file="model.pt",
     build=build,

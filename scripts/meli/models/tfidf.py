@@ -4,7 +4,8 @@ The features (n-gram ranges, min_df, max_features) are the ``tfidf_features`` co
 shared with the MLP's ``input: tfidf``; only the classifier's hyperparameters are swept here.
 ``solver: linearsvc`` (default): one-vs-rest LinearSVC (liblinear, CPU). ``solver: softmax``: a
 multinomial logistic regression over the same sparse rows, trained with torch (LazyAdam on the
-touched columns, GPU when there is one) for ``epochs`` at ``lr`` in batches of ``batch_size``.
+touched columns, or row-wise Adagrad: ``sparse_optimizer``; GPU when there is one) for ``epochs`` at
+``lr`` in batches of ``batch_size``, with an L2 ``weight_decay`` on the touched rows.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from meli.models.family import Family
 
-SOLVER_ONLY = {"linearsvc": ("C",), "softmax": ("batch_size", "lr", "epochs")}
+SOLVER_ONLY = {"linearsvc": ("C",), "softmax": ("batch_size", "lr", "epochs", "weight_decay", "sparse_optimizer")}
 
 
 @dataclass
@@ -21,6 +22,8 @@ class TfidfParams:
     batch_size: int = 256  # softmax only
     lr: float = 0.01  # softmax only
     epochs: int = 4  # softmax only
+    weight_decay: float = 0.0  # softmax only: L2 on the rows a batch touches (lazy, as the updates)
+    sparse_optimizer: str = "lazy_adam"  # softmax only: lazy_adam | rowwise_adagrad (meli.train.sparse)
     C: float = 0.5  # LinearSVC's inverse L2 regularisation (squared hinge); 0.5 as in the issue-12 reference
     class_weights: bool = False
     seed: int = 0
@@ -38,8 +41,8 @@ FAMILY = Family(
     name="tfidf",
     display_name="TF-IDF baseline",
     params=TfidfParams,
-    aliases={"batch_size": "bs", "lr": "lr", "epochs": "ep", "class_weights": "cw", "C": "C", "seed": "seed",
-             "solver": "solver"},
+    aliases={"batch_size": "bs", "lr": "lr", "weight_decay": "wd", "epochs": "ep", "class_weights": "cw", "C": "C",
+             "seed": "seed", "solver": "solver", "sparse_optimizer": "sopt"},
     neural=False,
     model_file="model.joblib",
     predictor="meli.inference:load_tfidf_predictor",

@@ -57,6 +57,7 @@ MAX_CLASSES_PER_FIT = 64
 PARAM_KEYS = models.get("tfidf").parameters
 DEFAULTS: dict[str, Any] = models.get("tfidf").defaults()  # defined in meli/models/tfidf.py
 SOLVERS = ("linearsvc", "softmax")
+SOFTMAX_OPTIMIZERS = ("lazy_adam", "rowwise_adagrad")
 
 
 def load_categories(features_dir: str | Path) -> list[str]:
@@ -99,9 +100,11 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"--params: C must be > 0, got {p['C']!r}")
     if p["solver"] not in SOLVERS:
         raise ValueError(f"--params: solver {p['solver']!r} is not one of {list(SOLVERS)}")
-    if not (p["lr"] > 0 and int(p["epochs"]) >= 1 and int(p["batch_size"]) >= 1):
-        raise ValueError(f"--params: softmax needs lr > 0, epochs >= 1, batch_size >= 1 (got {p['lr']}, "
-                         f"{p['epochs']}, {p['batch_size']})")
+    if not (p["lr"] > 0 and int(p["epochs"]) >= 1 and int(p["batch_size"]) >= 1 and p["weight_decay"] >= 0):
+        raise ValueError(f"--params: softmax needs lr > 0, epochs >= 1, batch_size >= 1, weight_decay >= 0 (got "
+                         f"{p['lr']}, {p['epochs']}, {p['batch_size']}, {p['weight_decay']})")
+    if p["sparse_optimizer"] not in SOFTMAX_OPTIMIZERS:
+        raise ValueError(f"--params: sparse_optimizer {p['sparse_optimizer']!r} is not one of {list(SOFTMAX_OPTIMIZERS)}")
     return p
 
 
@@ -215,6 +218,7 @@ def fit_softmax(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_
     import torch.nn.functional as F
 
     from meli.models.runtime import select_device
+    from meli.train.optim import lr_factor, set_lr
     from meli.train.sparse import CsrRows, make_sparse_optimizer
 
     dev = select_device(device)
@@ -227,8 +231,12 @@ def fit_softmax(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_
     bag = torch.nn.EmbeddingBag(x.shape[1], n_classes, mode="sum", sparse=True).to(dev)
     torch.nn.init.zeros_(bag.weight)  # convex: start from the uniform prediction
     bias = torch.nn.Parameter(torch.zeros(n_classes, device=dev))
-    lr = float(params["lr"])
-    opts = [make_sparse_optimizer(bag, {"lr": lr}, kind="lazy"), torch.optim.Adam([bias], lr=lr)]
+    lr, kind = float(params["lr"]), params.get("sparse_optimizer", "lazy_adam")
+    sparse = make_sparse_optimizer(bag, {"lr": lr}, kind=kind)
+    if float(params.get("weight_decay", 0.0)) > 0:
+        sparse.param_groups[0]["weight_decay"] = float(params["weight_decay"])
+    dense = torch.optim.Adagrad([bias], lr=lr) if kind == "rowwise_adagrad" else torch.optim.Adam([bias], lr=lr)
+    opts = [sparse, dense]
     weights = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
     n = len(y)
     steps, total_steps = 0, epochs * -(-n // batch)
@@ -240,8 +248,7 @@ def fit_softmax(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_
             idx = perm[start : start + batch]
             b = rows[idx]
             for opt in opts:
-                for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * steps / total_steps))
+                set_lr(opt, lr * lr_factor("cosine", steps, total_steps))
                 opt.zero_grad()
             loss = F.cross_entropy(bag(b.indices, b.offsets, per_sample_weights=b.values) + bias, labels[idx],
                                    weight=weights)

@@ -54,7 +54,8 @@ def make_optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Opti
     The fused kernels (CPU and CUDA) update all parameters in one call: about 3x faster steps
     than the default per-parameter loop, and still deterministic. A network whose ``input_table``
     is sparse (the MLP's TF-IDF bag; the network contract, meli.models.nets) gets SparseAdam for
-    that table (sparse gradients; it has no weight decay) and the chosen optimizer for the rest.
+    that table (LazyAdam, RowwiseAdagrad or SparseAdam by ``sparse_optimizer``, meli.train.sparse; no
+    weight decay) and the chosen optimizer for the rest.
     """
     table = model.input_table
     if getattr(table, "sparse", False) and table.weight.requires_grad:
@@ -81,8 +82,9 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """Every group's lr to ``lr`` (x the group's ``lr_scale``: the row-wise Adagrad bag's own multiple)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def class_weight_tensor(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -171,6 +171,8 @@ class LazyAdam(torch.optim.Optimizer):
             state["exp_avg_sq"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
         state["step"] += 1
         step = int(state["step"])
+        if group.get("weight_decay", 0.0) > 0:  # L2 on the touched rows only (lazily, as the update)
+            grad = grad.add(weight.index_select(0, touched), alpha=group["weight_decay"])
         m = state["exp_avg"].index_select(0, touched).lerp_(grad, 1 - beta1)
         v = state["exp_avg_sq"].index_select(0, touched).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         state["exp_avg"].index_copy_(0, touched, m)
@@ -180,7 +182,66 @@ class LazyAdam(torch.optim.Optimizer):
         return None
 
 
-SPARSE_OPTIMIZERS = ("lazy", "sparse_adam")
+class RowwiseAdagrad(torch.optim.Optimizer):
+    """Adagrad with one accumulator per row (the "row-wise Adagrad" of large-embedding recommenders,
+    e.g. FBGEMM/DLRM): ``s[r] += mean(g[r]**2)``, ``w[r] -= lr * g[r] / (sqrt(s[r]) + eps)`` on the
+    rows a batch touches. Per step it reads the touched rows' gradient twice and adds it into the
+    weight once: no ``[touched, width]`` moments to gather and scatter back (LazyAdam's cost), and
+    its state is 4 B per row instead of Adam's 2 x width x 4 B (a column's update size adapts to
+    how often and how strongly the column is hit, as Adam's does, but one scale for the whole row).
+
+    With ``beta2`` (``sparse_optimizer: rowwise_rmsprop``) the accumulator is an exponential average
+    of the row's mean squared gradient instead, bias-corrected by the global step as Adam's: the
+    steps do not shrink with the hits (Adagrad's do, as 1/sqrt(hits)), which is what kept the
+    real-title accuracy of LazyAdam (benchmarks/README.md, issue 25).
+
+    State: ``step`` and ``sum`` (``[rows]``, float32). ``lr`` is the bag's own (``sparse_lr_scale``
+    x the combination's lr, see :func:`make_sparse_optimizer`).
+    """
+
+    def __init__(self, bag: FastSparseBag, lr: float = 0.01, eps: float = 1e-8, lr_scale: float = 1.0,
+                 beta2: float | None = None):
+        # lr_scale: meli.train.optim.set_lr (the schedule) sets lr = the combination's lr x lr_scale.
+        # beta2: None = Adagrad's sum; a float = an exponential average instead (rowwise_rmsprop).
+        super().__init__([bag.weight], dict(lr=lr, eps=eps, lr_scale=lr_scale, beta2=beta2))
+        self._bag = bag
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._bag.row_grad = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self._bag.row_grad is None:
+            return None
+        touched, grad = self._bag.row_grad
+        self._bag.row_grad = None
+        group = self.param_groups[0]
+        weight = group["params"][0]
+        state = self.state[weight]
+        if not state:
+            state["step"] = 0
+            state["sum"] = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+        state["step"] += 1
+        if group.get("weight_decay", 0.0) > 0:  # L2 on the touched rows only (lazily, as the update)
+            grad = grad.add(weight.index_select(0, touched), alpha=group["weight_decay"])
+        acc = state["sum"]
+        # One reduction pass (vector_norm), not square() + mean(): a [touched, width] temporary fewer.
+        norm = torch.linalg.vector_norm(grad, dim=1, dtype=torch.float32)
+        mean_sq = norm.square_().div_(grad.shape[1])
+        beta2, lr = group.get("beta2"), group["lr"]
+        if beta2 is None:  # Adagrad: the sum of the row's mean squared gradients
+            acc.index_add_(0, touched, mean_sq)
+            denom = acc.index_select(0, touched)
+        else:  # RMSprop with Adam's bias correction by the global step (lazy: untouched rows keep theirs)
+            denom = acc.index_select(0, touched).mul_(beta2).add_(mean_sq, alpha=1 - beta2)
+            acc.index_copy_(0, touched, denom)
+            lr = lr * math.sqrt(1 - beta2 ** state["step"])
+        scale = denom.sqrt_().add_(group["eps"]).reciprocal_().mul_(-lr)
+        weight.index_add_(0, touched, grad.mul_(scale.unsqueeze(1).to(grad.dtype)))
+        return None
+
+
+SPARSE_OPTIMIZERS = ("lazy_adam", "rowwise_adagrad", "rowwise_rmsprop", "sparse_adam")  # meli.models.mlp has the same list
 
 
 # The code before issue 25 (SparseAdam), for benchmarks/bench_sparse.py's side-by-side runs.
@@ -188,17 +249,27 @@ SPARSE_OPTIMIZER_ENV = "MELI_SPARSE_OPTIMIZER"
 
 
 def make_sparse_optimizer(bag: torch.nn.EmbeddingBag, params: dict, kind: str | None = None) -> torch.optim.Optimizer:
-    """The optimizer of a network's sparse TF-IDF bag: :class:`LazyAdam` over a :class:`FastSparseBag`
-    (``kind="lazy"``, default) or torch's ``SparseAdam`` over autograd's sparse gradient (before issue
-    25; ``MELI_SPARSE_OPTIMIZER=sparse_adam`` selects it when ``kind`` is not given).
+    """The optimizer of a network's sparse TF-IDF bag, by ``kind``, else ``MELI_SPARSE_OPTIMIZER``
+    (benchmarks' side-by-side runs), else ``params["sparse_optimizer"]``, else ``lazy_adam``:
+
+    * ``lazy_adam``: :class:`LazyAdam` (SparseAdam's update with dense row ops; issue 25);
+    * ``rowwise_adagrad`` / ``rowwise_rmsprop``: :class:`RowwiseAdagrad` (sum / average of the squares)
+      at ``lr x params["sparse_lr_scale"]``: the fast ones, 4 B of state per column;
+    * ``sparse_adam``: torch's ``SparseAdam`` over autograd's sparse gradient (the code before issue 25).
+
+    The first two turn the bag into a :class:`FastSparseBag` in place.
     """
     import os
 
-    kind = kind or os.environ.get(SPARSE_OPTIMIZER_ENV) or "lazy"
+    kind = kind or os.environ.get(SPARSE_OPTIMIZER_ENV) or params.get("sparse_optimizer") or "lazy_adam"
+    kind = "lazy_adam" if kind == "lazy" else kind  # the name before rowwise_adagrad existed
     lr = float(params["lr"])
+    if kind not in SPARSE_OPTIMIZERS:
+        raise ValueError(f"sparse optimizer {kind!r} not one of {SPARSE_OPTIMIZERS}")
     if kind == "sparse_adam":
         return torch.optim.SparseAdam([bag.weight], lr=lr)
-    if kind != "lazy":
-        raise ValueError(f"sparse optimizer {kind!r} not one of {SPARSE_OPTIMIZERS}")
     bag.__class__ = FastSparseBag  # same parameters and forward; only training's backward changes
+    if kind.startswith("rowwise_"):
+        scale = float(params.get("sparse_lr_scale", 1.0))
+        return RowwiseAdagrad(bag, lr=lr * scale, lr_scale=scale, beta2=0.999 if kind == "rowwise_rmsprop" else None)
     return LazyAdam(bag, lr=lr)
