@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -237,6 +238,20 @@ def test_softmax_solver_writes_the_same_contract_and_learns(dataset, tmp_path):
     assert again["val_bacc"] == metrics["val_bacc"] and again["val_loss"] == metrics["val_loss"]  # seeded
     with pytest.raises(ValueError, match="solver"):
         baseline.check_params({"solver": "sgd"})
+
+
+def test_softmax_row_wise_adagrad_weight_decay_and_their_checks(dataset, tmp_path):
+    data, features = dataset
+    given = {"solver": "softmax", "lr": 0.1, "epochs": 5, "batch_size": 64, "sparse_optimizer": "rowwise_adagrad",
+             "class_weights": True}
+    plain = baseline.train(given, data, features, tmp_path / "a", threads=1, device="cpu")
+    assert plain["val_bacc"] > 0.9 and "sopt-rowwise_adagrad" in plain["combo"]
+    decayed = baseline.train({**given, "weight_decay": 1.0}, data, features, tmp_path / "b", threads=1, device="cpu")
+    coef = [np.abs(joblib.load(tmp_path / d / "model.joblib")["classifier"].coef_).sum() for d in ("a", "b")]
+    assert coef[1] < 0.9 * coef[0]  # the L2 on the touched rows shrinks the weights
+    for bad, match in (({"sparse_optimizer": "sgd"}, "sparse_optimizer"), ({"weight_decay": -1}, "weight_decay")):
+        with pytest.raises(ValueError, match=match):
+            baseline.check_params({**given, **bad})
 
 
 def test_solver_keys_are_pruned_from_ids():

@@ -217,10 +217,12 @@ def test_meli_predict_serves_a_tfidf_mlp(sparse_data, tmp_path, capsys):
     assert json.dumps(first).count("CAT_3") >= 1
 
 
-def test_kill_and_resume_with_sparse_adam_and_cosine(sparse_data, tmp_path):
-    """The checkpoint holds both optimizers; the stateless schedule resumes where it was."""
+@pytest.mark.parametrize("sparse", [{}, {"sparse_optimizer": "rowwise_rmsprop", "sparse_lr_scale": 0.3}])
+def test_kill_and_resume_with_sparse_adam_and_cosine(sparse, sparse_data, tmp_path):
+    """The checkpoint holds both optimizers (LazyAdam's moments, or the row-wise accumulator); the
+    stateless schedule resumes where it was (with the row-wise bag's own lr multiple)."""
     _, features = sparse_data
-    params = {**PARAMS, "epochs": 2, "lr_schedule": "cosine"}
+    params = {**PARAMS, "epochs": 2, "lr_schedule": "cosine", **sparse}
     straight = neural.run("mlp", params, features, None, tmp_path / "runs" / "mlp" / "a", "cpu", 1)
 
     def cli(env):
