@@ -249,6 +249,7 @@ def test_softmax_row_wise_adagrad_weight_decay_and_their_checks(dataset, tmp_pat
     decayed = baseline.train({**given, "weight_decay": 1.0}, data, features, tmp_path / "b", threads=1, device="cpu")
     coef = [np.abs(joblib.load(tmp_path / d / "model.joblib")["classifier"].coef_).sum() for d in ("a", "b")]
     assert coef[1] < 0.9 * coef[0]  # the L2 on the touched rows shrinks the weights
+    assert "wd-1" in decayed["combo"] and decayed["combo"] != plain["combo"]
     for bad, match in (({"sparse_optimizer": "sgd"}, "sparse_optimizer"), ({"weight_decay": -1}, "weight_decay")):
         with pytest.raises(ValueError, match=match):
             baseline.check_params({**given, **bad})
