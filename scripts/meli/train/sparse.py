@@ -140,7 +140,24 @@ class FastSparseBag(torch.nn.EmbeddingBag):
         return _BagFunction.apply(self.weight, input, offsets, per_sample_weights, self)  # grad: None, see row_grad
 
 
-class LazyAdam(torch.optim.Optimizer):
+class _RowOptimizer(torch.optim.Optimizer):
+    """An optimizer of a :class:`FastSparseBag`'s weight that reads the bag's fused row gradient
+    (``row_grad``: the touched rows and their gradient) instead of ``weight.grad``."""
+
+    def __init__(self, bag: FastSparseBag, defaults: dict):
+        super().__init__([bag.weight], defaults)
+        self._bag = bag
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._bag.row_grad = None
+
+    def _take_row_grad(self):
+        """(touched rows, their gradient), or None before any backward; consumed once."""
+        row_grad, self._bag.row_grad = self._bag.row_grad, None
+        return row_grad
+
+
+class LazyAdam(_RowOptimizer):
     """SparseAdam's update (Adam on the rows a batch touches, moments of other rows untouched, bias
     correction by the global step) with dense row ops: gather the touched rows' moments, update,
     scatter back, ``index_add_`` the step into the weight. Its state (``step``, ``exp_avg``,
@@ -149,18 +166,14 @@ class LazyAdam(torch.optim.Optimizer):
 
     def __init__(self, bag: FastSparseBag, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
-        super().__init__([bag.weight], dict(lr=lr, betas=betas, eps=eps, maximize=False))
-        self._bag = bag
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._bag.row_grad = None
+        super().__init__(bag, dict(lr=lr, betas=betas, eps=eps, maximize=False))
 
     @torch.no_grad()
     def step(self, closure=None):
-        if self._bag.row_grad is None:
+        row_grad = self._take_row_grad()
+        if row_grad is None:
             return None
-        touched, grad = self._bag.row_grad
-        self._bag.row_grad = None
+        touched, grad = row_grad
         group = self.param_groups[0]
         weight = group["params"][0]
         beta1, beta2 = group["betas"]
@@ -182,7 +195,7 @@ class LazyAdam(torch.optim.Optimizer):
         return None
 
 
-class RowwiseAdagrad(torch.optim.Optimizer):
+class RowwiseAdagrad(_RowOptimizer):
     """Adagrad with one accumulator per row (the "row-wise Adagrad" of large-embedding recommenders,
     e.g. FBGEMM/DLRM): ``s[r] += mean(g[r]**2)``, ``w[r] -= lr * g[r] / (sqrt(s[r]) + eps)`` on the
     rows a batch touches. Per step it reads the touched rows' gradient twice and adds it into the
@@ -203,18 +216,14 @@ class RowwiseAdagrad(torch.optim.Optimizer):
                  beta2: float | None = None):
         # lr_scale: meli.train.optim.set_lr (the schedule) sets lr = the combination's lr x lr_scale.
         # beta2: None = Adagrad's sum; a float = an exponential average instead (rowwise_rmsprop).
-        super().__init__([bag.weight], dict(lr=lr, eps=eps, lr_scale=lr_scale, beta2=beta2))
-        self._bag = bag
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._bag.row_grad = None
+        super().__init__(bag, dict(lr=lr, eps=eps, lr_scale=lr_scale, beta2=beta2))
 
     @torch.no_grad()
     def step(self, closure=None):
-        if self._bag.row_grad is None:
+        row_grad = self._take_row_grad()
+        if row_grad is None:
             return None
-        touched, grad = self._bag.row_grad
-        self._bag.row_grad = None
+        touched, grad = row_grad
         group = self.param_groups[0]
         weight = group["params"][0]
         state = self.state[weight]
