@@ -151,10 +151,26 @@ class _RowOptimizer(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._bag.row_grad = None
 
-    def _take_row_grad(self):
-        """(touched rows, their gradient), or None before any backward; consumed once."""
-        row_grad, self._bag.row_grad = self._bag.row_grad, None
-        return row_grad
+    def _init_state(self, state: dict, weight: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _begin_step(self):
+        """The step's (group, weight, state, touched rows, their gradient with the group's L2 on those
+        rows only, lazily as the update), the state counted one step on; None before any backward."""
+        row_grad, self._bag.row_grad = self._bag.row_grad, None  # consumed once
+        if row_grad is None:
+            return None
+        touched, grad = row_grad
+        group = self.param_groups[0]
+        weight = group["params"][0]
+        state = self.state[weight]
+        if not state:
+            state["step"] = 0
+            self._init_state(state, weight)
+        state["step"] += 1
+        if group.get("weight_decay", 0.0) > 0:
+            grad = grad.add(weight.index_select(0, touched), alpha=group["weight_decay"])
+        return group, weight, state, touched, grad
 
 
 class LazyAdam(_RowOptimizer):
@@ -168,24 +184,18 @@ class LazyAdam(_RowOptimizer):
                  eps: float = 1e-8):
         super().__init__(bag, dict(lr=lr, betas=betas, eps=eps, maximize=False))
 
+    def _init_state(self, state: dict, weight: torch.Tensor) -> None:
+        state["exp_avg"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
+
     @torch.no_grad()
     def step(self, closure=None):
-        row_grad = self._take_row_grad()
-        if row_grad is None:
+        begun = self._begin_step()
+        if begun is None:
             return None
-        touched, grad = row_grad
-        group = self.param_groups[0]
-        weight = group["params"][0]
+        group, weight, state, touched, grad = begun
         beta1, beta2 = group["betas"]
-        state = self.state[weight]
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
-        state["step"] += 1
         step = int(state["step"])
-        if group.get("weight_decay", 0.0) > 0:  # L2 on the touched rows only (lazily, as the update)
-            grad = grad.add(weight.index_select(0, touched), alpha=group["weight_decay"])
         m = state["exp_avg"].index_select(0, touched).lerp_(grad, 1 - beta1)
         v = state["exp_avg_sq"].index_select(0, touched).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         state["exp_avg"].index_copy_(0, touched, m)
@@ -218,21 +228,15 @@ class RowwiseAdagrad(_RowOptimizer):
         # beta2: None = Adagrad's sum; a float = an exponential average instead (rowwise_rmsprop).
         super().__init__(bag, dict(lr=lr, eps=eps, lr_scale=lr_scale, beta2=beta2))
 
+    def _init_state(self, state: dict, weight: torch.Tensor) -> None:
+        state["sum"] = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+
     @torch.no_grad()
     def step(self, closure=None):
-        row_grad = self._take_row_grad()
-        if row_grad is None:
+        begun = self._begin_step()
+        if begun is None:
             return None
-        touched, grad = row_grad
-        group = self.param_groups[0]
-        weight = group["params"][0]
-        state = self.state[weight]
-        if not state:
-            state["step"] = 0
-            state["sum"] = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
-        state["step"] += 1
-        if group.get("weight_decay", 0.0) > 0:  # L2 on the touched rows only (lazily, as the update)
-            grad = grad.add(weight.index_select(0, touched), alpha=group["weight_decay"])
+        group, weight, state, touched, grad = begun
         acc = state["sum"]
         # One reduction pass (vector_norm), not square() + mean(): a [touched, width] temporary fewer.
         norm = torch.linalg.vector_norm(grad, dim=1, dtype=torch.float32)
