@@ -62,6 +62,25 @@ def test_profile_keys_are_options_of_the_pinned_snakemake_and_plugin():
     assert not (ROOT / "profiles" / "default").exists(), "profiles/default would be loaded implicitly"
 
 
+def test_the_arrays_profile_hands_the_plugin_every_ready_job_of_a_rule_at_once():
+    """Plugin 2.8.0 drops a rule's batch smaller than its remaining ready jobs (#473): the run
+    hangs. Snakemake cuts batches by `jobs` and by its rate limit, so the arrays profile must
+    lift both above any grid the workflow plans (config/meli2019.yaml's is the largest)."""
+    from snakemake.settings.types import MaxJobsPerTimespan
+
+    keys = _profile_keys(ARRAYS_PROFILE)
+    full = yaml.safe_load((ROOT / "config" / "meli2019.yaml").read_text())
+    combinations = sum(
+        math.prod(len(v) for v in full["train"][f]["grid"].values()) + len(full["train"][f].get("combinations") or [])
+        for f in ("mlp", "cnn", "rnn", "tfidf")
+    )
+    rate = MaxJobsPerTimespan.parse_choice(keys["max-jobs-per-timespan"])
+    assert keys["jobs"] >= 100 * combinations, keys["jobs"]
+    assert rate.max_jobs / rate.timespan >= 100 * combinations, rate
+    # the layered profiles keep the plain profile's cap for users who do not ask for arrays
+    assert _profile_keys(PROFILE)["jobs"] < keys["jobs"]
+
+
 def _fake_slurm_bin(tmp_path: Path) -> tuple[Path, Path]:
     """SLURM client commands that only record their arguments and fail, first on PATH."""
     bin_dir, calls = tmp_path / "fake-slurm-bin", tmp_path / "slurm-calls.txt"
