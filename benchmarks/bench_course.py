@@ -2,7 +2,7 @@
 
     python benchmarks/synthetic.py csv --rows 6182780 --preset course-es --out bench-out/course/course-es.csv.gz
     python benchmarks/bench_course.py --csv bench-out/course/course-es.csv.gz --work bench-out/course \\
-        --stages data,features,tfidf,softmax,mlp-tfidf,mlp-w2v,linearsvc --threads 2
+        --stages data,features,tfidf,squared-hinge,mlp-tfidf,mlp-w2v,cnn,rnn,linearsvc --threads 2
 
 Course-shaped synthetic titles (632 categories, Spanish, ``synthetic.py`` preset course-es) at the
 course's 6,182,780 rows, split 80/10/10 as ``config/meli2019.yaml`` (4.95M train rows). Every stage
@@ -12,13 +12,16 @@ with ``config/meli2019.yaml``'s settings:
 * ``data``      ``meli.data.prepare``
 * ``features``  ``meli.embeddings.features`` (vocabulary + int32 token ids)
 * ``tfidf``     ``meli.embeddings.tfidf`` (the shared word + char n-gram rows, ``--threads``)
-* ``softmax``, ``mlp-tfidf``: the training step of the softmax baseline (``meli.train.baseline.fit_softmax``'s
-  bag + bias) and of the ``input: tfidf`` MLP (``meli.train.neural``'s network and optimizer) over the
-  **full-size** rows loaded as the trainers load them, for one epoch or until ``--max-train-s``
-  (then the rows trained, rows/s and the epoch's projected time are reported as such), followed
-  by the full validation pass; peak RSS is the whole process's (full data + model + optimizer).
-* ``mlp-w2v``   the same for the word-vector MLP (config grid's first combination, token ids; a
-  seeded random ``[vocab, 300]`` matrix stands in for word2vec's: the time does not depend on the values)
+* ``squared-hinge``, ``softmax``, ``mlp-tfidf``: the training step of the torch baselines
+  (``meli.train.baseline.fit_sparse_linear``'s bag + bias and loss; config/meli2019.yaml's
+  combination of that solver) and of the ``input: tfidf`` MLP (``meli.train.neural``'s network and
+  optimizer) over the **full-size** rows loaded as the trainers load them, for one epoch or until
+  ``--max-train-s`` (then the rows trained, rows/s and the epoch's projected time are reported as
+  such), followed by the full validation pass; peak RSS is the whole process's (full data + model
+  + optimizer).
+* ``mlp-w2v``, ``cnn``, ``rnn``: the same for the word-vector families (config/meli2019.yaml's
+  grid's first combination of each, token ids; a seeded random ``[vocab, 300]`` matrix stands in
+  for the vectors: the time does not depend on the values)
 * ``linearsvc`` ``meli.train.baseline`` (LinearSVC C 0.5) over the first ``--svc-rows`` train rows
   of the full-size features: at full size it does not fit this machine.
 
@@ -39,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from benchmarks.bench_scale import run_measured  # noqa: E402
 
-MLP_W2V = {"embedding": "w2v", "freeze_embeddings": True, "hidden": [256, 128], "dropout": 0.3, "batch_size": 128,
-           "lr": 0.001, "epochs": 1, "patience": 1, "seed": 0}
+TOKEN_STAGES = {"mlp-w2v": "mlp", "cnn": "cnn", "rnn": "rnn"}  # stage -> family over token ids
+LINEAR_STAGES = {"squared-hinge": "squared_hinge", "softmax": "softmax"}  # stage -> train.tfidf solver
+STEP_STAGES = ("mlp-tfidf", *TOKEN_STAGES, *LINEAR_STAGES)
 
 
 def course_config() -> dict:
@@ -58,9 +62,20 @@ def mlp_tfidf_params(cfg: dict) -> dict:
     return {**combo, "epochs": 1, "patience": 1}
 
 
-def softmax_params(cfg: dict) -> dict:
-    combo = next(c for c in cfg["train"]["tfidf"].get("combinations", []) if c.get("solver") == "softmax")
-    return {"seed": 0, "class_weights": False, **combo, "epochs": 1}
+def linear_params(cfg: dict, solver: str) -> dict:
+    """config/meli2019.yaml's combination of a torch solver of the TF-IDF family, one epoch."""
+    from meli.grid import cartesian
+    from meli.train.baseline import DEFAULTS
+
+    tfidf = cfg["train"]["tfidf"]
+    combos = [*cartesian(tfidf.get("grid") or {}), *tfidf.get("combinations", [])]
+    combo = next(c for c in combos if c.get("solver", "linearsvc") == solver)
+    return {**DEFAULTS, **combo, "epochs": 1}
+
+
+def token_params(cfg: dict, family: str) -> dict:
+    """The first combination of config/meli2019.yaml's grid of a word-vector family, one epoch."""
+    return {**{k: v[0] for k, v in cfg["train"][family]["grid"].items()}, "epochs": 1, "patience": 1}
 
 
 def commands(stage: str, cfg: dict, args) -> list[str]:
@@ -76,14 +91,14 @@ def commands(stage: str, cfg: dict, args) -> list[str]:
     if stage == "tfidf":
         return ["meli.embeddings.tfidf", "--data-dir", str(data), "--out-dir", str(tfidf),
                 "--config", json.dumps(cfg["tfidf_features"]), "--threads", str(args.threads)]
-    if stage in ("softmax", "mlp-tfidf"):
-        params = softmax_params(cfg) if stage == "softmax" else mlp_tfidf_params(cfg)
+    if stage in STEP_STAGES:
+        if stage in TOKEN_STAGES:
+            params, inputs = token_params(cfg, TOKEN_STAGES[stage]), w / "w2v-matrix.npy"
+        else:
+            params = linear_params(cfg, LINEAR_STAGES[stage]) if stage in LINEAR_STAGES else mlp_tfidf_params(cfg)
+            inputs = tfidf
         return ["benchmarks.bench_course", "steps", "--kind", stage, "--params", json.dumps(params),
-                "--features", str(feats), "--tfidf", str(tfidf), "--threads", str(args.threads),
-                "--max-train-s", str(args.max_train_s), "--out", str(w / f"{stage}.json")]
-    if stage == "mlp-w2v":
-        return ["benchmarks.bench_course", "steps", "--kind", stage, "--params", json.dumps(MLP_W2V),
-                "--features", str(feats), "--tfidf", str(w / "w2v-matrix.npy"), "--threads", str(args.threads),
+                "--features", str(feats), "--tfidf", str(inputs), "--threads", str(args.threads),
                 "--max-train-s", str(args.max_train_s), "--out", str(w / f"{stage}.json")]
     if stage == "linearsvc":
         part = w / f"svc-{args.svc_rows}"
@@ -128,13 +143,13 @@ def _w2v_matrix(w: Path) -> None:
 def run_stage(stage: str, cfg: dict, args) -> dict:
     if stage == "linearsvc":
         _link_first_rows(args.work, args.svc_rows)
-    if stage == "mlp-w2v":
+    if stage in TOKEN_STAGES and not (args.work / "w2v-matrix.npy").exists():
         _w2v_matrix(args.work)
     cmd = commands(stage, cfg, args)
     wall, rss = run_measured(cmd[0], cmd[1:], args.work / "logs" / f"{stage}.log", cwd=ROOT)
     out = {"stage": stage, "wall_s": wall, "peak_rss_mb": rss}
     extra = args.work / f"{stage}.json"
-    if stage in ("softmax", "mlp-tfidf", "mlp-w2v") and extra.exists():
+    if stage in STEP_STAGES and extra.exists():
         out.update(json.loads(extra.read_text()))
     if stage == "linearsvc":
         m = json.loads((args.work / f"svc-{args.svc_rows}" / "run" / "metrics.json").read_text())
@@ -153,12 +168,12 @@ def run_stage(stage: str, cfg: dict, args) -> dict:
 
 
 # ------------------------------------------------------------------ the in-process training steps
-def _softmax_model(n_features: int, n_classes: int, params: dict):
+def _linear_model(n_features: int, n_classes: int, params: dict):
     import torch
 
     from meli.train.sparse import make_sparse_optimizer
 
-    class Softmax(torch.nn.Module):  # fit_softmax's model: a sparse bag of width classes + a bias
+    class Linear(torch.nn.Module):  # fit_sparse_linear's model: a sparse bag of width classes + a bias
         def __init__(self):
             super().__init__()
             self.embedding = torch.nn.EmbeddingBag(n_features, n_classes, mode="sum", sparse=True)
@@ -170,7 +185,7 @@ def _softmax_model(n_features: int, n_classes: int, params: dict):
 
     from meli.train.optim import Optimizers
 
-    model = Softmax()
+    model = Linear()
     opt = Optimizers([make_sparse_optimizer(model.embedding, params, kind=params.get("sparse_optimizer")),
                       torch.optim.Adam([model.bias], lr=float(params["lr"]))])
     return model, opt
@@ -197,21 +212,25 @@ def steps(argv: list[str]) -> int:
     torch.set_num_threads(a.threads)
     start = time.perf_counter()
     # --tfidf: the TF-IDF directory, or (mlp-w2v) the embedding matrix
-    data = load_data(a.features, a.tfidf) if a.kind == "mlp-w2v" else load_sparse_data(a.features, a.tfidf)
+    data = load_data(a.features, a.tfidf) if a.kind in TOKEN_STAGES else load_sparse_data(a.features, a.tfidf)
     load_s = time.perf_counter() - start
     x, y = data.train.ids, data.train.labels
     torch.manual_seed(0)
-    if a.kind == "mlp-w2v":
-        params = resolve_params("mlp", json.loads(a.params))
-        model = build_model("mlp", params, *data.input_shape, data.n_classes, matrix=data.matrix)
+    loss_fn = F.cross_entropy
+    if a.kind in TOKEN_STAGES:
+        params = resolve_params(TOKEN_STAGES[a.kind], json.loads(a.params))
+        model = build_model(TOKEN_STAGES[a.kind], params, *data.input_shape, data.n_classes, matrix=data.matrix)
         opt = make_optimizer(model, params)
     elif a.kind == "mlp-tfidf":
         params = resolve_params("mlp", json.loads(a.params))
         model = build_model("mlp", params, data.n_features, 0, data.n_classes)
         opt = make_optimizer(model, params)
     else:
+        from meli.train.baseline import squared_hinge
+
         params = json.loads(a.params)
-        model, opt = _softmax_model(data.n_features, data.n_classes, params)
+        model, opt = _linear_model(data.n_features, data.n_classes, params)
+        loss_fn = squared_hinge if params["solver"] == "squared_hinge" else F.cross_entropy
     batch, lr = int(params["batch_size"]), float(params["lr"])
     n = len(y)
     total = -(-n // batch)
@@ -222,7 +241,7 @@ def steps(argv: list[str]) -> int:
         idx = perm[step * batch : (step + 1) * batch]
         set_lr(opt, lr * lr_factor(params.get("lr_schedule", "cosine"), step, total))
         opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        loss_fn(model(x[idx]), y[idx]).backward()
         opt.step()
         done += idx.numel()
         if time.perf_counter() - start > a.max_train_s:
@@ -266,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--csv", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--stages", default="data,features,tfidf,softmax,mlp-tfidf,mlp-w2v,linearsvc")
+    ap.add_argument("--stages", default="data,features,tfidf,squared-hinge,mlp-tfidf,mlp-w2v,cnn,rnn,linearsvc")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-train-s", type=float, default=900.0, help="training-step stages stop after this")
     ap.add_argument("--svc-rows", type=int, default=100_000)

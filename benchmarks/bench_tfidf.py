@@ -16,9 +16,10 @@ one after the other on the same data, so the machine's load affects both alike:
    before issue 25 = sklearn features + SparseAdam, today = hashed features + LazyAdam, new =
    hashed features + row-wise RMSprop (``sparse_optimizer: rowwise_rmsprop``, forced per run by ``MELI_SPARSE_OPTIMIZER``);
    train rows/s (the epochs' own ``samples_per_s``, and training steps of the three interleaved
-   batch by batch in one process), validation bacc, CPU seconds, peak RSS.
+   batch by batch in one process), validation bacc (mean ± sd over ``--seeds``), CPU seconds, peak RSS.
 3. **baseline** (``meli.train.baseline``): LinearSVC (C 0.5, over the sklearn features, as
-   before) against ``solver: softmax`` (over the hashed features); validation bacc, fit seconds.
+   before) against the torch solvers over the hashed features, ``solver: squared_hinge``
+   (LinearSVC's loss) and ``solver: softmax``; validation bacc, fit seconds, CPU seconds.
 
 Prints one table per part with the ratios new / old.
 """
@@ -42,8 +43,9 @@ from benchmarks.bench_scale import run_measured  # noqa: E402
 
 FEATURES = {"word_ngrams": [1, 2], "char_ngrams": [2, 5], "min_df": 2, "max_features": 262144}  # meli2019*.yaml
 MLP = {"input": "tfidf", "hidden": [512], "dropout": 0.3, "lr": 0.003, "batch_size": 128, "seed": 0}
-SOFTMAX = {"solver": "softmax", "lr": 0.03, "epochs": 5, "batch_size": 256, "class_weights": True,
-           "sparse_optimizer": "rowwise_adagrad"}  # config/meli2019.yaml's
+# The torch baselines as config/meli2019.yaml has them (issue 25, part 3)
+SQUARED_HINGE = {"solver": "squared_hinge", "lr": 0.01, "epochs": 8, "batch_size": 256, "sparse_optimizer": "lazy_adam"}
+SOFTMAX = {"solver": "softmax", "lr": 0.03, "epochs": 5, "batch_size": 256, "sparse_optimizer": "rowwise_adagrad"}
 
 
 CPU_S: dict[str, float] = {}  # log name -> the process's CPU seconds (user + system)
@@ -108,20 +110,33 @@ def _mlp_params(kind: str, **extra) -> dict:
     return {**MLP, **extra, **({"sparse_optimizer": kind, **ROWWISE} if kind.startswith("rowwise_") else {})}
 
 
-def mlp(work: Path, threads: int, epochs: int, hidden: list[int]) -> list[dict]:
+def mlp(work: Path, threads: int, epochs: int, hidden: list[int], seeds: list[int] = (0,)) -> list[dict]:
+    """Each variant's whole training job, once per seed (seeds alternate between the variants, so
+    load from other work falls on all alike); the figures are the seeds' means, val bacc with its
+    standard deviation over the seeds (the noise that "the same accuracy" is judged against)."""
+    import statistics
+
+    jobs: dict[str, list[dict]] = {opt: [] for _, _, opt in MLP_VARIANTS}
+    for seed in seeds:
+        for what, engine, opt in MLP_VARIANTS:
+            run = work / f"mlp-{engine}-{opt}-seed{seed}"
+            params = _mlp_params(opt, hidden=hidden, epochs=epochs, patience=epochs, seed=seed)
+            wall, rss = _measured("meli.train.neural", [
+                "--family", "mlp", "--params", json.dumps(params), "--features", str(work / "features"),
+                "--tfidf", str(work / f"tfidf-{engine}"), "--out-dir", str(run),
+                "--checkpoint-dir", str(work / f"ckpt-{opt}-{seed}"), "--device", "cpu", "--threads", str(threads)],
+                work / "logs" / f"{run.name}.log", {"MELI_SPARSE_OPTIMIZER": opt})
+            m = json.loads((run / "metrics.json").read_text())
+            jobs[opt].append({"epochs": m["epochs_run"], "train_rows_per_s": m["samples_per_s"], "cpu_s": CPU_S[run.name],
+                              "val_bacc": m["val_bacc"], "wall_s": wall, "peak_rss_mb": rss, "n_train": m["n_train"]})
     out = []
-    for what, engine, opt in MLP_VARIANTS:
-        run = work / f"mlp-{engine}-{opt}"
-        params = _mlp_params(opt, hidden=hidden, epochs=epochs, patience=epochs)
-        wall, rss = _measured("meli.train.neural", [
-            "--family", "mlp", "--params", json.dumps(params), "--features", str(work / "features"),
-            "--tfidf", str(work / f"tfidf-{engine}"), "--out-dir", str(run), "--checkpoint-dir", str(work / f"ckpt-{opt}"),
-            "--device", "cpu", "--threads", str(threads)], work / "logs" / f"{run.name}.log",
-            {"MELI_SPARSE_OPTIMIZER": opt})
-        m = json.loads((run / "metrics.json").read_text())
-        out.append({"what": what, "kind": opt, "epochs": m["epochs_run"], "train_rows_per_s": m["samples_per_s"],
-                    "cpu_s": CPU_S[run.name], "val_bacc": m["val_bacc"], "wall_s": wall, "peak_rss_mb": rss,
-                    "n_train": m["n_train"]})
+    for what, _, opt in MLP_VARIANTS:
+        runs = jobs[opt]
+        mean = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
+        baccs = [r["val_bacc"] for r in runs]
+        out.append({**mean, "what": what, "kind": opt, "seeds": len(runs), "val_baccs": baccs,
+                    "val_bacc_sd": statistics.stdev(baccs) if len(baccs) > 1 else 0.0,
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)})
     return out
 
 
@@ -164,24 +179,27 @@ def interleaved_steps(work: Path, threads: int, hidden: list[int], batches: int,
 
 
 def baseline(data: Path, work: Path, threads: int, linearsvc: bool) -> list[dict]:
+    """LinearSVC as before issue 25 (sklearn features, liblinear) against the torch solvers over the
+    hashed features: squared_hinge (LinearSVC's loss, LazyAdam) and softmax."""
     out = []
-    runs = [("LinearSVC C 0.5, sklearn features", "sklearn", {"C": 0.5})] if linearsvc else []
-    runs.append(("softmax (torch, row-wise Adagrad, class-balanced), hashed features", "hashed", SOFTMAX))
+    runs = [("LinearSVC C 0.5, sklearn features (before issue 25)", "sklearn", {"C": 0.5})] if linearsvc else []
+    runs += [("squared_hinge (torch, LazyAdam, 8 epochs), hashed features", "hashed", SQUARED_HINGE),
+             ("softmax (torch, row-wise Adagrad, 5 epochs), hashed features", "hashed", SOFTMAX)]
     for what, engine, params in runs:
-        run = work / f"baseline-{engine}"
+        run = work / f"baseline-{engine}-{params.get('solver', 'linearsvc')}"
         wall, rss = _measured("meli.train.baseline", [
             "--params", json.dumps(params), "--data-dir", str(data), "--features", str(work / "features"),
             "--tfidf", str(work / f"tfidf-{engine}"), "--out-dir", str(run), "--threads", str(threads),
-            "--device", "cpu"], work / "logs" / f"baseline-{engine}.log")
+            "--device", "cpu"], work / "logs" / f"{run.name}.log")
         m = json.loads((run / "metrics.json").read_text())
         out.append({"what": what, "val_bacc": m["val_bacc"], "fit_s": m["train_time_s"], "wall_s": wall,
-                    "cpu_s": CPU_S[f"baseline-{engine}"],
+                    "cpu_s": CPU_S[run.name],
                     "peak_rss_mb": rss})
     return out
 
 
 def fraction(data: Path, work: Path, rows: int, threads: int, hidden: list[int]) -> list[dict]:
-    """One epoch of the MLP and of the softmax baseline over the first ``rows`` train rows of the
+    """One epoch of the MLP and of the squared_hinge baseline over the first ``rows`` train rows of the
     full-size features (columns, bag and validation split at full size): a measured fraction of an
     epoch, for sizes where a whole one does not fit the time (stated as such in the output)."""
     import numpy as np
@@ -209,8 +227,8 @@ def fraction(data: Path, work: Path, rows: int, threads: int, hidden: list[int])
         ("MLP input tfidf (LazyAdam), 1 epoch", "meli.train.neural",
          ["--family", "mlp", "--params", json.dumps(params), "--features", str(feats), "--tfidf", str(feats / "tfidf"),
           "--checkpoint-dir", str(part / "ckpt"), "--device", "cpu"]),
-        ("softmax baseline, 1 epoch", "meli.train.baseline",
-         ["--params", json.dumps({**SOFTMAX, "epochs": 1}), "--data-dir", str(part / "data"), "--features", str(feats),
+        ("squared_hinge baseline, 1 epoch", "meli.train.baseline",
+         ["--params", json.dumps({**SQUARED_HINGE, "epochs": 1}), "--data-dir", str(part / "data"), "--features", str(feats),
           "--tfidf", str(feats / "tfidf"), "--device", "cpu"])):
         run = part / module.rsplit(".", 1)[1]
         wall, rss = _measured(module, [*args, "--out-dir", str(run), "--threads", str(threads)],
@@ -246,9 +264,11 @@ def report(name: str, feats: list[dict], mlps: list[dict], bases: list[dict], pa
                       f"(hashed / sklearn), same run", ""]
     if mlps:
         lines += ["| MLP input tfidf | epochs | train rows/s (epochs, sequential runs) | train rows/s (steps interleaved) "
-                  "| val bacc | wall s | CPU s (job) | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {m['what']} | {m['epochs']} | {m['train_rows_per_s']:,.0f} | {m['step_rows_per_s']:,.0f} | "
-                  f"{m['val_bacc']:.4f} | {m['wall_s']:.0f} | {m['cpu_s']:.0f} | {m['peak_rss_mb']:,.0f} |" for m in mlps]
+                  "| val bacc (mean ± sd over seeds) | wall s | CPU s (job) | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {m['what']} | {m['epochs']:.0f} | {m['train_rows_per_s']:,.0f} | {m['step_rows_per_s']:,.0f} | "
+                  f"{m['val_bacc']:.4f} ± {m['val_bacc_sd']:.4f} ({m['seeds']} seeds: "
+                  f"{', '.join(f'{b:.4f}' for b in m['val_baccs'])}) | {m['wall_s']:.0f} | {m['cpu_s']:.0f} | "
+                  f"{m['peak_rss_mb']:,.0f} |" for m in mlps]
         before, today, new = mlps
         for old, name in ((today, "today's LazyAdam"), (before, "SparseAdam (before issue 25)")):
             lines += ["", f"MLP against {name}: **{new['step_rows_per_s'] / old['step_rows_per_s']:.1f}x train rows/s** "
@@ -261,9 +281,13 @@ def report(name: str, feats: list[dict], mlps: list[dict], bases: list[dict], pa
         lines += ["| baseline | val bacc | fit s | wall s | CPU s (job) | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {b['what']} | {b['val_bacc']:.4f} | {b['fit_s']:.1f} | {b['wall_s']:.0f} | {b['cpu_s']:.0f} | "
                   f"{b['peak_rss_mb']:,.0f} |" for b in bases]
-        if len(bases) == 2:
-            lines += ["", f"baseline: softmax fits **{bases[0]['fit_s'] / bases[1]['fit_s']:.1f}x faster**, val bacc "
-                          f"{100 * (bases[1]['val_bacc'] - bases[0]['val_bacc']):+.2f} points against LinearSVC", ""]
+        if len(bases) == 3:
+            svc = bases[0]
+            lines.append("")
+            lines += [f"baseline: {b['what'].split(' (')[0]} fits **{svc['fit_s'] / b['fit_s']:.1f}x faster** "
+                      f"({svc['cpu_s'] / b['cpu_s']:.1f}x less CPU per job), val bacc "
+                      f"{100 * (b['val_bacc'] - svc['val_bacc']):+.2f} points against LinearSVC" for b in bases[1:]]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -277,7 +301,7 @@ def bench_dataset(name: str, data: Path, work: Path, args) -> str:
     feats = features(data, work, args.threads)
     print(report(name, feats, [], []), file=sys.stderr, flush=True)  # each part as soon as it is measured
     steps = {} if args.skip_mlp else interleaved_steps(work, args.threads, args.hidden, args.step_batches)
-    mlps = [] if args.skip_mlp else mlp(work, args.threads, args.epochs, args.hidden)
+    mlps = [] if args.skip_mlp else mlp(work, args.threads, args.epochs, args.hidden, args.seeds)
     for m in mlps:
         m["step_rows_per_s"], m["step_batches"] = steps[m["kind"]], steps["batches"]
     print(report(name, [], mlps, []), file=sys.stderr, flush=True)
@@ -292,14 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--epochs", type=int, default=2, help="MLP epochs (old and new alike)")
     ap.add_argument("--hidden", type=lambda s: [int(x) for x in s.split(",")], default=[512])
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0],
+                    help="MLP: each variant's whole job once per seed (e.g. 0,1,2): val bacc mean ± sd")
     ap.add_argument("--skip-mlp", action="store_true")
     ap.add_argument("--step-batches", type=int, default=200, help="MLP: interleaved old/new training steps timed")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--skip-linearsvc", action="store_true", help="baseline: only the softmax solver")
+    ap.add_argument("--skip-linearsvc", action="store_true", help="baseline: only the torch solvers")
     ap.add_argument("--quick", action="store_true", help="3,000 synthetic rows, hidden 32, 1 epoch")
     ap.add_argument("--new-only", action="store_true", help="only the new path (full size, where the old one does not fit)")
     ap.add_argument("--fraction-rows", type=int, default=0,
-                    help="with --new-only: one epoch of the MLP and the softmax over this many train rows of the full features")
+                    help="with --new-only: one epoch of the MLP and the squared_hinge baseline over this many train rows of the full features")
     ap.add_argument("--keep-csv", type=Path, default=None, help="reuse/keep the generated synthetic CSV here")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)

@@ -1,5 +1,6 @@
-# The TF-IDF + linear SVM baseline: one job per combination of train.tfidf.grid, over the
-# shared sparse TF-IDF matrix (rule tfidf_features in rules/embeddings.smk).
+# The TF-IDF + linear baseline: one job per combination of train.tfidf.grid, over the shared
+# sparse TF-IDF matrix (rule tfidf_features in rules/embeddings.smk): LinearSVC (liblinear, CPU)
+# or a torch solver (squared_hinge, softmax; GPU when the family's resources ask for one).
 
 
 rule train_tfidf:
@@ -30,6 +31,8 @@ rule train_tfidf:
     resources:
         mem_mb=lambda wc, attempt: family_resources("tfidf")["mem_mb"] * attempt,
         runtime=lambda wc, attempt: family_resources("tfidf")["runtime"] * attempt,
+        gpu=lambda wc: tfidf_resources(wc)["gpu"],
+        gpu_model=lambda wc: gpu_model(tfidf_resources(wc)),
     conda:
         CONDA_ENV
     shell:

@@ -203,6 +203,15 @@ def gpu_model(res):
     return (res.get("gpu_model") or "") if res["gpu"] else ""
 
 
+def tfidf_resources(wc):
+    """The family's resources; a LinearSVC combination never holds a GPU (liblinear runs on CPU),
+    the torch solvers (squared_hinge, softmax) use the one the family asks for (--device auto)."""
+    res = family_resources("tfidf")
+    if COMBOS["tfidf"][wc.combo].get("solver", "linearsvc") == "linearsvc":
+        return {**res, "gpu": 0}
+    return res
+
+
 def stop_signal(wc, attempt):
     """sbatch's --signal for a training job (slurm plugin: slurm_extra): SIGTERM train.stop_signal_s
     before its time limit (at most a quarter of its runtime), so the trainer saves its state within

@@ -255,8 +255,37 @@ def test_softmax_row_wise_adagrad_weight_decay_and_their_checks(dataset, tmp_pat
             baseline.check_params({**given, **bad})
 
 
+def test_squared_hinge_is_linearsvc_loss_and_its_solver_learns_like_linearsvc(dataset, tmp_path):
+    """Issue 25: LinearSVC's one-vs-rest squared hinge, trained by torch over the same rows."""
+    import torch
+
+    scores = torch.tensor([[2.0, 0.5, -3.0], [0.0, -0.5, 1.5]])
+    labels = torch.tensor([0, 2])
+    # row 0: class 0 margin 2 (no loss), class 1 wrongly at +0.5 -> (1 + 0.5)^2, class 2 at -3 (none);
+    # row 1: class 0 at 0 -> 1, class 1 at -0.5 -> 0.25, class 2 margin 1.5 (none)
+    assert baseline.squared_hinge(scores, labels).item() == pytest.approx((2.25 + 1.25) / 2)
+    weights = torch.tensor([1.0, 1.0, 3.0])
+    assert baseline.squared_hinge(scores, labels, weights).item() == pytest.approx((2.25 + 3 * 1.25) / 4)
+
+    data, features = dataset
+    given = {"solver": "squared_hinge", "lr": 0.05, "epochs": 5, "batch_size": 64}
+    out = tmp_path / "run"
+    metrics = baseline.train(given, data, features, out, threads=1, device="cpu")
+    svc = baseline.train({"C": 0.5}, data, features, tmp_path / "svc", threads=1)
+    assert "solver-squared_hinge" in metrics["combo"] and "C" not in metrics["combo"]
+    assert metrics["val_bacc"] > svc["val_bacc"] - 0.03 and metrics["val_bacc"] > 0.9, (metrics, svc)
+    # the same model file and predictor as LinearSVC's: margins, argmax = the scored predictions
+    clf = joblib.load(out / "model.joblib")["classifier"]
+    assert isinstance(clf, baseline.LinearOvr) and clf.coef_.shape[0] == N_CLASSES
+    pred, _ = load_predictor(out, data, features).predict_split("validation", batch_size=9)
+    np.testing.assert_array_equal(pred, pd.read_parquet(out / "val_predictions.parquet")["pred"])
+    assert baseline.check_params({**given, "sparse_optimizer": "rowwise_rmsprop"})["solver"] == "squared_hinge"
+
+
 def test_solver_keys_are_pruned_from_ids():
     from meli.models import tfidf as family
 
     assert family.prune({"C": 0.5, "seed": 0, "lr": 0.1}) == {"C": 0.5, "seed": 0}
     assert family.prune({"solver": "softmax", "C": 0.5, "lr": 0.1}) == {"solver": "softmax", "lr": 0.1}
+    assert family.prune({"solver": "squared_hinge", "C": 0.5, "lr": 0.1, "epochs": 3}) == {
+        "solver": "squared_hinge", "lr": 0.1, "epochs": 3}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -191,11 +192,39 @@ def test_quick_benchmark_reports_every_stage(tmp_path):
 def test_tfidf_benchmark_prints_old_and_new_side_by_side(tmp_path):
     # benchmarks/bench_tfidf.py --quick, tinier still: every part runs old and new and prints the ratio.
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_tfidf.py"), "--quick", "--rows", "1200",
-           "--skip-linearsvc", "--threads", "2", "--workdir", str(tmp_path)]
+           "--skip-linearsvc", "--seeds", "0,1", "--threads", "2", "--workdir", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "| sklearn | 1,200 |" in out and "| hashed | 1,200 |" in out and "x faster**" in out
     assert "before issue 25: sklearn features + SparseAdam" in out and "new: hashed features + row-wise RMSprop" in out
-    assert "x train rows/s**" in out and "softmax (torch, row-wise Adagrad, class-balanced)" in out
+    assert "x train rows/s**" in out and re.search(r"\| 0\.\d{4} ± 0\.\d{4} \(2 seeds: 0\.\d{4}, 0\.\d{4}\) \|", out)
+    assert "squared_hinge (torch, LazyAdam, 8 epochs)" in out and "softmax (torch, row-wise Adagrad, 5 epochs)" in out
     assert not list(tmp_path.iterdir())  # the work directory is removed
+
+
+def test_course_benchmark_measures_each_family_and_the_torch_baseline(tmp_path):
+    """benchmarks/bench_course.py (issue 25, part 4) on a tiny course-shaped file: the stages run as
+    processes with config/meli2019.yaml's settings, and the training stages report rows/s, the
+    validation pass and peak memory (here whole epochs: the file is tiny)."""
+    from benchmarks import bench_course
+
+    cfg = bench_course.course_config()
+    hinge = bench_course.linear_params(cfg, "squared_hinge")
+    assert hinge["solver"] == "squared_hinge" and hinge["epochs"] == 1 and hinge["sparse_optimizer"] == "lazy_adam"
+    assert bench_course.token_params(cfg, "rnn")["cell"] == cfg["train"]["rnn"]["grid"]["cell"][0]
+
+    csv_path = tmp_path / "course.csv.gz"
+    synthetic.write_titles_csv(csv_path, 2500, synthetic.PRESETS["course-es"])
+    stages = "data,features,tfidf,squared-hinge,cnn"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_course.py"), "--csv", str(csv_path),
+                           "--work", str(tmp_path / "work"), "--stages", stages, "--threads", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert list(results) == stages.split(",")
+    for stage in ("squared-hinge", "cnn"):
+        r = results[stage]
+        assert r["epoch_done"] and r["rows"] == r["n_train"] > 1500 and r["rows_per_s"] > 0 and r["peak_rss_mb"] > 100
+        assert 0.0 <= r["val_bacc_after_rows"] <= 1.0 and f"| {stage} | {r['rows']:,} |" in proc.stdout
+    assert results["squared-hinge"]["optimizer"] == "LazyAdam"

@@ -117,8 +117,9 @@ def test_dry_run_lists_one_gpu_job_per_combination_without_a_cluster(tmp_path, m
         assert r["gpu"] == "1" and r["slurm_partition"] == "batch", block
         assert r["mem_mb"] == str(res["mem_mb"]) and r["runtime"] == str(res["runtime"])
         assert r["cpus_per_task"] == str(res["threads"])
+    # the baseline at full size is the torch squared_hinge solver: a GPU job sized by the family's resources
     tfidf = _resources(_job_blocks(out, "train_tfidf")[0])
-    assert tfidf.get("gpu", "0") == "0" and tfidf["mem_mb"] == str(full["train"]["tfidf"]["resources"]["mem_mb"])
+    assert tfidf.get("gpu", "0") == "1" and tfidf["mem_mb"] == str(full["train"]["tfidf"]["resources"]["mem_mb"])
 
     made = calls.read_text().splitlines()
     assert all(c.startswith("scontrol show config") for c in made), f"dry run called SLURM: {made}"

@@ -14,6 +14,14 @@ become one "rest" label, whose binary problems are exactly those of the single m
 "rest" problem is solved and dropped. Each chunk's float64 coefficients are cast into one
 float32 ``[classes, features]`` matrix as soon as it is done (half the memory and disk).
 
+At the course's full size liblinear's one-vs-rest fit is the sweep's most expensive job (~96 GB,
+hours on CPU). ``solver: squared_hinge`` fits the same model (one-vs-rest squared hinge, the same
+``LinearOvr`` file and predictor) by minibatch SGD with torch over the same sparse rows
+(:func:`fit_sparse_linear`: per-coordinate LazyAdam on the columns a batch touches, a GPU when
+there is one, memory ~ the rows + 3 x classes x 4 B per column); ``solver: softmax`` is the
+multinomial logistic regression on the same path. On the real sample squared_hinge matches or
+beats LinearSVC on validation (benchmarks/README.md, issue 25).
+
 Probabilities (the predictor contract needs them; an SVM has none) are the softmax of the
 decision values. The argmax, hence balanced accuracy, is the SVM's; ``val_loss`` is the
 cross-entropy of those softmaxed margins, comparable between SVM runs, not calibrated.
@@ -56,8 +64,9 @@ CHUNK_ROWS = 100_000  # rows scored at once: bounds the dense [rows, n_classes] 
 MAX_CLASSES_PER_FIT = 64
 PARAM_KEYS = models.get("tfidf").parameters
 DEFAULTS: dict[str, Any] = models.get("tfidf").defaults()  # defined in meli/models/tfidf.py
-SOLVERS = ("linearsvc", "softmax")
-SOFTMAX_OPTIMIZERS = ("lazy_adam", "rowwise_adagrad")
+SOLVERS = ("linearsvc", "softmax", "squared_hinge")
+TORCH_SOLVERS = ("softmax", "squared_hinge")  # fit_sparse_linear
+LINEAR_OPTIMIZERS = ("lazy_adam", "rowwise_adagrad", "rowwise_rmsprop")  # meli.train.sparse
 
 
 def load_categories(features_dir: str | Path) -> list[str]:
@@ -101,10 +110,10 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     if p["solver"] not in SOLVERS:
         raise ValueError(f"--params: solver {p['solver']!r} is not one of {list(SOLVERS)}")
     if not (p["lr"] > 0 and int(p["epochs"]) >= 1 and int(p["batch_size"]) >= 1 and p["weight_decay"] >= 0):
-        raise ValueError(f"--params: softmax needs lr > 0, epochs >= 1, batch_size >= 1, weight_decay >= 0 (got "
+        raise ValueError(f"--params: the torch solvers need lr > 0, epochs >= 1, batch_size >= 1, weight_decay >= 0 (got "
                          f"{p['lr']}, {p['epochs']}, {p['batch_size']}, {p['weight_decay']})")
-    if p["sparse_optimizer"] not in SOFTMAX_OPTIMIZERS:
-        raise ValueError(f"--params: sparse_optimizer {p['sparse_optimizer']!r} is not one of {list(SOFTMAX_OPTIMIZERS)}")
+    if p["sparse_optimizer"] not in LINEAR_OPTIMIZERS:
+        raise ValueError(f"--params: sparse_optimizer {p['sparse_optimizer']!r} is not one of {list(LINEAR_OPTIMIZERS)}")
     return p
 
 
@@ -205,13 +214,31 @@ def mean_neg_log(true_prob: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(true_prob, 1e-15, 1.0))))
 
 
-def fit_softmax(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_weight: np.ndarray | None = None,
-                device: str = "auto") -> tuple[LinearOvr, str]:
-    """Multinomial logistic regression ``softmax(x @ W + b)`` over sparse rows, trained with torch.
+def squared_hinge(scores, labels, weights=None):
+    """LinearSVC's loss, one-vs-rest: the mean over rows of ``sum_k max(0, 1 - s_ik * score_ik)**2``
+    with ``s_ik = +1`` for the row's class and -1 for every other; ``weights`` (per class) weigh
+    each row by its class's weight in every binary problem, as LinearSVC's ``class_weight``."""
+    import torch
 
-    ``W [columns, classes]`` is a sparse bag (meli.train.sparse.FastSparseBag + LazyAdam: each batch
-    touches only its rows' columns), ``b`` plain Adam; the learning rate decays to 0 (cosine) over
-    ``epochs``; batches are a seeded permutation (deterministic on CPU). Returns the
+    sign = torch.full_like(scores, -1.0).scatter_(1, labels.unsqueeze(1), 1.0)
+    per_row = torch.relu(1.0 - sign * scores).square().sum(1)
+    if weights is None:
+        return per_row.mean()
+    w = weights[labels]
+    return (per_row * w).sum() / w.sum()
+
+
+def fit_sparse_linear(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_weight: np.ndarray | None = None,
+                      device: str = "auto") -> tuple[LinearOvr, str]:
+    """A linear model ``x @ W + b`` over sparse rows, trained with torch: ``solver: softmax``
+    (multinomial logistic regression, cross-entropy) or ``solver: squared_hinge`` (LinearSVC's
+    one-vs-rest squared hinge: LinearSVC's model, found by SGD instead of liblinear).
+
+    ``W [columns, classes]`` is a sparse bag (meli.train.sparse.FastSparseBag: each batch touches
+    only its rows' columns) trained by ``sparse_optimizer`` (LazyAdam: Adam per coordinate on the
+    touched rows, what a linear model over rare n-grams needs; or row-wise Adagrad/RMSprop), with an
+    optional lazy L2 ``weight_decay``; ``b`` plain Adam/Adagrad; the learning rate decays to 0
+    (cosine) over ``epochs``; batches are a seeded permutation (deterministic on CPU). Returns the
     :class:`LinearOvr` (``coef_ = W.T``: the same model file and predictor as LinearSVC) and the device.
     """
     import torch
@@ -222,6 +249,7 @@ def fit_softmax(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_
     from meli.train.sparse import CsrRows, make_sparse_optimizer
 
     dev = select_device(device)
+    solver = params["solver"]
     seed, epochs, batch = int(params["seed"]), int(params["epochs"]), int(params["batch_size"])
     torch.manual_seed(seed)
     rows = CsrRows.from_scipy(x)
@@ -240,7 +268,7 @@ def fit_softmax(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_
     weights = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
     n = len(y)
     steps, total_steps = 0, epochs * -(-n // batch)
-    progress = Progress(log, epochs * n, "softmax rows", every_s=30)
+    progress = Progress(log, epochs * n, f"{solver} rows", every_s=30)
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(dev)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -250,15 +278,18 @@ def fit_softmax(x, y: np.ndarray, n_classes: int, params: dict[str, Any], class_
             for opt in opts:
                 set_lr(opt, lr * lr_factor("cosine", steps, total_steps))
                 opt.zero_grad()
-            loss = F.cross_entropy(bag(b.indices, b.offsets, per_sample_weights=b.values) + bias, labels[idx],
-                                   weight=weights)
+            scores = bag(b.indices, b.offsets, per_sample_weights=b.values) + bias
+            if solver == "squared_hinge":
+                loss = squared_hinge(scores, labels[idx], weights)
+            else:
+                loss = F.cross_entropy(scores, labels[idx], weight=weights)
             loss.backward()
             for opt in opts:
                 opt.step()
             loss_sum += loss.detach() * idx.numel()
             steps += 1
             progress.update(idx.numel())
-        log.info("softmax epoch %d/%d: train loss %.4f", epoch + 1, epochs, float(loss_sum) / max(n, 1))
+        log.info("%s epoch %d/%d: train loss %.4f", solver, epoch + 1, epochs, float(loss_sum) / max(n, 1))
     coef = bag.weight.detach().t().contiguous().cpu().numpy()
     return LinearOvr(coef, bias.detach().cpu().numpy()), dev.type
 
@@ -316,12 +347,12 @@ def train(params: dict[str, Any], data_dir: str | Path, features_dir: str | Path
         if params["class_weights"]:
             class_weight = dict(zip(classes.tolist(), compute_class_weight("balanced", classes=classes, y=y_train)))
         device_used = "cpu"
-        if params["solver"] == "softmax":
+        if params["solver"] in TORCH_SOLVERS:
             import torch
 
             torch.set_num_threads(threads)
             cw = None if class_weight is None else np.array([class_weight[k] for k in range(n_classes)])
-            clf, device_used = fit_softmax(x_train, y_train, n_classes, params, cw, device)
+            clf, device_used = fit_sparse_linear(x_train, y_train, n_classes, params, cw, device)
         else:
             clf = fit_ovr_svc(x_train, y_train, n_classes, float(params["C"]), class_weight, threads,
                               int(params["seed"]))
@@ -395,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tfidf", type=Path, default=None, help="shared sparse features (default FEATURES/tfidf)")
     ap.add_argument("--out-dir", required=True, type=Path)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="softmax solver only")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="the torch solvers (softmax, squared_hinge) only")
     args = ap.parse_args(argv)
     setup_logging("meli.train.baseline")
     try:
