@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -196,7 +197,7 @@ def steps(argv: list[str]) -> int:
     import torch
     import torch.nn.functional as F
 
-    from meli.io import write_json
+    from meli.io import Progress, write_json
     from meli.models.nets import build_model
     from meli.train.inputs import load_data, load_sparse_data
     from meli.train.loop import evaluate
@@ -236,6 +237,8 @@ def steps(argv: list[str]) -> int:
     total = -(-n // batch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     model.train()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    progress = Progress(logging.getLogger("bench_course"), n, f"{a.kind} train rows", every_s=60)
     start, done, step = time.perf_counter(), 0, 0
     for step in range(total):
         idx = perm[step * batch : (step + 1) * batch]
@@ -244,6 +247,7 @@ def steps(argv: list[str]) -> int:
         loss_fn(model(x[idx]), y[idx]).backward()
         opt.step()
         done += idx.numel()
+        progress.update(idx.numel())
         if time.perf_counter() - start > a.max_train_s:
             break
     train_s = time.perf_counter() - start
