@@ -21,13 +21,18 @@ run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) $(ARGS)
 	@echo "Report: $(CURDIR)/results/report.html"
 
+# Two pytest-xdist workers, a test file per worker (--dist loadfile: a file's module fixtures are
+# built once); much of the suite waits on subprocesses (snakemake, SLURM's queue), so two workers
+# on 2 cores finish sooner. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed
 	bash tests/install_system_deps.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The unit tests only (no snakemake runs, no SLURM): a few minutes on 2 cores.
 test-unit: $(VENV)/.installed
-	$(BIN)/python -m pytest -m "not workflow and not slurm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not workflow and not slurm" $(PYTEST_ARGS)
 
 # snakemake's own linter, then ruff (pinned in requirements.txt; pyproject's [tool.ruff]), and the
 # complexity gate on scripts/: mccabe (C901, default threshold 10) and at most 8 parameters a function.
