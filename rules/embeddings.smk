@@ -50,9 +50,9 @@ rule tfidf_features:
         out_dir=lambda wc, output: os.path.dirname(output.stats),
     # Chunks of titles are hashed in parallel threads (engine hashed): the training jobs' threads.
     threads: lambda wc: config["train"]["resources"]["threads"]
-    # Hashed engine: measured at the course's size (4.9M train titles, 2 threads): peak 7.35 GB (the
-    # 5.5 GB output + bucket tables + chunks), 24 min wall on 2 loaded cores (benchmarks/README.md,
-    # bench_course.py): 16 GB and 60 min leave 2x headroom.
+    # Hashed engine: measured at the course's size (4.9M train titles, 2 threads): peak 7.2-7.35 GB
+    # (the 5.5 GB output + bucket tables + chunks), 3.6 min wall on 2 cores (24 min when they were
+    # loaded 5x; benchmarks/README.md, bench_course.py): 16 GB and 60 min leave 2x headroom.
     resources:
         mem_mb=lambda wc, attempt: 16000 * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
