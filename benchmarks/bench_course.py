@@ -298,13 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     args.work = args.work.resolve()
     args.csv = args.csv.resolve()
     cfg = course_config()
+    from meli.io import write_json
+
     store = args.work / "results.json"
-    results = json.loads(store.read_text()) if store.exists() else {}
+    results: dict = {}
     for stage in args.stages.split(","):
         print(f"{time.strftime('%H:%M:%S')} {stage} ...", file=sys.stderr, flush=True)
-        results[stage] = run_stage(stage, cfg, args)
-        store.write_text(json.dumps(results, indent=1))
-        print(markdown({stage: results[stage]}), file=sys.stderr, flush=True)
+        result = run_stage(stage, cfg, args)
+        # re-read just before writing: stages of the same work directory may run side by side
+        # (one per core), each adding its own entry
+        results = json.loads(store.read_text()) if store.exists() else {}
+        results[stage] = result
+        write_json(store, results)
+        print(markdown({stage: result}), file=sys.stderr, flush=True)
     sys.stdout.write(markdown(results))
     return 0
 
