@@ -154,9 +154,15 @@ class _RowOptimizer(torch.optim.Optimizer):
     def _init_state(self, state: dict, weight: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _begin_step(self):
-        """The step's (group, weight, state, touched rows, their gradient with the group's L2 on those
-        rows only, lazily as the update), the state counted one step on; None before any backward."""
+    def _update(self, group: dict, weight: torch.Tensor, state: dict, touched: torch.Tensor, grad: torch.Tensor) -> None:
+        """Apply one step to the ``touched`` rows of ``weight`` (``grad``: their gradient, L2 included)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """The touched rows and their gradient (the group's L2 on those rows only, lazily as the
+        update), the state counted one step on, then the optimizer's own ``_update``; nothing
+        before any backward."""
         row_grad, self._bag.row_grad = self._bag.row_grad, None  # consumed once
         if row_grad is None:
             return None
@@ -170,7 +176,8 @@ class _RowOptimizer(torch.optim.Optimizer):
         state["step"] += 1
         if group.get("weight_decay", 0.0) > 0:
             grad = grad.add(weight.index_select(0, touched), alpha=group["weight_decay"])
-        return group, weight, state, touched, grad
+        self._update(group, weight, state, touched, grad)
+        return None
 
 
 class LazyAdam(_RowOptimizer):
@@ -188,12 +195,7 @@ class LazyAdam(_RowOptimizer):
         state["exp_avg"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        begun = self._begin_step()
-        if begun is None:
-            return None
-        group, weight, state, touched, grad = begun
+    def _update(self, group, weight, state, touched, grad) -> None:
         beta1, beta2 = group["betas"]
         step = int(state["step"])
         m = state["exp_avg"].index_select(0, touched).lerp_(grad, 1 - beta1)
@@ -202,7 +204,6 @@ class LazyAdam(_RowOptimizer):
         state["exp_avg_sq"].index_copy_(0, touched, v)
         step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         weight.index_add_(0, touched, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
-        return None
 
 
 class RowwiseAdagrad(_RowOptimizer):
@@ -231,12 +232,7 @@ class RowwiseAdagrad(_RowOptimizer):
     def _init_state(self, state: dict, weight: torch.Tensor) -> None:
         state["sum"] = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        begun = self._begin_step()
-        if begun is None:
-            return None
-        group, weight, state, touched, grad = begun
+    def _update(self, group, weight, state, touched, grad) -> None:
         acc = state["sum"]
         # One reduction pass (vector_norm), not square() + mean(): a [touched, width] temporary fewer.
         norm = torch.linalg.vector_norm(grad, dim=1, dtype=torch.float32)
@@ -251,7 +247,6 @@ class RowwiseAdagrad(_RowOptimizer):
             lr = lr * math.sqrt(1 - beta2 ** state["step"])
         scale = denom.sqrt_().add_(group["eps"]).reciprocal_().mul_(-lr)
         weight.index_add_(0, touched, grad.mul_(scale.unsqueeze(1).to(grad.dtype)))
-        return None
 
 
 SPARSE_OPTIMIZERS = ("lazy_adam", "rowwise_adagrad", "rowwise_rmsprop", "sparse_adam")  # meli.models.mlp has the same list
